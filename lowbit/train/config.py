@@ -1,0 +1,80 @@
+"""TrainConfig: every choice of a training run, saved resolved in the run's config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from lowbit.errors import ConfigError
+from lowbit.quant.layers import ACT_STATS_STEPS
+from lowbit.quant.recipes import get_recipe
+from lowbit.train.losses import DEFAULT_TAU, LOSSES
+
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. `resolved()` fills the per-optimizer defaults; config.json holds that."""
+
+    recipe: str = "w1a2"
+    recipe_overrides: dict = field(default_factory=dict)  # Recipe fields, e.g. {"input_bits": 6}
+    backbone: str = "conv4"
+    head: str = "cosine"
+    width: int | None = None  # None: the backbone's default width
+    cosine_scale: float = 10.0
+    loss: str = "logitnorm"  # LogitNorm: better MSP-based OOD rejection at equal accuracy
+    tau: float = DEFAULT_TAU  # LogitNorm temperature; ignored by "ce"
+    optimizer: str = "sgd"  # SGD with Nesterov momentum, or AdamW
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    weight_decay: float = 5e-4  # on conv and head weights only, never on BN or quantizer scales
+    momentum: float = 0.9  # SGD momentum (Nesterov); AdamW's beta1 stays at its default
+    epochs: int = 30
+    # Linear warm-up over the steps in which activation scales are measured from statistics:
+    # the weights barely move while the scales are taken. Multiplies the cosine schedule.
+    warmup_steps: int = ACT_STATS_STEPS
+    batch_size: int = 64
+    seed: int = 0
+    data: str = "builtin"  # "builtin" or a data directory, passed to lowbit.data.load_splits
+    image_size: int = 32
+    crop: bool = True  # crop around the defect mask before resizing
+    unknown: tuple[str, ...] | None = None  # classes held out as OOD; None: the data set's default
+    init: str | None = None  # a run directory (usually fp32) whose weights start this run
+    augment: bool = True  # random horizontal flips and shifts of up to image_size/16 pixels
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r}: choose from {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
+        if self.tau <= 0:
+            raise ConfigError(f"tau={self.tau} must be positive")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if self.unknown is not None and not isinstance(self.unknown, tuple):
+            object.__setattr__(self, "unknown", tuple(self.unknown))  # JSON lists come back here
+        get_recipe(self.recipe, **self.recipe_overrides)  # fails early on a bad recipe
+
+    def resolved(self) -> TrainConfig:
+        """Returns a copy with the per-optimizer defaults written in."""
+        return replace(self, lr=self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["unknown"] = list(self.unknown) if self.unknown is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Rebuilds a config saved with `to_dict`; unknown fields are an error."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown train config field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
