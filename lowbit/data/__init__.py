@@ -1,1 +1,47 @@
+"""Defect data: the built-in generated set, MVTec AD / image-folder loaders, and splits.
 
+`load_splits(source)` is the entry point; the rest is public for tests, tools and the CLI.
+"""
+
+from lowbit.data.dataset import Splits, load_splits, split_indices
+from lowbit.data.images import MAX_PIXELS, read_image, read_mask
+from lowbit.data.loaders import Record, detect_layout, load_folder, scan
+from lowbit.data.preprocess import NORMALIZATION, crop_to_mask, prepare_images, to_tensor_array
+from lowbit.data.sets import ArraySet, RawSet
+from lowbit.data.synth import (
+    BUILTIN_CLASSES,
+    BUILTIN_UNKNOWN,
+    generate_builtin,
+    generate_sample,
+    paint_defect,
+    write_mvtec,
+)
+from lowbit.data.textures import CATEGORIES, load_texture, random_crop
+
+__all__ = [
+    "ArraySet",
+    "BUILTIN_CLASSES",
+    "BUILTIN_UNKNOWN",
+    "CATEGORIES",
+    "MAX_PIXELS",
+    "NORMALIZATION",
+    "RawSet",
+    "Record",
+    "Splits",
+    "crop_to_mask",
+    "detect_layout",
+    "generate_builtin",
+    "generate_sample",
+    "load_folder",
+    "load_splits",
+    "load_texture",
+    "paint_defect",
+    "prepare_images",
+    "random_crop",
+    "read_image",
+    "read_mask",
+    "scan",
+    "split_indices",
+    "to_tensor_array",
+    "write_mvtec",
+]

@@ -32,8 +32,13 @@ def blend(image: np.ndarray, target: np.ndarray, alpha: np.ndarray) -> np.ndarra
     return image + alpha[..., None] * (target - image)
 
 
-def _center(rng: np.random.Generator, size: int, pad_px: float) -> tuple[float, float]:
-    pad = min(pad_px * size / 64, size / 2 - 1)
+def _place(rng: np.random.Generator, size: int, half_extent: float) -> tuple[float, float]:
+    """Return a random centre where the default crop (1.5x the defect) stays in the image.
+
+    A crop that leaves the image is reflect-padded, which mirrors the defect; keeping it inside
+    keeps the built-in crops free of that artefact. Defects too big to fit are centred.
+    """
+    pad = min(1.5 * half_extent + 1.0, (size - 1) / 2)
     return float(rng.uniform(pad, size - 1 - pad)), float(rng.uniform(pad, size - 1 - pad))
 
 
@@ -44,12 +49,9 @@ def _brighten(image: np.ndarray, amount: float) -> np.ndarray:
 def scratch(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A thin, nearly straight line, brighter (usually) or darker than the surface."""
     size, u = image.shape[0], image.shape[0] / 64
-    points = bowed_segment(
-        _center(rng, size, 10),
-        rng.uniform(18, 44) * u,
-        rng.uniform(0, np.pi),
-        rng.uniform(-3, 3) * u,
-    )
+    length = rng.uniform(16, 40) * u
+    center = _place(rng, size, length / 2)
+    points = bowed_segment(center, length, rng.uniform(0, np.pi), rng.uniform(-3, 3) * u)
     alpha = stroke(polyline_distance(size, points), rng.uniform(0.6, 1.4) * u)
     alpha *= rng.uniform(0.6, 1.0)
     if rng.random() < 0.65:
@@ -62,21 +64,27 @@ def scratch(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np
 def crack(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A dark jagged polyline running both ways from a point, with one or two branches."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, heading = _center(rng, size, 12), rng.uniform(0, 2 * np.pi)
-    step_px = (3 * u, 6 * u)
+    heading, step_px = rng.uniform(0, 2 * np.pi), (3 * u, 5.5 * u)
     halves = [
-        random_walk(rng, center, heading + flip, int(rng.integers(3, 6)), step_px, 0.8)
+        random_walk(rng, (0.0, 0.0), heading + flip, int(rng.integers(2, 5)), step_px, 0.8)
         for flip in (0.0, np.pi)
     ]
     main = np.concatenate([halves[0][::-1], halves[1][1:]])
-    distance = polyline_distance(size, main)
-    width = rng.uniform(0.8, 1.8) * u
-    alpha = stroke(distance, width)
+    branches = []
     for _ in range(int(rng.integers(1, 3))):
         fork = main[int(rng.integers(1, len(main) - 1))]
         branch_heading = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.3)
-        branch = random_walk(rng, tuple(fork), branch_heading, int(rng.integers(2, 4)), step_px, 0.6)
-        alpha = np.maximum(alpha, stroke(polyline_distance(size, branch), width * 0.7))
+        steps = int(rng.integers(2, 4))
+        branches.append(random_walk(rng, tuple(fork), branch_heading, steps, step_px, 0.6))
+    # the walks were drawn around (0, 0): move their bounding box to a placed centre
+    every = np.concatenate([main, *branches])
+    low, high = every.min(axis=0), every.max(axis=0)
+    offset = np.asarray(_place(rng, size, float((high - low).max()) / 2)) - (low + high) / 2
+    width = rng.uniform(0.8, 1.8) * u
+    alpha = stroke(polyline_distance(size, main + offset), width)
+    for branch in branches:
+        branch_alpha = stroke(polyline_distance(size, branch + offset), width * 0.7)
+        alpha = np.maximum(alpha, branch_alpha)
     target = image * rng.uniform(0.05, 0.3)
     return blend(image, target, alpha), alpha
 
@@ -84,8 +92,8 @@ def crack(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.n
 def cut(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A straight, clean-edged dark gap with a bright lip along one side."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, angle = _center(rng, size, 10), rng.uniform(0, np.pi)
     length, width = rng.uniform(12, 32) * u, rng.uniform(1.6, 3.2) * u
+    center, angle = _place(rng, size, length / 2 + width), rng.uniform(0, np.pi)
     gap = bowed_segment(center, length, angle, 0.0, n_points=2)
     side = rng.choice([-1.0, 1.0]) * (width / 2 + 0.9 * u)
     lip = gap + side * np.array([np.cos(angle), -np.sin(angle)], dtype=np.float32)
@@ -103,7 +111,7 @@ def stain(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.n
     alpha = soft_blob(
         rng,
         size,
-        _center(rng, size, 8),
+        _place(rng, size, radius * 1.2),
         radius,
         aspect=rng.uniform(0.6, 1.0),
         edge_px=radius * rng.uniform(0.4, 0.8),
@@ -121,7 +129,7 @@ def discoloration(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarr
     alpha = soft_blob(
         rng,
         size,
-        _center(rng, size, 8),
+        _place(rng, size, radius * 1.25),
         radius,
         aspect=rng.uniform(0.6, 1.0),
         edge_px=radius * rng.uniform(0.3, 0.7),
@@ -136,13 +144,15 @@ def discoloration(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarr
 def hole(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A small dark disc with a sharp edge and a highlight on the rim's lit side."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, radius = _center(rng, size, 8), rng.uniform(2.5, 7) * u
-    light = rng.uniform(0, 2 * np.pi)
+    radius = rng.uniform(2.5, 7) * u
+    center, light = _place(rng, size, radius + 2 * u), rng.uniform(0, 2 * np.pi)
     rows, cols = pixel_grid(size)
     d_row, d_col = rows - center[0], cols - center[1]
     distance = np.hypot(d_row, d_col)
     rim_px = rng.uniform(1.0, 2.0) * u
-    facing = np.clip((d_col * np.cos(light) + d_row * np.sin(light)) / np.maximum(distance, 1), 0, 1)
+    facing = np.clip(
+        (d_col * np.cos(light) + d_row * np.sin(light)) / np.maximum(distance, 1), 0, 1
+    )
     rim = stroke(np.abs(distance - radius - rim_px / 2), rim_px) * facing
     painted = blend(image, _brighten(image, rng.uniform(0.3, 0.6)), rim)
     disc = smoothstep((radius - distance) / (0.8 * u))
@@ -154,7 +164,8 @@ def hole(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.nd
 def dent(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A soft disc shaded light on one side and dark on the other, like a pressed-in bowl."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, radius = _center(rng, size, 8), rng.uniform(5, 13) * u
+    radius = rng.uniform(5, 13) * u
+    center = _place(rng, size, radius * 1.05)
     alpha = soft_blob(
         rng,
         size,
@@ -174,7 +185,8 @@ def dent(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.nd
 def contamination(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Several small specks (dark or coloured) scattered around a point."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, spread = _center(rng, size, 10), rng.uniform(4, 12) * u
+    spread = rng.uniform(4, 12) * u
+    center = _place(rng, size, spread)
     rows, cols = pixel_grid(size)
     painted, support = image, np.zeros(image.shape[:2], dtype=np.float32)
     for index in range(int(rng.integers(3, 10))):
@@ -195,7 +207,8 @@ def contamination(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarr
 def burn(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A ragged charred core inside a brown-orange scorched halo."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, radius = _center(rng, size, 8), rng.uniform(6, 14) * u
+    radius = rng.uniform(6, 14) * u
+    center = _place(rng, size, radius * 1.3)
     halo = soft_blob(rng, size, center, radius, edge_px=radius * 0.5, irregularity=0.5)
     scorch = np.array([0.85, rng.uniform(0.45, 0.6), rng.uniform(0.2, 0.35)], dtype=np.float32)
     painted = blend(image, image * scorch, halo)
@@ -209,8 +222,8 @@ def burn(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.nd
 def fold(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A long crease: a light band on one side of a line and a shadow on the other."""
     size, u = image.shape[0], image.shape[0] / 64
-    center, angle = _center(rng, size, 12), rng.uniform(0, np.pi)
-    half_length, half_width = rng.uniform(15, 30) * u, rng.uniform(1.5, 3.5) * u
+    half_length, half_width = rng.uniform(12, 22) * u, rng.uniform(1.5, 3.5) * u
+    center, angle = _place(rng, size, half_length), rng.uniform(0, np.pi)
     rows, cols = pixel_grid(size)
     along = (cols - center[1]) * np.cos(angle) + (rows - center[0]) * np.sin(angle)
     across = (-(cols - center[1]) * np.sin(angle) + (rows - center[0]) * np.cos(angle)) / half_width

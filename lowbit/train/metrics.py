@@ -13,9 +13,11 @@ import numpy as np
 
 
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Returns the fraction of `pred` equal to `y` (0.0 for no samples)."""
+    """Returns the fraction of `pred` equal to `y`."""
     y, pred = np.asarray(y), np.asarray(pred)
-    return float(np.mean(y == pred)) if len(y) else 0.0
+    if not len(y):
+        raise ValueError("accuracy of no samples")
+    return float(np.mean(y == pred))
 
 
 def per_class_accuracy(

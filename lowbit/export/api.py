@@ -1,0 +1,132 @@
+"""export_model: writes the three graphs and model.json for one trained model, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import onnx
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.export.lower import lower_model
+from lowbit.export.qcdq import quant_to_qcdq
+from lowbit.export.qonnx_export import export_qonnx_model
+from lowbit.io import atomic_write_bytes, atomic_write_json
+from lowbit.models.build import LowbitModel
+from lowbit.quant.layers import quant_scale
+
+log = logging.getLogger(__name__)
+
+MODEL_JSON_VERSION = 1
+GRAPH_FILES = {"qonnx": "model.qonnx.onnx", "qcdq": "model.qcdq.onnx", "int": "model.int.onnx"}
+
+
+def parse_batch(batch: str | int) -> int | None:
+    """Returns a fixed batch size, or None for a dynamic batch dimension."""
+    if batch in (None, "dynamic"):
+        return None
+    try:
+        value = int(batch)
+    except ValueError:
+        raise ConfigError(f"--batch {batch!r}: give a positive integer or 'dynamic'") from None
+    if value < 1:
+        raise ConfigError(f"--batch {batch!r}: give a positive integer or 'dynamic'")
+    return value
+
+
+def fix_batch(model: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
+    """Sets dim 0 of inputs/outputs to `batch` (None leaves the symbolic `N`)."""
+    if batch is None:
+        return model
+    for info in list(model.graph.input) + list(model.graph.output):
+        dim = info.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = batch
+    return model
+
+
+def build_graphs(model: LowbitModel) -> tuple[dict[str, onnx.ModelProto], list[dict], dict]:
+    """Returns ({'qonnx','qcdq','int'} graphs, per-layer records, head info)."""
+    model.eval()
+    qonnx_graph = export_qonnx_model(model)
+    graphs = {"qonnx": qonnx_graph, "qcdq": quant_to_qcdq(qonnx_graph)}
+    int_graph, layers, head = lower_model(model)
+    graphs["int"] = int_graph
+    return graphs, layers, head
+
+
+def deployed_bits(layers: list[dict], head: dict) -> dict:
+    """Returns the bits an accelerator stores: weight codes, thresholds, head rows (per layer).
+
+    A threshold is stored at its layer's accumulator width; a requantization-only layer (a
+    residual operand) at the width of its integer input plus one bit.
+    """
+    rows = []
+    for layer in layers:
+        weight_bits = layer.get("weights", 0) * layer.get("weight_bits", 0)
+        threshold_bits = layer["thresholds"] * layer.get("accumulator_bits", layer["act_bits"] + 2)
+        rows.append({"name": layer["name"], "weight_bits": weight_bits, "threshold_bits": threshold_bits})
+    head_bits = head["classes"] * head["features"] * head["head_weight_bits"]
+    rows.append({"name": "head", "weight_bits": head_bits, "threshold_bits": 0})
+    total = sum(row["weight_bits"] + row["threshold_bits"] for row in rows)
+    return {"total": total, "layers": rows}
+
+
+def model_description(
+    model: LowbitModel, layers: list[dict], head: dict, *, class_names: list[str],
+    normalization: dict, ood: dict | None,
+) -> dict:
+    """Returns model.json's content: everything a consumer needs besides the graphs."""
+    recipe = model.recipe
+    input_layer = model.backbone.input_quant
+    return {
+        "format_version": MODEL_JSON_VERSION,
+        "lowbit_version": lowbit.__version__,
+        "recipe": recipe.to_dict(),
+        "model": model.config.to_dict(),
+        "class_names": list(class_names),
+        "input": {
+            "name": "input",
+            "shape": [3, model.config.image_size, model.config.image_size],
+            "normalization": normalization,
+            "input_bits": recipe.input_bits,
+            "input_scale": float(quant_scale(input_layer).reshape(-1)[0]),
+        },
+        "layers": layers,
+        "head": head,
+        "model_bits": deployed_bits(layers, head),
+        "ood": ood or {"score": "msp", "threshold": None, "tpr": None},
+        "files": dict(GRAPH_FILES),
+    }
+
+
+def export_model(
+    model: LowbitModel, out_dir: str | Path, *, class_names: list[str], normalization: dict,
+    ood: dict | None = None, batch: int | None = None, source_run: str = ".",
+) -> dict:
+    """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict."""
+    if model.recipe.is_float:
+        raise ConfigError("the fp32 recipe has no quantized graphs to export: train a w*a* recipe")
+    out_dir = Path(out_dir)
+    graphs, layers, head = build_graphs(model)
+    description = model_description(
+        model, layers, head, class_names=class_names, normalization=normalization, ood=ood
+    )
+    description["source_run"] = source_run
+    payload = json.dumps(description, separators=(",", ":"))
+    blobs = {}
+    for kind, graph in graphs.items():
+        graph = fix_batch(graph, batch)
+        del graph.metadata_props[:]
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = "lowbit", payload
+        onnx.checker.check_model(graph)
+        blobs[kind] = graph.SerializeToString()
+    # every graph is built and checked before the first file is replaced
+    for kind, blob in blobs.items():
+        atomic_write_bytes(out_dir / GRAPH_FILES[kind], blob)
+    atomic_write_json(out_dir / "model.json", description)
+    log.info("exported %s to %s", ", ".join(GRAPH_FILES.values()), out_dir)
+    return description

@@ -1,0 +1,73 @@
+"""export_run / verify_run: the run-directory wrappers the CLI calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from lowbit.errors import ModelFileError
+from lowbit.export.api import export_model
+
+log = logging.getLogger(__name__)
+
+
+def _splits_for(record: dict):
+    from lowbit.data import load_splits
+
+    train = record.get("train", {})
+    return load_splits(
+        record.get("data", "builtin"), image_size=record["model"]["image_size"],
+        crop=train.get("crop", True), unknown=train.get("unknown"), seed=record.get("seed", 0),
+    )
+
+
+def export_run(
+    run_dir: str | Path, out_dir: str | Path | None = None, *, batch: int | None = None,
+    ood_score: str = "msp", tpr: float = 0.95,
+) -> tuple[Path, dict]:
+    """Exports a trained run; calibrates the OOD threshold on its validation split."""
+    from lowbit.data import NORMALIZATION
+    from lowbit.fewshot.openset import calibrate_threshold, ood_score as score_fn
+    from lowbit.train import load_run, predict_logits
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir
+    model, record = load_run(run_dir)
+    splits = _splits_for(record)
+    val_logits = predict_logits(model, splits.val.x)
+    threshold = calibrate_threshold(score_fn(val_logits, ood_score), tpr)
+    ood = {"score": ood_score, "threshold": threshold, "tpr": tpr, "calibrated_on": "val"}
+    description = export_model(
+        model, out_dir, class_names=record["class_names"], normalization=NORMALIZATION, ood=ood,
+        batch=batch, source_run=os.path.relpath(run_dir.resolve(), out_dir.resolve()),
+    )
+    return out_dir, description
+
+
+def verify_run(
+    export_dir: str | Path, *, data: str | None = None, n: int = 1000, random: int = 1000,
+    ties: bool = True, seed: int = 0, executors: tuple[str, ...] | None = None, progress: bool = True,
+) -> dict:
+    """Verifies an exported model against the run it came from (model.json's source_run)."""
+    from lowbit.train import load_run
+    from lowbit.verify.api import EXECUTORS, build_inputs, verify_export
+
+    export_dir = Path(export_dir)
+    path = export_dir / "model.json"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
+    description = json.loads(path.read_text())
+    run_dir = (export_dir / description.get("source_run", ".")).resolve()
+    model, record = load_run(run_dir)
+    real = None
+    if n > 0:
+        if data is not None:
+            record = {**record, "data": data}
+        real = _splits_for(record).test.x
+    inputs = build_inputs(description, real, n=n, random=random, ties=ties, seed=seed)
+    log.info("verifying on %s", {k: len(v) for k, v in inputs.items()})
+    return verify_export(model, export_dir, inputs, executors=executors or EXECUTORS,
+                         progress=progress)
+

@@ -1,0 +1,265 @@
+"""The QAT loop: `train(config, run_dir)` and `evaluate(model, splits)`. No trainer framework.
+
+Every epoch draws its batch order and augmentation from its own generator seeded by
+(seed, epoch), so a run resumed from a checkpoint sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lowbit.errors import ConfigError, DataError
+from lowbit.models import ModelConfig, build_model
+from lowbit.quant.recipes import get_recipe
+from lowbit.train.checkpoint import (
+    CHECKPOINT_NAME,
+    init_from_run,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lowbit.train.config import TrainConfig
+from lowbit.train.evaluate import evaluate, split_accuracy
+from lowbit.train.losses import make_loss
+from lowbit.train.run import CONFIG_NAME, METRICS_NAME, read_json, run_record, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0) -> float:
+    """Returns the learning rate of `step`: cosine decay to 0, times a linear warm-up ramp."""
+    decay = 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return base_lr * decay * ramp
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Returns the generator of one epoch's batch order and augmentation."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Returns `x` [N, C, H, W] with random horizontal flips and shifts of up to max_shift px.
+
+    Shifted-in border pixels repeat the edge (replicate padding), so no black frame appears.
+    """
+    n, _, height, width = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if max_shift <= 0:
+        return x
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate").permute(0, 2, 3, 1)
+    rows = torch.arange(height)[None, :] + max_shift + shifts[:, :1]
+    cols = torch.arange(width)[None, :] + max_shift + shifts[:, 1:]
+    batch = torch.arange(n)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Turns on torch's deterministic algorithms (warn where none exists), then restores."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Returns SGD (Nesterov) or AdamW; weight decay only on conv and head weights (ndim >= 2).
+
+    BN affine parameters and quantizer scales (log2 domain for power-of-two scales) are not
+    decayed: pulling a log-scale toward 0 would pull the scale toward 1.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    nesterov = config.momentum > 0
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    # drop the last partial batch: a batch of one breaks BatchNorm on 1x1 feature maps
+    return max(1, num_samples // batch_size)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    *,
+    epoch: int,
+    step: int,
+    progress: bool,
+) -> tuple[int, dict]:
+    """Runs one epoch of optimizer steps; returns (step after it, {"loss", "accuracy"})."""
+    x_all, y_all = data
+    batch_size = min(config.batch_size, len(y_all))
+    steps = steps_per_epoch(len(y_all), config.batch_size)
+    total_steps = steps * config.epochs
+    generator = epoch_generator(config.seed, epoch)
+    order = torch.randperm(len(y_all), generator=generator)
+    max_shift = config.image_size // 16 if config.augment else 0
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    )
+    for index in bar:
+        batch = order[index * batch_size : (index + 1) * batch_size]
+        x, y = x_all[batch], y_all[batch]
+        if config.augment:
+            x = augment(x, generator, max_shift)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, total_steps, config.lr, config.warmup_steps)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return step, {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+
+def load_data(config: TrainConfig):  # -> lowbit.data.Splits
+    """Returns the Splits of config.data (imported here: lowbit.data is heavy)."""
+    from lowbit.data import load_splits
+
+    unknown = list(config.unknown) if config.unknown is not None else None
+    return load_splits(
+        config.data,
+        image_size=config.image_size,
+        crop=config.crop,
+        unknown=unknown,
+        seed=config.seed,
+    )
+
+
+def _check_splits(splits, config: TrainConfig) -> None:
+    if len(splits.train.y) == 0:
+        raise DataError(f"data {config.data!r}: the train split is empty")
+    size = splits.train.x.shape[-1]
+    if size != config.image_size:
+        raise DataError(
+            f"data {config.data!r}: images are {size} px, config.image_size is {config.image_size}"
+        )
+
+
+def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, optimizer) -> tuple[int, int]:
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: nothing to resume; train without resume first")
+    saved = read_json(run_dir / CONFIG_NAME).get("train")
+    if saved != config.to_dict():
+        changed = sorted(k for k in config.to_dict() if (saved or {}).get(k) != config.to_dict()[k])
+        raise ConfigError(
+            f"{run_dir / CONFIG_NAME}: resume needs the same config; differs in {changed}"
+        )
+    checkpoint = load_checkpoint(path)
+    load_model_state(model, checkpoint, path)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    return int(checkpoint["epoch"]), int(checkpoint["step"])
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    splits=None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Trains per `config` into run_dir (config.json, checkpoint.pt, metrics.json); returns metrics.
+
+    `splits` (a lowbit.data.Splits or any object with .train/.val/.test/.ood ArraySets and
+    .class_names) replaces loading config.data. `resume` continues from run_dir's checkpoint and
+    ends with the same weights as an uninterrupted run.
+    """
+    config = config.resolved()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits = splits if splits is not None else load_data(config)
+    _check_splits(splits, config)
+    seed_everything(config.seed)
+    recipe = get_recipe(config.recipe, **config.recipe_overrides)
+    model_config = ModelConfig(
+        backbone=config.backbone,
+        head=config.head,
+        num_classes=len(splits.class_names),
+        width=config.width,
+        image_size=config.image_size,
+        cosine_scale=config.cosine_scale,
+    )
+    model = build_model(recipe, model_config)
+    optimizer = make_optimizer(model, config)
+    start_epoch, step = 0, 0
+    if resume:
+        start_epoch, step = _resume(run_dir, config, model, optimizer)
+        logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+    else:
+        if config.init is not None:
+            init_from_run(model, Path(config.init))
+        unknown_names = list(getattr(splits, "unknown_names", []) or [])
+        record = run_record(
+            config, recipe, model_config, splits.class_names, unknown_names, config.data
+        )
+        write_json(run_dir / CONFIG_NAME, record)
+    data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))
+    loss_fn = make_loss(config.loss, config.tau)
+    with deterministic_algorithms():
+        for epoch in range(start_epoch, config.epochs):
+            step, stats = train_epoch(
+                model, optimizer, loss_fn, data, config, epoch=epoch, step=step, progress=progress
+            )
+            val_accuracy = split_accuracy(model, splits.val)
+            logger.info(
+                "epoch %d/%d: loss %.4f, train accuracy %.3f, val accuracy %s",
+                epoch + 1,
+                config.epochs,
+                stats["loss"],
+                stats["accuracy"],
+                val_accuracy,
+            )
+            save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, step=step, epoch=epoch + 1)
+        metrics = evaluate(model, splits, config=config)
+    write_json(run_dir / METRICS_NAME, metrics)
+    return metrics

@@ -1,0 +1,110 @@
+"""A run directory's JSON files (config.json, metrics.json) and `load_run`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import brevitas
+import numpy as np
+import torch
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.models import LowbitModel, ModelConfig, build_model
+from lowbit.quant.recipes import Recipe, recipe_from_dict
+from lowbit.train.checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, load_model_state
+from lowbit.train.config import TrainConfig
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.json"
+
+
+def versions() -> dict[str, str]:
+    """Returns the versions that shape a run's numbers."""
+    return {
+        "lowbit": lowbit.__version__,
+        "torch": torch.__version__,
+        "brevitas": brevitas.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Writes `data` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def read_json(path: Path) -> dict:
+    """Returns a JSON object from `path`; ConfigError names the file when it is missing or bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is this a run directory written by `lowbit train`?")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def run_record(
+    config: TrainConfig,
+    recipe: Recipe,
+    model_config: ModelConfig,
+    class_names: Sequence[str],
+    unknown_names: Sequence[str],
+    data_source: str,
+) -> dict:
+    """Returns the contents of config.json: everything needed to rebuild and explain the run."""
+    return {
+        "train": config.to_dict(),
+        "recipe": recipe.to_dict(),
+        "model": model_config.to_dict(),
+        "class_names": list(class_names),
+        "unknown_names": list(unknown_names),
+        "data": data_source,
+        "seed": config.seed,
+        "versions": versions(),
+    }
+
+
+def _major(version: str) -> str:
+    return str(version).split(".")[0]
+
+
+def check_version(record: dict, path: Path) -> None:
+    """Raises ConfigError when config.json comes from another lowbit major version."""
+    saved = record.get("versions", {}).get("lowbit")
+    if saved is None:
+        raise ConfigError(f"{path}: no versions.lowbit field; not a lowbit run config")
+    if _major(saved) != _major(lowbit.__version__):
+        raise ConfigError(
+            f"{path}: written by lowbit {saved}, this is lowbit {lowbit.__version__}; "
+            "retrain the run or use a matching lowbit version"
+        )
+
+
+def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
+    """Returns (model in eval mode with the run's weights, config.json contents)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_NAME
+    record = read_json(path)
+    check_version(record, path)
+    try:
+        recipe = recipe_from_dict(record["recipe"])
+        model_config = ModelConfig(**record["model"])
+    except KeyError as error:
+        raise ConfigError(f"{path}: missing field {error}") from None
+    except TypeError as error:
+        raise ConfigError(
+            f"{path}: model fields do not match this lowbit version ({error})"
+        ) from None
+    model = build_model(recipe, model_config)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    load_model_state(model, load_checkpoint(checkpoint_path), checkpoint_path)
+    model.eval()
+    return model, record

@@ -1,0 +1,145 @@
+"""verify_export: run the same inputs through four executors and compare every code exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from lowbit.errors import ModelFileError
+from lowbit.export.api import GRAPH_FILES
+from lowbit.io import atomic_write_json
+from lowbit.models.build import LowbitModel
+from lowbit.verify.capture import ort_qcdq_codes, qonnx_codes, runtime_codes, torch_codes
+from lowbit.verify.compare import compare_codes, compare_tail, tail_tolerance
+from lowbit.verify.inputs import random_inputs, tie_inputs
+
+log = logging.getLogger(__name__)
+EXECUTORS = ("runtime", "qcdq", "qonnx")
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf raises several types for corrupt files
+        raise ModelFileError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+
+
+def build_inputs(
+    description: dict, real: np.ndarray | None, *, n: int, random: int, ties: bool, seed: int
+) -> dict[str, np.ndarray]:
+    """Returns named input sets: real (first n), random, ties."""
+    size = description["model"]["image_size"]
+    sets = {}
+    if real is not None and n > 0:
+        sets["real"] = real[:n].astype(np.float32)
+    if random > 0:
+        sets["random"] = random_inputs(random, size, max_abs=description["model"]["input_max_abs"], seed=seed)
+    if ties:
+        tie_count = max(64, random // 4)
+        sets["ties"] = tie_inputs(tie_count, size, input_scale=description["input"]["input_scale"],
+                                  input_bits=description["input"]["input_bits"], seed=seed + 1)
+    return sets
+
+
+def verify_export(
+    model: LowbitModel, export_dir: str | Path, inputs: dict[str, np.ndarray], *,
+    executors: tuple[str, ...] = EXECUTORS, batch_size: int = 250, progress: bool = True,
+    write: bool = True,
+) -> dict:
+    """Compares codes of every quantized tensor across executors; writes verify.json."""
+    from lowbit.runtime import Runtime
+
+    export_dir = Path(export_dir)
+    description = json.loads((export_dir / "model.json").read_text())
+    graphs = {kind: load_graph(export_dir / GRAPH_FILES[kind]) for kind in ("int", "qcdq", "qonnx")}
+    runtime = Runtime(graphs["int"]) if "runtime" in executors else None
+    head = description["head"]
+    scale = head.get("cosine_scale", 1.0)
+    tolerance = tail_tolerance(scale, head["features"])
+    totals: dict[tuple[str, str], dict] = {}
+    tails: dict[str, dict] = {}
+    first = None
+    batches = [(name, data[i : i + batch_size]) for name, data in inputs.items()
+               for i in range(0, len(data), batch_size)]
+    for _set_name, x in tqdm(batches, desc="verify", disable=not progress, unit="batch"):
+        ref, pre, ref_logits = torch_codes(model, x)
+        names = list(ref)
+        runs = {}
+        if "runtime" in executors:
+            runs["runtime"] = runtime_codes(runtime, x, names)
+        if "qcdq" in executors:
+            runs["qcdq"] = ort_qcdq_codes(graphs["qcdq"], x, names)
+        if "qonnx" in executors:
+            runs["qonnx"] = qonnx_codes(graphs["qonnx"], x, names)
+        for executor, (codes, logits) in runs.items():
+            rows, mismatch = compare_codes(ref, pre, codes, executor)
+            first = first or mismatch
+            for row in rows:
+                key = (executor, row["tensor"])
+                total = totals.setdefault(key, {**row, "checked_values": 0, "mismatches": 0, "unexplained": 0})
+                for field in ("checked_values", "mismatches", "unexplained"):
+                    total[field] += row[field]
+            tail = compare_tail(ref_logits, logits, tolerance)
+            seen = tails.setdefault(executor, {"max_abs_diff": 0.0, "tolerance": tolerance, "ok": True})
+            seen["max_abs_diff"] = max(seen["max_abs_diff"], tail["max_abs_diff"] or np.inf)
+            seen["ok"] = seen["ok"] and tail["ok"]
+    layers = list(totals.values())
+    per_executor = []
+    for executor in executors:
+        rows = [row for row in layers if row["executor"] == executor]
+        per_executor.append({
+            "executor": executor,
+            "checked_tensors": len(rows),
+            "checked_values": sum(r["checked_values"] for r in rows),
+            "mismatches": sum(r["mismatches"] for r in rows),
+            "unexplained": sum(r["unexplained"] for r in rows),
+            "tail": tails.get(executor),
+        })
+    report = {
+        "inputs": {name: int(len(data)) for name, data in inputs.items()},
+        "checked_tensors": len(layers),
+        "checked_values": sum(r["checked_values"] for r in layers),
+        "mismatches": sum(r["mismatches"] for r in layers),
+        "unexplained": sum(r["unexplained"] for r in layers)
+        + sum(0 if t["ok"] else 1 for t in tails.values()),
+        "tail_tolerance": tolerance,
+        "executors": per_executor,
+        "layers": layers,
+        "first_mismatch": first,
+    }
+    if write:
+        atomic_write_json(export_dir / "verify.json", report)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Returns a readable table: one line per executor, then layers with mismatches."""
+    lines = []
+    labels = {"runtime": "integer runtime", "qcdq": "onnxruntime (QCDQ)", "qonnx": "qonnx execute_onnx"}
+    for row in report["executors"]:
+        tail = row["tail"] or {}
+        lines.append(
+            f"{labels.get(row['executor'], row['executor'])}: {row['mismatches']:,} of "
+            f"{row['checked_values']:,} codes differ ({row['unexplained']:,} unexplained) in "
+            f"{row['checked_tensors']} tensors; logits max |diff| {tail.get('max_abs_diff', float('nan')):.2e}"
+            f" (tolerance {tail.get('tolerance', float('nan')):.1e})"
+        )
+    bad = [row for row in report["layers"] if row["mismatches"]]
+    for row in bad:
+        lines.append(f"  {row['executor']:8s} {row['tensor']:32s} {row['mismatches']:>8,} mismatches, "
+                     f"{row['unexplained']:,} unexplained")
+    first = report.get("first_mismatch")
+    if first:
+        lines.append(
+            f"first mismatch: {first['executor']} {first['tensor']} index {first['index']} "
+            f"(channel {first['channel']}): expected {first['expected']}, got {first['got']}, "
+            f"pre-rounding {first['pre_rounding']:.9g} ({first['distance_ulps']:.1f} ulps from a tie)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Codes of every quantized tensor, from the fake-quant torch model and from the witness graphs."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from lowbit.export.names import tensor_name
+from lowbit.models.build import LowbitModel
+from lowbit.quant.layers import quant_scale
+
+
+def torch_codes(model: LowbitModel, x: np.ndarray) -> tuple[dict, dict, np.ndarray]:
+    """Returns (codes by tensor name, pre-rounding values by name, float32 logits).
+
+    The pre-rounding value is what the quantizer rounds: (ReLU'd) input / scale, in float32.
+    """
+    model.eval()
+    codes: dict[str, np.ndarray] = {}
+    pre: dict[str, np.ndarray] = {}
+    calls: dict[str, int] = defaultdict(int)
+    hooks = []
+    for path, module in model.named_modules():
+        scale = quant_scale(module)
+        if scale is None:
+            continue
+
+        def hook(mod, inputs, output, path=path, scale=scale):
+            name = tensor_name(path, calls[path])
+            calls[path] += 1
+            value = inputs[0].detach()
+            if mod.__class__.__name__ == "QuantReLU":
+                value = torch.relu(value)
+            codes[name] = torch.round(output.detach() / scale).numpy().astype(np.int64)
+            pre[name] = (value / scale).numpy()
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x)).numpy()
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return codes, pre, logits
+
+
+def graph_scales(graph: onnx.ModelProto, names: list[str]) -> dict[str, float]:
+    """Returns the scale of each named code tensor in a QONNX or QCDQ graph."""
+    inits = {init.name: init for init in graph.graph.initializer}
+    scales = {}
+    for node in graph.graph.node:
+        out = node.output[0]
+        if out not in names:
+            continue
+        if node.op_type == "Quant":
+            scales[out] = float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])
+        elif node.op_type == "DequantizeLinear":
+            scales[out] = float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])
+    return scales
+
+
+def _to_codes(values: np.ndarray, scale: float) -> np.ndarray:
+    return np.round(values.astype(np.float64) / scale).astype(np.int64)
+
+
+def ort_qcdq_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+    """Runs onnxruntime on the QCDQ graph (no graph rewrites) exposing every code tensor."""
+    import onnxruntime as ort
+
+    present = [name for name in names if name in {n.output[0] for n in graph.graph.node}]
+    scales = graph_scales(graph, present)
+    probe = copy.deepcopy(graph)
+    for name in present:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    # ORT_DISABLE_ALL: run the graph as written; fusions (QDQ -> QLinearConv) would change math
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input": x})
+    result = dict(zip([o.name for o in session.get_outputs()], outputs))
+    codes = {name: _to_codes(result[name], scales[name]) for name in present}
+    return codes, result["logits"]
+
+
+def qonnx_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+    """Runs qonnx's `execute_onnx` on the QONNX graph (batch fixed to len(x))."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    fixed = copy.deepcopy(graph)
+    for info in list(fixed.graph.input) + list(fixed.graph.output):
+        dim = info.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = len(x)
+    del fixed.graph.value_info[:]
+    wrapper = ModelWrapper(fixed).transform(InferShapes())
+    context = execute_onnx(wrapper, {"input": x}, return_full_exec_context=True)
+    present = [name for name in names if name in context]
+    scales = graph_scales(fixed, present)
+    codes = {name: _to_codes(context[name], scales[name]) for name in present}
+    return codes, context["logits"]
+
+
+def runtime_codes(runtime, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+    """Runs lowbit's integer runtime, keeping every intermediate tensor."""
+    tensors = runtime.run(x, keep_intermediates=True)
+    codes = {name: tensors[name].astype(np.int64) for name in names if name in tensors}
+    return codes, tensors["logits"]

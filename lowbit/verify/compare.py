@@ -1,0 +1,72 @@
+"""Layer-by-layer exact comparison of integer codes, and the float tail's stated tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A mismatch is *explained* when the float model's pre-rounding value lies within this many
+# float32 ulps of a rounding boundary (k + 1/2): a float-summation artifact of the float model
+# (non-power-of-two scales), not a lowering bug. Anything farther is *unexplained*.
+EXPLAINED_ULPS = 4
+
+
+def boundary_distance_ulps(pre: np.ndarray) -> np.ndarray:
+    """Returns the distance of each pre-rounding value to its nearest k + 1/2, in float32 ulps."""
+    pre = pre.astype(np.float64)
+    boundary = np.floor(pre) + 0.5
+    spacing = np.spacing(np.abs(boundary).astype(np.float32)).astype(np.float64)
+    return np.abs(pre - boundary) / spacing
+
+
+def tail_tolerance(scale: float, features: int) -> float:
+    """Returns the stated bound on |logit_runtime - logit_torch| for the cosine head.
+
+    torch computes the cosine in float32: a length-F dot product of unit vectors plus two
+    normalizations, each with relative error <= (F + 8) * 2^-24 (Higham's gamma_n bound, u =
+    2^-24); times the head's scale. The runtime's float64 tail is exact by comparison.
+    """
+    return float(scale) * (features + 8) * 2.0**-24 * 4
+
+
+def compare_codes(
+    reference: dict[str, np.ndarray], pre: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+    executor: str,
+) -> tuple[list[dict], dict | None]:
+    """Returns (per-layer rows, first mismatch or None) of `candidate` against `reference`."""
+    rows, first = [], None
+    for name, expected in reference.items():
+        if name not in candidate:
+            continue
+        got = candidate[name]
+        if got.shape != expected.shape:
+            rows.append({"executor": executor, "tensor": name, "checked_values": 0, "mismatches": -1,
+                         "unexplained": int(expected.size), "error": f"shape {got.shape} != {expected.shape}"})
+            continue
+        diff = got != expected
+        mismatches = int(diff.sum())
+        unexplained = 0
+        if mismatches:
+            distance = boundary_distance_ulps(pre[name][diff])
+            unexplained = int((distance > EXPLAINED_ULPS).sum())
+            if first is None:
+                index = tuple(int(i) for i in np.argwhere(diff)[0])
+                value = float(pre[name][index])
+                first = {
+                    "executor": executor, "tensor": name, "index": list(index),
+                    "channel": index[1] if len(index) > 1 else None,
+                    "expected": int(expected[index]), "got": int(got[index]),
+                    "pre_rounding": value,
+                    "distance_ulps": float(boundary_distance_ulps(np.array([value]))[0]),
+                }
+        rows.append({"executor": executor, "tensor": name, "checked_values": int(expected.size),
+                     "mismatches": mismatches, "unexplained": unexplained})
+    return rows, first
+
+
+def compare_tail(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> dict:
+    """Returns the float tail's max abs difference against its stated tolerance."""
+    if reference.shape != candidate.shape:
+        return {"max_abs_diff": None, "tolerance": tolerance, "ok": False}
+    worst = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(initial=0.0))
+    return {"max_abs_diff": worst, "tolerance": tolerance, "ok": worst <= tolerance,
+            "argmax_agree": float((reference.argmax(1) == candidate.argmax(1)).mean())}

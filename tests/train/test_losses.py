@@ -1,0 +1,37 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.train.losses import LOSSES, cross_entropy, logitnorm_loss, make_loss
+
+
+def _ce_by_hand(row: list[float], label: int) -> float:
+    return math.log(sum(math.exp(v) for v in row)) - row[label]
+
+
+def test_logitnorm_matches_hand_computation():
+    logits = torch.tensor([[3.0, 4.0], [0.0, -2.0]])
+    y = torch.tensor([1, 0])
+    tau = 0.5
+    # row norms 5 and 2: divide by tau * norm + 1e-7
+    rows = [[3.0 / (2.5 + 1e-7), 4.0 / (2.5 + 1e-7)], [0.0, -2.0 / (1.0 + 1e-7)]]
+    expected = (_ce_by_hand(rows[0], 1) + _ce_by_hand(rows[1], 0)) / 2
+    # float32 softmax of values near 1: a few ulps of 1.0
+    assert abs(logitnorm_loss(logits, y, tau).item() - expected) < 1e-6
+
+
+def test_logitnorm_ignores_logit_scale():
+    # the property that makes the cosine head's scale irrelevant under LogitNorm
+    torch.manual_seed(0)
+    logits, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(logitnorm_loss(logits, y, 0.1), logitnorm_loss(7.0 * logits, y, 0.1))
+
+
+def test_cross_entropy_and_registry():
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(cross_entropy(logits, y), F.cross_entropy(logits, y))
+    assert set(LOSSES) == {"ce", "logitnorm"}
+    assert torch.equal(make_loss("ce", 0.3)(logits, y), cross_entropy(logits, y))
+    assert torch.equal(make_loss("logitnorm", 0.3)(logits, y), logitnorm_loss(logits, y, 0.3))
