@@ -266,7 +266,7 @@ def _topological_order(
         ready = [n for n in pending if all(not name or name in done for name in n.input)]
         if not ready:
             names = ", ".join(f"'{n.name or n.output[0]}' ({n.op_type})" for n in pending[:4])
-            raise ModelFileError(f"{label}: graph has a cycle through nodes {names}")
+            raise ModelFileError(f"{label}: graph has a cycle: nodes {names} cannot be ordered")
         for node in ready:
             done.add(node.output[0])
         ordered.extend(ready)

@@ -154,14 +154,14 @@ class Runtime:
             finite = np.isfinite(x)
             if not finite.all():
                 index = tuple(int(i) for i in np.argwhere(~finite)[0])
-                raise InputError(f"input '{name}' has {x[index]} at index {list(index)}")
+                raise InputError(f"input '{name}' has {float(x[index])} at index {list(index)}")
         if x.dtype != expected:
             converted = x.astype(expected)
             inexact = converted != x
             if inexact.any():
                 index = tuple(int(i) for i in np.argwhere(inexact)[0])
                 raise InputError(
-                    f"input '{name}' is float64 and its value {x[index]!r} at index "
+                    f"input '{name}' is float64 and its value {float(x[index])!r} at index "
                     f"{list(index)} is not a float32; pass float32"
                 )
             x = converted

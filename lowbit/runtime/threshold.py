@@ -6,6 +6,8 @@ Reference: `qonnx.custom_op.general.multithreshold` (the `multithreshold` functi
 float64, which represents both operands exactly, so the comparison is the exact one and equals
 `x >= ceil(t)` in integers. The integer form is used whenever it is provably the same (finite
 thresholds within x's range), because it is cheaper; otherwise numpy's comparison is used as is.
+One deliberate difference: qonnx casts the count to x's dtype, which wraps for an int8 x with
+more than 127 thresholds; here the count is exact.
 """
 
 from __future__ import annotations

@@ -142,7 +142,13 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
     """Loads the checkpoint's weights and activation-scale state into `model`, all or nothing."""
-    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    except RuntimeError as error:  # shape mismatches raise even with strict=False
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise ModelFileError(
+            f"{path}: weights do not fit the model of config.json ({detail})"
+        ) from None
     quant_state = checkpoint.get("quant_state", {})
     stats_values = {f"{name}.value" for name in _runtime_stats_modules(model)}
     # An untrained scale's value is left out of state_dict by Brevitas; quant_state carries it.

@@ -183,21 +183,21 @@ def _check_splits(splits, config: TrainConfig) -> None:
         )
 
 
-def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, optimizer) -> tuple[int, int]:
+def _resume(run_dir: Path, config: TrainConfig, model: nn.Module) -> dict:
+    """Loads run_dir's checkpoint into `model`; returns the checkpoint."""
     path = run_dir / CHECKPOINT_NAME
     if not path.is_file():
         raise ConfigError(f"{path}: nothing to resume; train without resume first")
-    saved = read_json(run_dir / CONFIG_NAME).get("train")
-    if saved != config.to_dict():
-        changed = sorted(k for k in config.to_dict() if (saved or {}).get(k) != config.to_dict()[k])
+    saved = read_json(run_dir / CONFIG_NAME).get("train") or {}
+    current = config.to_dict()
+    changed = sorted(key for key in current if saved.get(key) != current[key])
+    if changed:
         raise ConfigError(
             f"{run_dir / CONFIG_NAME}: resume needs the same config; differs in {changed}"
         )
     checkpoint = load_checkpoint(path)
     load_model_state(model, checkpoint, path)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
-    return int(checkpoint["epoch"]), int(checkpoint["step"])
+    return checkpoint
 
 
 def train(
@@ -230,10 +230,15 @@ def train(
         cosine_scale=config.cosine_scale,
     )
     model = build_model(recipe, model_config)
+    checkpoint = _resume(run_dir, config, model) if resume else None
+    # Built after loading: Brevitas re-creates its quantizers (new scale Parameters) on
+    # load_state_dict, and an optimizer built before would update the discarded ones.
     optimizer = make_optimizer(model, config)
     start_epoch, step = 0, 0
-    if resume:
-        start_epoch, step = _resume(run_dir, config, model, optimizer)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
         logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
     else:
         if config.init is not None:
@@ -257,7 +262,7 @@ def train(
                 config.epochs,
                 stats["loss"],
                 stats["accuracy"],
-                val_accuracy,
+                "n/a" if val_accuracy is None else f"{val_accuracy:.3f}",
             )
             save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, step=step, epoch=epoch + 1)
         metrics = evaluate(model, splits, config=config)

@@ -24,7 +24,10 @@ def make_model(
     initializers: dict[str, np.ndarray] | None = None,
     datatypes: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
-    """An opset-17 model with the qonnx domain imported and `finn_datatype` annotations."""
+    """An opset-17 model with the qonnx domain imported and `finn_datatype` annotations.
+
+    Output shapes left out are filled in by ONNX shape inference where it can.
+    """
     graph = helper.make_graph(
         list(nodes),
         "lowbit_test",
@@ -41,6 +44,13 @@ def make_model(
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)],
     )
     model.ir_version = 8
+    # fill in output shapes the caller left out (the checker wants them) where ONNX can infer
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.output
+    except onnx.shape_inference.InferenceError:  # deliberately broken test graphs
+        return model
+    del model.graph.output[:]
+    model.graph.output.extend(inferred)
     return model
 
 
@@ -57,7 +67,9 @@ def single_node_model(
     """One node whose first input is the graph input (batch dim symbolic) and the rest constants."""
     elem_type = helper.np_dtype_to_tensor_dtype(x.dtype)
     graph_input = tensor(node.input[0], elem_type, ["N", *x.shape[1:]])
-    return make_model([node], graph_input, [tensor(node.output[0], output_type, None)], initializers)
+    return make_model(
+        [node], graph_input, [tensor(node.output[0], output_type, None)], initializers
+    )
 
 
 def increasing_thresholds(

@@ -21,7 +21,12 @@ def test_accuracy_per_class_and_confusion():
     y = np.array([0, 0, 1, 1, 2])
     pred = np.array([0, 1, 1, 1, 0])
     assert accuracy(y, pred) == 3 / 5
-    assert per_class_accuracy(y, pred, ["a", "b", "c", "d"]) == {"a": 0.5, "b": 1.0, "c": 0.0, "d": None}
+    assert per_class_accuracy(y, pred, ["a", "b", "c", "d"]) == {
+        "a": 0.5,
+        "b": 1.0,
+        "c": 0.0,
+        "d": None,
+    }
     expected = [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert np.array_equal(confusion_matrix(y, pred, 3), expected)
 
