@@ -10,7 +10,6 @@ Writes results.json and results.md (the table in README.md) under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -36,18 +35,30 @@ def run(out: Path, epochs: int, seeds: list[int]) -> list[dict]:
             metrics = _train_or_reuse(
                 TrainConfig(recipe=recipe, loss=loss, init=init, **common), run_dir, progress=False
             )
-            results.append({"seed": seed, "recipe": recipe, "loss": loss,
-                            "accuracy": metrics["accuracy"], "ood": metrics["ood"],
-                            "model_bits": metrics["model_bits"],
-                            "train_seconds": round(time.perf_counter() - start, 1)})
-            print(f"seed {seed} {recipe:5s} {loss:9s} accuracy {metrics['accuracy']:.3f} "
-                  f"msp fpr95 {metrics['ood']['msp']['fpr95']:.3f}", flush=True)
+            results.append(
+                {
+                    "seed": seed,
+                    "recipe": recipe,
+                    "loss": loss,
+                    "accuracy": metrics["accuracy"],
+                    "ood": metrics["ood"],
+                    "model_bits": metrics["model_bits"],
+                    "train_seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(
+                f"seed {seed} {recipe:5s} {loss:9s} accuracy {metrics['accuracy']:.3f} "
+                f"msp fpr95 {metrics['ood']['msp']['fpr95']:.3f}",
+                flush=True,
+            )
     return results
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| recipe | loss | accuracy | MSP AUROC | MSP FPR95 | energy FPR95 | model bits |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | loss | accuracy | MSP AUROC | MSP FPR95 | energy FPR95 | model bits |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for recipe, loss in ROWS:
         rows = [r for r in results if r["recipe"] == recipe and r["loss"] == loss]
         if not rows:
@@ -58,7 +69,8 @@ def table(results: list[dict]) -> str:
 
         lines.append(
             f"| {recipe} | {loss} | {mean(lambda r: r['accuracy']):.3f} | "
-            f"{mean(lambda r: r['ood']['msp']['auroc']):.3f} | {mean(lambda r: r['ood']['msp']['fpr95']):.3f} | "
+            f"{mean(lambda r: r['ood']['msp']['auroc']):.3f} | "
+            f"{mean(lambda r: r['ood']['msp']['fpr95']):.3f} | "
             f"{mean(lambda r: r['ood']['energy']['fpr95']):.3f} | {rows[0]['model_bits']:,} |"
         )
     return "\n".join(lines) + "\n"

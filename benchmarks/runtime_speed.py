@@ -1,6 +1,6 @@
 """Inference speed of one exported model on four executors, same inputs, one run.
 
-    python benchmarks/runtime_speed.py [--recipe w2a2] [--repeats 20] [--out benchmarks/results/speed]
+    python benchmarks/runtime_speed.py [--recipe w2a2] [--repeats 20] [--out DIR]
 
 Builds a conv4-64 model at 32x32 for the recipe (calibrated on random data: speed does not depend
 on training), exports it, and times batch 1 and batch 64 for: lowbit's integer runtime,
@@ -58,15 +58,25 @@ def main() -> None:
     args = parser.parse_args()
     model = calibrated(args.recipe)
     tmp = Path(tempfile.mkdtemp())
-    export_model(model, tmp, class_names=[f"c{i}" for i in range(8)],
-                 normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    export_model(
+        model,
+        tmp,
+        class_names=[f"c{i}" for i in range(8)],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     runtime = Runtime(tmp / "model.int.onnx")
     session = ort.InferenceSession(str(tmp / "model.qcdq.onnx"), providers=["CPUExecutionProvider"])
     fp32 = build_model(get_recipe("fp32"), ModelConfig(backbone="conv4", num_classes=8)).eval()
     fp32_path = tmp / "fp32.onnx"
-    torch.onnx.export(fp32, torch.zeros(1, 3, 32, 32), str(fp32_path), dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    torch.onnx.export(
+        fp32,
+        torch.zeros(1, 3, 32, 32),
+        str(fp32_path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+    )
     fp32_session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     import onnx
 
@@ -78,22 +88,36 @@ def main() -> None:
         timings = {
             "lowbit integer runtime": median_ms(lambda: runtime.run(x), args.repeats),
             "onnxruntime QCDQ": median_ms(lambda: session.run(None, {"input": x}), args.repeats),
-            "onnxruntime fp32 graph": median_ms(lambda: fp32_session.run(None, {"input": x}), args.repeats),
+            "onnxruntime fp32 graph": median_ms(
+                lambda: fp32_session.run(None, {"input": x}), args.repeats
+            ),
             "torch fake-quant": median_ms(lambda: model(xt), args.repeats),
             "qonnx execute_onnx": median_ms(
-                lambda: qonnx_codes(copy.deepcopy(qonnx_graph), x, []), max(3, args.repeats // 4)),
+                lambda: qonnx_codes(copy.deepcopy(qonnx_graph), x, []), max(3, args.repeats // 4)
+            ),
         }
         base = timings["onnxruntime QCDQ"]
         for name, ms in timings.items():
-            rows.append({"batch": batch, "executor": name, "median_ms": round(ms, 3),
-                         "ratio_vs_ort_qcdq": round(ms / base, 3)})
+            rows.append(
+                {
+                    "batch": batch,
+                    "executor": name,
+                    "median_ms": round(ms, 3),
+                    "ratio_vs_ort_qcdq": round(ms / base, 3),
+                }
+            )
     with torch.no_grad():
         pass
-    atomic_write_json(Path(args.out) / "speed.json", {"recipe": args.recipe, "rows": rows,
-                                                       "torch_threads": torch.get_num_threads()})
-    print(f"| batch | executor | median ms | ratio vs onnxruntime QCDQ |\n|---|---|---|---|")
+    atomic_write_json(
+        Path(args.out) / "speed.json",
+        {"recipe": args.recipe, "rows": rows, "torch_threads": torch.get_num_threads()},
+    )
+    print("| batch | executor | median ms | ratio vs onnxruntime QCDQ |\n|---|---|---|---|")
     for row in rows:
-        print(f"| {row['batch']} | {row['executor']} | {row['median_ms']:.2f} | {row['ratio_vs_ort_qcdq']:.2f} |")
+        print(
+            f"| {row['batch']} | {row['executor']} | {row['median_ms']:.2f} "
+            f"| {row['ratio_vs_ort_qcdq']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 def _recipe_overrides(args: argparse.Namespace) -> dict:
     overrides = {
-        "input_bits": args.input_bits, "first_weight_bits": args.first_bits,
+        "input_bits": args.input_bits,
+        "first_weight_bits": args.first_bits,
         "head_weight_bits": args.head_bits,
     }
     if args.per_tensor:
@@ -44,10 +45,21 @@ def _train_config(args: argparse.Namespace, **changes: object):
     from lowbit.train import TrainConfig
 
     fields = dict(
-        recipe=args.recipe, recipe_overrides=_recipe_overrides(args), backbone=args.backbone,
-        head=args.head, width=args.width, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, data=args.data,
-        image_size=args.image_size, crop=not args.no_crop, unknown=_csv(args.unknown),
+        recipe=args.recipe,
+        recipe_overrides=_recipe_overrides(args),
+        backbone=args.backbone,
+        head=args.head,
+        width=args.width,
+        loss=args.loss,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        data=args.data,
+        image_size=args.image_size,
+        crop=not args.no_crop,
+        unknown=_csv(args.unknown),
         init=args.init,
     )
     if args.tau is not None:
@@ -59,7 +71,9 @@ def _train_config(args: argparse.Namespace, **changes: object):
 def cmd_train(args: argparse.Namespace) -> dict:
     from lowbit.train import train
 
-    metrics = train(_train_config(args), Path(args.out), resume=args.resume, progress=not args.quiet)
+    metrics = train(
+        _train_config(args), Path(args.out), resume=args.resume, progress=not args.quiet
+    )
     return metrics
 
 
@@ -76,20 +90,33 @@ def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.run import export_run
 
     out_dir, description = export_run(args.run_dir, args.out, batch=parse_batch(args.batch))
-    return {"out": str(out_dir), "model_bits": description["model_bits"]["total"],
-            "ood": description["ood"], "layers": len(description["layers"])}
+    return {
+        "out": str(out_dir),
+        "model_bits": description["model_bits"]["total"],
+        "ood": description["ood"],
+        "layers": len(description["layers"]),
+    }
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
     from lowbit.export.run import verify_run
     from lowbit.verify.api import format_report
 
-    report = verify_run(args.dir, data=args.data, n=args.n, random=args.random, ties=args.ties,
-                        executors=_csv(args.executors), progress=not args.quiet)
+    report = verify_run(
+        args.dir,
+        data=args.data,
+        n=args.n,
+        random=args.random,
+        ties=args.ties,
+        executors=_csv(args.executors),
+        progress=not args.quiet,
+    )
     if not args.json:
         print(format_report(report))
     if report["unexplained"]:
-        raise VerifyError(f"{args.dir}: {report['unexplained']} unexplained mismatches (see verify.json)")
+        raise VerifyError(
+            f"{args.dir}: {report['unexplained']} unexplained mismatches (see verify.json)"
+        )
     return report
 
 
@@ -114,7 +141,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="builtin", help="'builtin' or a data folder")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--no-crop", action="store_true", help="use whole images, not mask crops")
-    parser.add_argument("--unknown", default=None, help="classes held out as unknown, comma-separated")
+    parser.add_argument(
+        "--unknown", default=None, help="classes held out as unknown, comma-separated"
+    )
     parser.add_argument("--init", default=None, help="run directory whose weights start training")
     parser.add_argument("--input-bits", type=int, default=None)
     parser.add_argument("--first-bits", type=int, default=None, help="first conv weight bits")
@@ -156,11 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="compare every quantized tensor across executors")
     verify.add_argument("dir", help="export folder (holds model.json)")
-    verify.add_argument("--data", default=None, help="'builtin' or a data folder (default: the run's)")
+    verify.add_argument(
+        "--data", default=None, help="'builtin' or a data folder (default: the run's)"
+    )
     verify.add_argument("--n", type=int, default=1000, help="real test images")
     verify.add_argument("--random", type=int, default=1000, help="random inputs")
-    verify.add_argument("--ties", action=argparse.BooleanOptionalAction, default=True,
-                        help="add inputs on the input quantizer's rounding ties")
+    verify.add_argument(
+        "--ties",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add inputs on the input quantizer's rounding ties",
+    )
     verify.add_argument("--executors", default=None, help="subset of runtime,qcdq,qonnx")
     verify.set_defaults(func=cmd_verify)
 
@@ -174,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         result = args.func(args)
     except LowbitError as error:

@@ -39,23 +39,35 @@ def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> di
     if quick:
         common["width"] = 16
     fp32_dir, qat_dir = out / "fp32", out / "w1a2"
-    fp32 = _train_or_reuse(TrainConfig(recipe="fp32", epochs=fp32_epochs, **common), fp32_dir, progress)
+    fp32 = _train_or_reuse(
+        TrainConfig(recipe="fp32", epochs=fp32_epochs, **common), fp32_dir, progress
+    )
     qat_config = TrainConfig(recipe="w1a2", epochs=qat_epochs, init=str(fp32_dir), **common)
     qat = _train_or_reuse(qat_config, qat_dir, progress)
     _, description = export_run(qat_dir)
-    report = verify_run(qat_dir, n=200 if quick else 1000, random=64 if quick else 1000,
-                        progress=progress)
+    report = verify_run(
+        qat_dir, n=200 if quick else 1000, random=64 if quick else 1000, progress=progress
+    )
     lines = [
         f"lowbit run: conv4 cosine head, LogitNorm, built-in defect data ({out})",
         f"  fp32 accuracy {fp32['accuracy']:.3f}   w1a2 accuracy {qat['accuracy']:.3f}",
     ]
     if qat.get("ood"):
         msp = qat["ood"]["msp"]
-        lines.append(f"  w1a2 unknown-defect detection (MSP): AUROC {msp['auroc']:.3f}, "
-                     f"FPR@95%TPR {msp['fpr95']:.3f}")
-    lines.append(f"  deployed model: {description['model_bits']['total']:,} bits "
-                 f"({description['model_bits']['total'] / 8 / 1024:.1f} KiB)")
+        lines.append(
+            f"  w1a2 unknown-defect detection (MSP): AUROC {msp['auroc']:.3f}, "
+            f"FPR@95%TPR {msp['fpr95']:.3f}"
+        )
+    lines.append(
+        f"  deployed model: {description['model_bits']['total']:,} bits "
+        f"({description['model_bits']['total'] / 8 / 1024:.1f} KiB)"
+    )
     lines.append(format_report(report))
     print("\n".join(lines), file=sys.stdout)
-    return {"fp32": fp32, "w1a2": qat, "verify": {k: report[k] for k in
-            ("checked_tensors", "checked_values", "mismatches", "unexplained")}}
+    return {
+        "fp32": fp32,
+        "w1a2": qat,
+        "verify": {
+            k: report[k] for k in ("checked_tensors", "checked_values", "mismatches", "unexplained")
+        },
+    }

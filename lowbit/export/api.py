@@ -67,7 +67,9 @@ def deployed_bits(layers: list[dict], head: dict) -> dict:
     for layer in layers:
         weight_bits = layer.get("weights", 0) * layer.get("weight_bits", 0)
         threshold_bits = layer["thresholds"] * layer.get("accumulator_bits", layer["act_bits"] + 2)
-        rows.append({"name": layer["name"], "weight_bits": weight_bits, "threshold_bits": threshold_bits})
+        rows.append(
+            {"name": layer["name"], "weight_bits": weight_bits, "threshold_bits": threshold_bits}
+        )
     head_bits = head["classes"] * head["features"] * head["head_weight_bits"]
     rows.append({"name": "head", "weight_bits": head_bits, "threshold_bits": 0})
     total = sum(row["weight_bits"] + row["threshold_bits"] for row in rows)
@@ -75,8 +77,13 @@ def deployed_bits(layers: list[dict], head: dict) -> dict:
 
 
 def model_description(
-    model: LowbitModel, layers: list[dict], head: dict, *, class_names: list[str],
-    normalization: dict, ood: dict | None,
+    model: LowbitModel,
+    layers: list[dict],
+    head: dict,
+    *,
+    class_names: list[str],
+    normalization: dict,
+    ood: dict | None,
 ) -> dict:
     """Returns model.json's content: everything a consumer needs besides the graphs."""
     recipe = model.recipe
@@ -103,8 +110,14 @@ def model_description(
 
 
 def export_model(
-    model: LowbitModel, out_dir: str | Path, *, class_names: list[str], normalization: dict,
-    ood: dict | None = None, batch: int | None = None, source_run: str = ".",
+    model: LowbitModel,
+    out_dir: str | Path,
+    *,
+    class_names: list[str],
+    normalization: dict,
+    ood: dict | None = None,
+    batch: int | None = None,
+    source_run: str = ".",
 ) -> dict:
     """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict."""
     if model.recipe.is_float:

@@ -53,7 +53,13 @@ class GraphBuilder:
         return name
 
     def node(
-        self, op: str, inputs: list[str], output: str, *, domain: str = "", doc: dict | None = None,
+        self,
+        op: str,
+        inputs: list[str],
+        output: str,
+        *,
+        domain: str = "",
+        doc: dict | None = None,
         **attrs: object,
     ) -> str:
         output = self.unique(output)
@@ -90,6 +96,10 @@ def value_info(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:
 
 
 FLOAT, DOUBLE, INT8, UINT8, INT32, INT64 = (
-    TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT8, TensorProto.UINT8,
-    TensorProto.INT32, TensorProto.INT64,
+    TensorProto.FLOAT,
+    TensorProto.DOUBLE,
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.INT32,
+    TensorProto.INT64,
 )

@@ -17,8 +17,18 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.export.graph import DOUBLE, FLOAT, INT8, INT32, INT64, QONNX_DOMAIN, UINT8, Codes
-from lowbit.export.graph import GraphBuilder, value_info
+from lowbit.export.graph import (
+    DOUBLE,
+    FLOAT,
+    INT8,
+    INT32,
+    INT64,
+    QONNX_DOMAIN,
+    UINT8,
+    Codes,
+    GraphBuilder,
+    value_info,
+)
 from lowbit.export.thresholds import derive_thresholds
 from lowbit.models.backbones import Conv4, ConvBlock, ResidualBlock, ResNet8
 from lowbit.models.build import LowbitModel
@@ -62,9 +72,17 @@ class Lowering:
         divided = g.node("Div", [x, g.const("input_scale", np.float32(scale))], "input_div")
         quant = g.node(
             "Quant",
-            [divided, g.const("one", np.float32(1.0)), g.const("zero", np.float32(0.0)),
-             g.const("input_bits", np.float32(bits))],
-            "input_quant_float", domain=QONNX_DOMAIN, signed=1, narrow=0, rounding_mode="ROUND",
+            [
+                divided,
+                g.const("one", np.float32(1.0)),
+                g.const("zero", np.float32(0.0)),
+                g.const("input_bits", np.float32(bits)),
+            ],
+            "input_quant_float",
+            domain=QONNX_DOMAIN,
+            signed=1,
+            narrow=0,
+            rounding_mode="ROUND",
         )
         name = g.node("Cast", [quant], "backbone.input_quant", to=INT8)
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -73,8 +91,14 @@ class Lowering:
         return codes
 
     def threshold_layer(
-        self, name: str, conv: nn.Module | None, inp: Codes, modules: list[nn.Module], out: nn.Module,
-        *, stride: int = 1,
+        self,
+        name: str,
+        conv: nn.Module | None,
+        inp: Codes,
+        modules: list[nn.Module],
+        out: nn.Module,
+        *,
+        stride: int = 1,
     ) -> Codes:
         """ConvInteger (or identity when conv is None) + MultiThreshold -> codes of `out`."""
         g = self.g
@@ -91,7 +115,6 @@ class Lowering:
             scale_in = (wscale.reshape(-1) * inp.scale).float()
         else:  # identity: requantize codes of another scale (residual shortcut)
             w, wbits, flat = None, None, None
-            channels = out_channels = None
             lo = hi = None
             scale_in = torch.tensor([inp.scale], dtype=torch.float32)
         requant = _requant(modules + [out], scale_in, out_scale)
@@ -102,8 +125,13 @@ class Lowering:
             requant = _requant(modules + [out], scale_in.expand(channels), out_scale)
         result = derive_thresholds(requant, lo, hi, levels=2**out_bits - 1, out_bias=out_bias)
         acc = inp.name
-        record = {"name": name, "act_bits": out_bits, "act_scale": out_scale, "signed": signed,
-                  "thresholds": int(result.values.size)}
+        record = {
+            "name": name,
+            "act_bits": out_bits,
+            "act_scale": out_scale,
+            "signed": signed,
+            "thresholds": int(result.values.size),
+        }
         if conv is not None:
             w = w * result.sign.reshape(-1, 1, 1, 1)
             kernel = list(w.shape[2:])
@@ -112,15 +140,26 @@ class Lowering:
             acc_bits = max(1, math.ceil(math.log2(bound + 1))) + 1
             doc = {"accumulator_bound": bound, "accumulator_bits": acc_bits}
             acc = g.node(
-                "ConvInteger", [inp.name, g.const(f"{name}.weight_codes", w.astype(np.int8))],
-                f"{name}.acc", doc=doc, kernel_shape=kernel, pads=[pad] * 4, strides=[stride] * 2,
+                "ConvInteger",
+                [inp.name, g.const(f"{name}.weight_codes", w.astype(np.int8))],
+                f"{name}.acc",
+                doc=doc,
+                kernel_shape=kernel,
+                pads=[pad] * 4,
+                strides=[stride] * 2,
             )
             g.annotate(acc, "INT32")
             record.update(
-                kind="conv", weight_bits=wbits, in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
-                kernel=kernel, fan_in=int(flat.shape[1]), weights=int(w.size),
+                kind="conv",
+                weight_bits=wbits,
+                in_channels=int(w.shape[1]),
+                out_channels=int(w.shape[0]),
+                kernel=kernel,
+                fan_in=int(flat.shape[1]),
+                weights=int(w.size),
                 weight_scale=[float(s) for s in torch.unique(scale_in / inp.scale)],
-                accumulator_bound=bound, accumulator_bits=acc_bits,
+                accumulator_bound=bound,
+                accumulator_bits=acc_bits,
                 negated_channels=int((result.sign < 0).sum()),
             )
             channels = w.shape[0]
@@ -134,9 +173,14 @@ class Lowering:
         # the graph's declared types true for onnxruntime-backed executors.
         acc = g.node("Cast", [acc], f"{name}.acc_f64", to=DOUBLE)
         thresholded = g.node(
-            "MultiThreshold", [acc, g.const(f"{name}.thresholds", values.astype(tdtype))],
-            f"{name}.mt", domain=QONNX_DOMAIN, out_dtype=f"{'INT' if signed else 'UINT'}{out_bits}",
-            out_scale=1.0, out_bias=float(out_bias), data_layout="NCHW",
+            "MultiThreshold",
+            [acc, g.const(f"{name}.thresholds", values.astype(tdtype))],
+            f"{name}.mt",
+            domain=QONNX_DOMAIN,
+            out_dtype=f"{'INT' if signed else 'UINT'}{out_bits}",
+            out_scale=1.0,
+            out_bias=float(out_bias),
+            data_layout="NCHW",
         )
         code_name = g.node("Cast", [thresholded], name, to=INT8 if signed else UINT8)
         lo_code, hi_code = out_bias, out_bias + 2**out_bits - 1
@@ -154,7 +198,9 @@ class Lowering:
     def conv_block(self, prefix: str, block: ConvBlock, inp: Codes) -> Codes:
         out = self.threshold_layer(f"{prefix}.act", block.conv, inp, [block.bn], block.act)
         if isinstance(block.pool, nn.MaxPool2d):
-            pooled = self.g.node("MaxPool", [out.name], f"{prefix}.pool", kernel_shape=[2, 2], strides=[2, 2])
+            pooled = self.g.node(
+                "MaxPool", [out.name], f"{prefix}.pool", kernel_shape=[2, 2], strides=[2, 2]
+            )
             self.g.annotate(pooled, out.datatype)
             self._channel_count[pooled] = self._channel_count[out.name]
             out = Codes(pooled, out.scale, out.lo, out.hi, out.bits, out.signed)
@@ -162,11 +208,20 @@ class Lowering:
 
     def residual_block(self, prefix: str, block: ResidualBlock, inp: Codes) -> Codes:
         stride = block.conv1.stride[0]
-        mid = self.threshold_layer(f"{prefix}.act1", block.conv1, inp, [block.bn1], block.act1, stride=stride)
-        main = self.threshold_layer(f"{prefix}.res_main", block.conv2, mid, [block.bn2], block.res_quant)
+        mid = self.threshold_layer(
+            f"{prefix}.act1", block.conv1, inp, [block.bn1], block.act1, stride=stride
+        )
+        main = self.threshold_layer(
+            f"{prefix}.res_main", block.conv2, mid, [block.bn2], block.res_quant
+        )
         if block.downsample:
             short = self.threshold_layer(
-                f"{prefix}.res_short", block.conv_sc, inp, [block.bn_sc], block.res_quant, stride=stride
+                f"{prefix}.res_short",
+                block.conv_sc,
+                inp,
+                [block.bn_sc],
+                block.res_quant,
+                stride=stride,
             )
         else:
             short = self.threshold_layer(f"{prefix}.res_short", None, inp, [], block.res_quant)
@@ -177,7 +232,9 @@ class Lowering:
         g.annotate(total, "INT32")
         channels = self._channels(main)
         self._channel_count[total] = channels
-        summed = Codes(total, main.scale, main.lo + short.lo, main.hi + short.hi, main.bits + 1, True)
+        summed = Codes(
+            total, main.scale, main.lo + short.lo, main.hi + short.hi, main.bits + 1, True
+        )
         return self.threshold_layer(f"{prefix}.act_out", None, summed, [], block.act_out)
 
     # --- head -----------------------------------------------------------------------------
@@ -187,19 +244,35 @@ class Lowering:
         codes_t, row_scale = head.row_codes()
         codes = codes_t.numpy().astype(np.int64)  # [K, F]
         f64 = g.node("Cast", [features], "head.features", to=INT64)
-        dots = g.node("MatMul", [f64, g.const("head.weight_codes", codes.T.copy())], "head.class_dot",
-                      doc={"accumulator_bound": None})
+        dots = g.node(
+            "MatMul",
+            [f64, g.const("head.weight_codes", codes.T.copy())],
+            "head.class_dot",
+            doc={"accumulator_bound": None},
+        )
         g.annotate(dots, "INT64")
         dots_f = g.node("Cast", [dots], "head.class_dot.f64", to=DOUBLE)
-        info = {"head": self.model.config.head, "head_weight_bits": bits,
-                "classes": int(codes.shape[0]), "features": int(codes.shape[1])}
+        info = {
+            "head": self.model.config.head,
+            "head_weight_bits": bits,
+            "classes": int(codes.shape[0]),
+            "features": int(codes.shape[1]),
+        }
         if isinstance(head, CosineHead):
             sq = g.node("Mul", [f64, f64], "head.feature_sq_terms")
-            n = g.node("ReduceSum", [sq, g.const("axes_1", np.array([1], np.int64))], "head.feature_sq",
-                       keepdims=1)
+            n = g.node(
+                "ReduceSum",
+                [sq, g.const("axes_1", np.array([1], np.int64))],
+                "head.feature_sq",
+                keepdims=1,
+            )
             g.annotate(n, "INT64")
-            root = g.node("Sqrt", [g.node("Cast", [n], "head.feature_sq.f64", to=DOUBLE)], "head.feature_norm")
-            root = g.node("Max", [root, g.const("one_f64", np.float64(1.0))], "head.feature_norm_safe")
+            root = g.node(
+                "Sqrt", [g.node("Cast", [n], "head.feature_sq.f64", to=DOUBLE)], "head.feature_norm"
+            )
+            root = g.node(
+                "Max", [root, g.const("one_f64", np.float64(1.0))], "head.feature_norm_safe"
+            )
             cos = g.node("Div", [dots_f, root], "head.cos_unscaled")
             row_norm = np.sqrt((codes.astype(np.float64) ** 2).sum(axis=1))
             factor = float(head.scale.detach()) / np.maximum(row_norm, 1.0)
@@ -229,8 +302,10 @@ def lower_model(model: LowbitModel) -> tuple[onnx.ModelProto, list[dict], dict]:
             codes = low.residual_block(f"backbone.blocks.{index}", block, codes)
         wide = low.g.node("Cast", [codes.name], "backbone.codes.i32", to=INT32)
         features = low.g.node(
-            "ReduceSum", [wide, low.g.const("axes_23", np.array([2, 3], np.int64))],
-            "backbone.features", keepdims=0,
+            "ReduceSum",
+            [wide, low.g.const("axes_23", np.array([2, 3], np.int64))],
+            "backbone.features",
+            keepdims=0,
         )
     else:
         raise ConfigError(f"no integer lowering for backbone {type(backbone).__name__}")

@@ -61,16 +61,22 @@ def quant_to_qcdq(model: onnx.ModelProto) -> onnx.ModelProto:
                 raise ModelFileError(f"{where}: only rounding_mode ROUND lowers to QuantizeLinear")
             lo, hi = _int_range(bits, signed, narrow)
         if bits > 8:
-            raise ModelFileError(f"{where}: {bits}-bit quantization does not fit QuantizeLinear's int8")
+            raise ModelFileError(
+                f"{where}: {bits}-bit quantization does not fit QuantizeLinear's int8"
+            )
         if np.any(zero != 0):
-            raise ModelFileError(f"{where}: non-zero zero points are not produced by lowbit recipes")
+            raise ModelFileError(
+                f"{where}: non-zero zero points are not produced by lowbit recipes"
+            )
         qtype = np.int8 if signed else np.uint8
         axis_scale, axis = _scale_axis(scale, where)
         scale_name = f"{node.output[0]}.scale"
         zero_name = f"{node.output[0]}.zero_point"
         graph.initializer.extend(
-            [numpy_helper.from_array(axis_scale, scale_name),
-             numpy_helper.from_array(np.zeros(axis_scale.shape, qtype), zero_name)]
+            [
+                numpy_helper.from_array(axis_scale, scale_name),
+                numpy_helper.from_array(np.zeros(axis_scale.shape, qtype), zero_name),
+            ]
         )
         source = node.input[0]
         if source in inits:  # constant weights: store the codes
@@ -82,30 +88,49 @@ def quant_to_qcdq(model: onnx.ModelProto) -> onnx.ModelProto:
             codes_name = f"{node.output[0]}.codes"
             graph.initializer.append(numpy_helper.from_array(codes.astype(qtype), codes_name))
             new_nodes.append(
-                helper.make_node("DequantizeLinear", [codes_name, scale_name, zero_name],
-                                 [node.output[0]], name=f"{node.name}_dq", axis=axis)
+                helper.make_node(
+                    "DequantizeLinear",
+                    [codes_name, scale_name, zero_name],
+                    [node.output[0]],
+                    name=f"{node.name}_dq",
+                    axis=axis,
+                )
             )
             continue
         if node.op_type == "BipolarQuant":
             raise ModelFileError(f"{where}: bipolar activations are not produced by lowbit recipes")
         quantized = f"{node.output[0]}.q"
         new_nodes.append(
-            helper.make_node("QuantizeLinear", [source, scale_name, zero_name], [quantized],
-                             name=f"{node.name}_q", axis=axis)
+            helper.make_node(
+                "QuantizeLinear",
+                [source, scale_name, zero_name],
+                [quantized],
+                name=f"{node.name}_q",
+                axis=axis,
+            )
         )
         full = (lo, hi) == ((-128, 127) if signed else (0, 255))
         if not full:
             clipped = f"{node.output[0]}.clip"
             bounds = [f"{node.output[0]}.min", f"{node.output[0]}.max"]
             graph.initializer.extend(
-                [numpy_helper.from_array(np.array(lo, qtype), bounds[0]),
-                 numpy_helper.from_array(np.array(hi, qtype), bounds[1])]
+                [
+                    numpy_helper.from_array(np.array(lo, qtype), bounds[0]),
+                    numpy_helper.from_array(np.array(hi, qtype), bounds[1]),
+                ]
             )
-            new_nodes.append(helper.make_node("Clip", [quantized, *bounds], [clipped], name=f"{node.name}_clip"))
+            new_nodes.append(
+                helper.make_node("Clip", [quantized, *bounds], [clipped], name=f"{node.name}_clip")
+            )
             quantized = clipped
         new_nodes.append(
-            helper.make_node("DequantizeLinear", [quantized, scale_name, zero_name], [node.output[0]],
-                             name=f"{node.name}_dq", axis=axis)
+            helper.make_node(
+                "DequantizeLinear",
+                [quantized, scale_name, zero_name],
+                [node.output[0]],
+                name=f"{node.name}_dq",
+                axis=axis,
+            )
         )
     del graph.node[:]
     graph.node.extend(new_nodes)
@@ -125,7 +150,9 @@ def _scale_axis(scale: np.ndarray, where: str) -> tuple[np.ndarray, int]:
         return scale.reshape(()), 1
     squeezed = [dim for dim in scale.shape if dim != 1]
     if len(squeezed) != 1:
-        raise ModelFileError(f"{where}: scale of shape {scale.shape} is not per-tensor or per-channel")
+        raise ModelFileError(
+            f"{where}: scale of shape {scale.shape} is not per-tensor or per-channel"
+        )
     return scale.reshape(-1), int(np.argmax(np.array(scale.shape) != 1))
 
 

@@ -7,9 +7,11 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from onnx import helper, numpy_helper
 from torch import nn
 
 from lowbit.export.names import scope_to_name
@@ -30,7 +32,9 @@ class FrozenHead(nn.Module):
             if self.cosine:
                 rows = F.normalize(rows, dim=1)
         self.register_buffer("rows_t", rows.t().contiguous())
-        self.register_buffer("scale", head.scale.detach().clone() if self.cosine else torch.tensor(1.0))
+        self.register_buffer(
+            "scale", head.scale.detach().clone() if self.cosine else torch.tensor(1.0)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.cosine:
@@ -39,7 +43,7 @@ class FrozenHead(nn.Module):
 
 
 def export_ready(model: LowbitModel) -> LowbitModel:
-    """Returns an eval-mode copy of `model` with a frozen head: what every exported graph computes."""
+    """Returns an eval-mode copy of `model` with a frozen head: what every exported graph runs."""
     frozen = copy.deepcopy(model).eval()
     frozen.head = FrozenHead(model.head)
     return frozen
@@ -65,6 +69,37 @@ def set_dynamic_batch(model: onnx.ModelProto, dim_name: str = "N") -> None:
     del model.graph.value_info[:]
 
 
+def unsigned_binary_activations(model: onnx.ModelProto) -> None:
+    """Rewrites Brevitas' `BipolarQuant` on 1-bit activations as an unsigned 1-bit `Quant`.
+
+    Brevitas exports every 1-bit quantizer as BipolarQuant ({-1, +1}), also the unsigned 1-bit
+    ReLU of w1a1, whose codes are {0, 1}: clamp(round(x / s), 0, 1). Weights (constant inputs)
+    really are bipolar and stay. lowbit's only 1-bit activations are unsigned ReLU outputs.
+    """
+    constants = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "BipolarQuant" or node.input[0] in constants:
+            continue
+        if scope_to_name(node.name) is None:
+            continue
+        zero, bits = f"{node.name}/zero_point", f"{node.name}/bit_width"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.float32(0.0), zero),
+                numpy_helper.from_array(np.float32(1.0), bits),
+            ]
+        )
+        node.op_type = "Quant"
+        node.input.extend([zero, bits])
+        node.attribute.extend(
+            [
+                helper.make_attribute("signed", 0),
+                helper.make_attribute("narrow", 0),
+                helper.make_attribute("rounding_mode", "ROUND"),
+            ]
+        )
+
+
 def export_qonnx_model(model: LowbitModel) -> onnx.ModelProto:
     """Returns the QONNX graph of an eval-mode quantized model, code tensors named after modules."""
     from brevitas.export import export_qonnx
@@ -79,6 +114,7 @@ def export_qonnx_model(model: LowbitModel) -> onnx.ModelProto:
         # scopes in node names, and gives GlobalAveragePool/Flatten rather than ReduceMean.
         export_qonnx(ready, torch.zeros(1, 3, size, size), export_path=str(path), dynamo=False)
         raw = onnx.load(str(path))
+    unsigned_binary_activations(raw)
     for node in raw.graph.node:
         if node.op_type in ("Quant", "BipolarQuant"):
             node.doc_string = node.name  # survives cleanup's renaming

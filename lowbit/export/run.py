@@ -18,18 +18,26 @@ def _splits_for(record: dict):
 
     train = record.get("train", {})
     return load_splits(
-        record.get("data", "builtin"), image_size=record["model"]["image_size"],
-        crop=train.get("crop", True), unknown=train.get("unknown"), seed=record.get("seed", 0),
+        record.get("data", "builtin"),
+        image_size=record["model"]["image_size"],
+        crop=train.get("crop", True),
+        unknown=train.get("unknown"),
+        seed=record.get("seed", 0),
     )
 
 
 def export_run(
-    run_dir: str | Path, out_dir: str | Path | None = None, *, batch: int | None = None,
-    ood_score: str = "msp", tpr: float = 0.95,
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    batch: int | None = None,
+    ood_score: str = "msp",
+    tpr: float = 0.95,
 ) -> tuple[Path, dict]:
     """Exports a trained run; calibrates the OOD threshold on its validation split."""
     from lowbit.data import NORMALIZATION
-    from lowbit.fewshot.openset import calibrate_threshold, ood_score as score_fn
+    from lowbit.fewshot.openset import calibrate_threshold
+    from lowbit.fewshot.openset import ood_score as score_fn
     from lowbit.train import load_run, predict_logits
 
     run_dir = Path(run_dir)
@@ -40,15 +48,27 @@ def export_run(
     threshold = calibrate_threshold(score_fn(val_logits, ood_score), tpr)
     ood = {"score": ood_score, "threshold": threshold, "tpr": tpr, "calibrated_on": "val"}
     description = export_model(
-        model, out_dir, class_names=record["class_names"], normalization=NORMALIZATION, ood=ood,
-        batch=batch, source_run=os.path.relpath(run_dir.resolve(), out_dir.resolve()),
+        model,
+        out_dir,
+        class_names=record["class_names"],
+        normalization=NORMALIZATION,
+        ood=ood,
+        batch=batch,
+        source_run=os.path.relpath(run_dir.resolve(), out_dir.resolve()),
     )
     return out_dir, description
 
 
 def verify_run(
-    export_dir: str | Path, *, data: str | None = None, n: int = 1000, random: int = 1000,
-    ties: bool = True, seed: int = 0, executors: tuple[str, ...] | None = None, progress: bool = True,
+    export_dir: str | Path,
+    *,
+    data: str | None = None,
+    n: int = 1000,
+    random: int = 1000,
+    ties: bool = True,
+    seed: int = 0,
+    executors: tuple[str, ...] | None = None,
+    progress: bool = True,
 ) -> dict:
     """Verifies an exported model against the run it came from (model.json's source_run)."""
     from lowbit.train import load_run
@@ -68,6 +88,6 @@ def verify_run(
         real = _splits_for(record).test.x
     inputs = build_inputs(description, real, n=n, random=random, ties=ties, seed=seed)
     log.info("verifying on %s", {k: len(v) for k, v in inputs.items()})
-    return verify_export(model, export_dir, inputs, executors=executors or EXECUTORS,
-                         progress=progress)
-
+    return verify_export(
+        model, export_dir, inputs, executors=executors or EXECUTORS, progress=progress
+    )

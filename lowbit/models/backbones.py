@@ -32,7 +32,8 @@ class Conv4(nn.Module):
         self.input_quant = make_input_quant(recipe, input_max_abs)
         channels = [3, width, width, width, width]
         self.blocks = nn.ModuleList(
-            ConvBlock(recipe, channels[i], channels[i + 1], first=i == 0, pool=True) for i in range(4)
+            ConvBlock(recipe, channels[i], channels[i + 1], first=i == 0, pool=True)
+            for i in range(4)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class Conv4(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Basic block; both operands of the add share one quantizer, so the add is an exact integer sum."""
+    """Basic block; both operands of the add share one quantizer: the add is an exact integer sum."""
 
     def __init__(self, recipe: Recipe, in_ch: int, out_ch: int, stride: int) -> None:
         super().__init__()

@@ -28,13 +28,17 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}: choose from {', '.join(BACKBONES)}")
+            raise ConfigError(
+                f"unknown backbone {self.backbone!r}: choose from {', '.join(BACKBONES)}"
+            )
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}: choose from {', '.join(HEADS)}")
         if self.num_classes < 2:
             raise ConfigError(f"num_classes={self.num_classes}: need at least 2 classes")
         if self.image_size < 16 or self.image_size % 16:
-            raise ConfigError(f"image_size={self.image_size}: must be a multiple of 16 (4 pooling stages)")
+            raise ConfigError(
+                f"image_size={self.image_size}: must be a multiple of 16 (4 pooling stages)"
+            )
 
     @property
     def resolved_width(self) -> int:
@@ -58,12 +62,19 @@ class LowbitModel(nn.Module):
         features = self.feature_dim()
         if config.head == "cosine":
             self.head = CosineHead(
-                features, config.num_classes, weight_bits=recipe.head_weight_bits,
-                scale=config.cosine_scale, learn_scale=config.learn_scale, pow2=recipe.pow2_scales,
+                features,
+                config.num_classes,
+                weight_bits=recipe.head_weight_bits,
+                scale=config.cosine_scale,
+                learn_scale=config.learn_scale,
+                pow2=recipe.pow2_scales,
             )
         else:
             self.head = LinearHead(
-                features, config.num_classes, weight_bits=recipe.head_weight_bits, pow2=recipe.pow2_scales
+                features,
+                config.num_classes,
+                weight_bits=recipe.head_weight_bits,
+                pow2=recipe.pow2_scales,
             )
 
     def feature_dim(self) -> int:

@@ -17,8 +17,14 @@ class CosineHead(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, num_classes: int, *, weight_bits: int | None, scale: float = 10.0,
-        learn_scale: bool = False, pow2: bool = True,
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        weight_bits: int | None,
+        scale: float = 10.0,
+        learn_scale: bool = False,
+        pow2: bool = True,
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(num_classes, in_features) * 0.01)
@@ -73,7 +79,9 @@ class LinearHead(nn.Module):
 HEADS = ("cosine", "linear")
 
 
-def _row_codes(rows: torch.Tensor, bits: int | None, pow2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_codes(
+    rows: torch.Tensor, bits: int | None, pow2: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     if bits is None:
         raise ValueError("a float head has no integer codes")
     with torch.no_grad():

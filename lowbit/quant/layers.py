@@ -29,7 +29,8 @@ def _scale_rules(pow2: bool) -> dict:
     if pow2:
         return {
             "restrict_scaling_type": RestrictValueType.POWER_OF_TWO,
-            "restrict_value_float_to_int_impl": CeilSte,  # never shrink below the range: no extra clipping
+            # ceil: the scale never shrinks below the measured range, so nothing extra clips
+            "restrict_value_float_to_int_impl": CeilSte,
         }
     return {"restrict_scaling_type": RestrictValueType.FP}
 
@@ -73,7 +74,9 @@ def act_quant(bits: int, *, pow2: bool, signed: bool = False) -> type:
         fields.update(scaling_stats_op=StatsOp.PERCENTILE_INTERVAL, low_percentile_q=0.1)
         fields["high_percentile_q"] = 99.9
         # a signed residual quantizer: symmetric, full range
-        return type(f"Int{bits}Act", (IntQuant, ActQuantSolver), {**fields, "scaling_stats_op": StatsOp.MAX})
+        return type(
+            f"Int{bits}Act", (IntQuant, ActQuantSolver), {**fields, "scaling_stats_op": StatsOp.MAX}
+        )
     return type(f"Uint{bits}Act", (UintQuant, ActQuantSolver), fields)
 
 
@@ -99,7 +102,9 @@ def make_conv(
     padding = kernel // 2
     if recipe.is_float or bits is None:
         return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False)
-    quant = weight_quant(bits, per_channel=recipe.per_channel, pow2=recipe.pow2_scales, ternary=recipe.ternary)
+    quant = weight_quant(
+        bits, per_channel=recipe.per_channel, pow2=recipe.pow2_scales, ternary=recipe.ternary
+    )
     return QuantConv2d(
         in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False, weight_quant=quant
     )
@@ -127,7 +132,9 @@ def make_input_quant(recipe: Recipe, max_abs: float) -> nn.Module:
     return QuantIdentity(act_quant=input_quant(recipe.input_bits, max_abs, pow2=recipe.pow2_scales))
 
 
-def fake_quant_rows(weight: torch.Tensor, bits: int, *, pow2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def fake_quant_rows(
+    weight: torch.Tensor, bits: int, *, pow2: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (quantized rows, per-row scale): symmetric narrow int, straight-through rounding.
 
     Used for the cosine head, whose rows are L2-normalized before quantization, which a Brevitas
@@ -162,7 +169,7 @@ def is_quant_conv(module: nn.Module) -> bool:
 
 
 def weight_codes(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Returns (integer weight codes, per-channel scale shaped [C,1,1,1], bits) of a quantized conv."""
+    """Returns (integer weight codes, per-channel scale [C,1,1,1], bits) of a quantized conv."""
     quant = conv.quant_weight()
     scale = quant.scale.detach()
     value = quant.value.detach()

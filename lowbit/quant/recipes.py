@@ -21,17 +21,30 @@ class Recipe:
     input_bits: int | None = 8  # accelerators take 8-bit pixels
     first_weight_bits: int | None = 8  # the first conv sees raw pixels: low bits hurt most there
     head_weight_bits: int | None = 8  # class rows of the cosine/linear head
-    per_channel: bool = True  # one weight scale per output channel (free in hardware: folds into thresholds)
+    per_channel: bool = (
+        True  # one weight scale per output channel (free in hardware: folds into thresholds)
+    )
     pow2_scales: bool = True  # power-of-two scales are shifts in hardware and keep float math exact
     ternary: bool = True  # 2-bit weights narrow {-1,0,+1}; False: {-2,-1,0,+1}
 
     def __post_init__(self) -> None:
-        for field in ("weight_bits", "act_bits", "input_bits", "first_weight_bits", "head_weight_bits"):
+        for field in (
+            "weight_bits",
+            "act_bits",
+            "input_bits",
+            "first_weight_bits",
+            "head_weight_bits",
+        ):
             bits = getattr(self, field)
-            if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
-                raise ConfigError(f"recipe {self.name!r}: {field}={bits!r} must be an integer 1..8 or None")
+            valid = isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 8
+            if bits is not None and not valid:
+                raise ConfigError(
+                    f"recipe {self.name!r}: {field}={bits!r} must be an integer 1..8 or None"
+                )
         if (self.weight_bits is None) != (self.act_bits is None):
-            raise ConfigError(f"recipe {self.name!r}: weight_bits and act_bits must both be set or both None")
+            raise ConfigError(
+                f"recipe {self.name!r}: weight_bits and act_bits must both be set or both None"
+            )
         if self.input_bits is not None and self.input_bits < 2:
             raise ConfigError(f"recipe {self.name!r}: input_bits must be at least 2 (signed input)")
         if self.head_weight_bits is not None and self.head_weight_bits < 2:

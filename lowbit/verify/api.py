@@ -28,7 +28,9 @@ def load_graph(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf raises several types for corrupt files
-        raise ModelFileError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model ({type(error).__name__})"
+        ) from None
 
 
 def build_inputs(
@@ -40,17 +42,29 @@ def build_inputs(
     if real is not None and n > 0:
         sets["real"] = real[:n].astype(np.float32)
     if random > 0:
-        sets["random"] = random_inputs(random, size, max_abs=description["model"]["input_max_abs"], seed=seed)
+        sets["random"] = random_inputs(
+            random, size, max_abs=description["model"]["input_max_abs"], seed=seed
+        )
     if ties:
         tie_count = max(64, random // 4)
-        sets["ties"] = tie_inputs(tie_count, size, input_scale=description["input"]["input_scale"],
-                                  input_bits=description["input"]["input_bits"], seed=seed + 1)
+        sets["ties"] = tie_inputs(
+            tie_count,
+            size,
+            input_scale=description["input"]["input_scale"],
+            input_bits=description["input"]["input_bits"],
+            seed=seed + 1,
+        )
     return sets
 
 
 def verify_export(
-    model: LowbitModel, export_dir: str | Path, inputs: dict[str, np.ndarray], *,
-    executors: tuple[str, ...] = EXECUTORS, batch_size: int = 250, progress: bool = True,
+    model: LowbitModel,
+    export_dir: str | Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    executors: tuple[str, ...] = EXECUTORS,
+    batch_size: int = 250,
+    progress: bool = True,
     write: bool = True,
 ) -> dict:
     """Compares codes of every quantized tensor across executors; writes verify.json."""
@@ -66,8 +80,11 @@ def verify_export(
     totals: dict[tuple[str, str], dict] = {}
     tails: dict[str, dict] = {}
     first = None
-    batches = [(name, data[i : i + batch_size]) for name, data in inputs.items()
-               for i in range(0, len(data), batch_size)]
+    batches = [
+        (name, data[i : i + batch_size])
+        for name, data in inputs.items()
+        for i in range(0, len(data), batch_size)
+    ]
     for _set_name, x in tqdm(batches, desc="verify", disable=not progress, unit="batch"):
         ref, pre, ref_logits = torch_codes(model, x)
         names = list(ref)
@@ -83,25 +100,31 @@ def verify_export(
             first = first or mismatch
             for row in rows:
                 key = (executor, row["tensor"])
-                total = totals.setdefault(key, {**row, "checked_values": 0, "mismatches": 0, "unexplained": 0})
+                total = totals.setdefault(
+                    key, {**row, "checked_values": 0, "mismatches": 0, "unexplained": 0}
+                )
                 for field in ("checked_values", "mismatches", "unexplained"):
                     total[field] += row[field]
             tail = compare_tail(ref_logits, logits, tolerance)
-            seen = tails.setdefault(executor, {"max_abs_diff": 0.0, "tolerance": tolerance, "ok": True})
+            seen = tails.setdefault(
+                executor, {"max_abs_diff": 0.0, "tolerance": tolerance, "ok": True}
+            )
             seen["max_abs_diff"] = max(seen["max_abs_diff"], tail["max_abs_diff"] or np.inf)
             seen["ok"] = seen["ok"] and tail["ok"]
     layers = list(totals.values())
     per_executor = []
     for executor in executors:
         rows = [row for row in layers if row["executor"] == executor]
-        per_executor.append({
-            "executor": executor,
-            "checked_tensors": len(rows),
-            "checked_values": sum(r["checked_values"] for r in rows),
-            "mismatches": sum(r["mismatches"] for r in rows),
-            "unexplained": sum(r["unexplained"] for r in rows),
-            "tail": tails.get(executor),
-        })
+        per_executor.append(
+            {
+                "executor": executor,
+                "checked_tensors": len(rows),
+                "checked_values": sum(r["checked_values"] for r in rows),
+                "mismatches": sum(r["mismatches"] for r in rows),
+                "unexplained": sum(r["unexplained"] for r in rows),
+                "tail": tails.get(executor),
+            }
+        )
     report = {
         "inputs": {name: int(len(data)) for name, data in inputs.items()},
         "checked_tensors": len(layers),
@@ -122,24 +145,32 @@ def verify_export(
 def format_report(report: dict) -> str:
     """Returns a readable table: one line per executor, then layers with mismatches."""
     lines = []
-    labels = {"runtime": "integer runtime", "qcdq": "onnxruntime (QCDQ)", "qonnx": "qonnx execute_onnx"}
+    labels = {
+        "runtime": "integer runtime",
+        "qcdq": "onnxruntime (QCDQ)",
+        "qonnx": "qonnx execute_onnx",
+    }
     for row in report["executors"]:
         tail = row["tail"] or {}
         lines.append(
             f"{labels.get(row['executor'], row['executor'])}: {row['mismatches']:,} of "
             f"{row['checked_values']:,} codes differ ({row['unexplained']:,} unexplained) in "
-            f"{row['checked_tensors']} tensors; logits max |diff| {tail.get('max_abs_diff', float('nan')):.2e}"
+            f"{row['checked_tensors']} tensors; "
+            f"logits max |diff| {tail.get('max_abs_diff', float('nan')):.2e}"
             f" (tolerance {tail.get('tolerance', float('nan')):.1e})"
         )
     bad = [row for row in report["layers"] if row["mismatches"]]
     for row in bad:
-        lines.append(f"  {row['executor']:8s} {row['tensor']:32s} {row['mismatches']:>8,} mismatches, "
-                     f"{row['unexplained']:,} unexplained")
+        lines.append(
+            f"  {row['executor']:8s} {row['tensor']:32s} {row['mismatches']:>8,} mismatches, "
+            f"{row['unexplained']:,} unexplained"
+        )
     first = report.get("first_mismatch")
     if first:
         lines.append(
             f"first mismatch: {first['executor']} {first['tensor']} index {first['index']} "
             f"(channel {first['channel']}): expected {first['expected']}, got {first['got']}, "
-            f"pre-rounding {first['pre_rounding']:.9g} ({first['distance_ulps']:.1f} ulps from a tie)"
+            f"pre-rounding {first['pre_rounding']:.9g} "
+            f"({first['distance_ulps']:.1f} ulps from a tie)"
         )
     return "\n".join(lines)

@@ -68,7 +68,9 @@ def _to_codes(values: np.ndarray, scale: float) -> np.ndarray:
     return np.round(values.astype(np.float64) / scale).astype(np.int64)
 
 
-def ort_qcdq_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+def ort_qcdq_codes(
+    graph: onnx.ModelProto, x: np.ndarray, names: list[str]
+) -> tuple[dict, np.ndarray]:
     """Runs onnxruntime on the QCDQ graph (no graph rewrites) exposing every code tensor."""
     import onnxruntime as ort
 
@@ -76,12 +78,16 @@ def ort_qcdq_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> t
     scales = graph_scales(graph, present)
     probe = copy.deepcopy(graph)
     for name in present:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        probe.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
     options = ort.SessionOptions()
     # ORT_DISABLE_ALL: run the graph as written; fusions (QDQ -> QLinearConv) would change math
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     outputs = session.run(None, {"input": x})
     result = dict(zip([o.name for o in session.get_outputs()], outputs))
     codes = {name: _to_codes(result[name], scales[name]) for name in present}

@@ -29,7 +29,9 @@ def tail_tolerance(scale: float, features: int) -> float:
 
 
 def compare_codes(
-    reference: dict[str, np.ndarray], pre: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    pre: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
     executor: str,
 ) -> tuple[list[dict], dict | None]:
     """Returns (per-layer rows, first mismatch or None) of `candidate` against `reference`."""
@@ -39,8 +41,16 @@ def compare_codes(
             continue
         got = candidate[name]
         if got.shape != expected.shape:
-            rows.append({"executor": executor, "tensor": name, "checked_values": 0, "mismatches": -1,
-                         "unexplained": int(expected.size), "error": f"shape {got.shape} != {expected.shape}"})
+            rows.append(
+                {
+                    "executor": executor,
+                    "tensor": name,
+                    "checked_values": 0,
+                    "mismatches": -1,
+                    "unexplained": int(expected.size),
+                    "error": f"shape {got.shape} != {expected.shape}",
+                }
+            )
             continue
         diff = got != expected
         mismatches = int(diff.sum())
@@ -52,14 +62,24 @@ def compare_codes(
                 index = tuple(int(i) for i in np.argwhere(diff)[0])
                 value = float(pre[name][index])
                 first = {
-                    "executor": executor, "tensor": name, "index": list(index),
+                    "executor": executor,
+                    "tensor": name,
+                    "index": list(index),
                     "channel": index[1] if len(index) > 1 else None,
-                    "expected": int(expected[index]), "got": int(got[index]),
+                    "expected": int(expected[index]),
+                    "got": int(got[index]),
                     "pre_rounding": value,
                     "distance_ulps": float(boundary_distance_ulps(np.array([value]))[0]),
                 }
-        rows.append({"executor": executor, "tensor": name, "checked_values": int(expected.size),
-                     "mismatches": mismatches, "unexplained": unexplained})
+        rows.append(
+            {
+                "executor": executor,
+                "tensor": name,
+                "checked_values": int(expected.size),
+                "mismatches": mismatches,
+                "unexplained": unexplained,
+            }
+        )
     return rows, first
 
 
@@ -67,6 +87,12 @@ def compare_tail(reference: np.ndarray, candidate: np.ndarray, tolerance: float)
     """Returns the float tail's max abs difference against its stated tolerance."""
     if reference.shape != candidate.shape:
         return {"max_abs_diff": None, "tolerance": tolerance, "ok": False}
-    worst = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(initial=0.0))
-    return {"max_abs_diff": worst, "tolerance": tolerance, "ok": worst <= tolerance,
-            "argmax_agree": float((reference.argmax(1) == candidate.argmax(1)).mean())}
+    worst = float(
+        np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max(initial=0.0)
+    )
+    return {
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "ok": worst <= tolerance,
+        "argmax_agree": float((reference.argmax(1) == candidate.argmax(1)).mean()),
+    }

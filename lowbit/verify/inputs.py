@@ -10,11 +10,15 @@ def random_inputs(count: int, size: int, *, max_abs: float, seed: int) -> np.nda
     rng = np.random.default_rng(seed)
     half = count // 2
     uniform = rng.uniform(-max_abs, max_abs, size=(half, 3, size, size))
-    gaussian = np.clip(rng.normal(0.0, max_abs / 2, size=(count - half, 3, size, size)), -max_abs, max_abs)
+    gaussian = np.clip(
+        rng.normal(0.0, max_abs / 2, size=(count - half, 3, size, size)), -max_abs, max_abs
+    )
     return np.concatenate([uniform, gaussian]).astype(np.float32)
 
 
-def tie_inputs(count: int, size: int, *, input_scale: float, input_bits: int, seed: int) -> np.ndarray:
+def tie_inputs(
+    count: int, size: int, *, input_scale: float, input_bits: int, seed: int
+) -> np.ndarray:
     """Returns images whose every pixel lies exactly on a rounding tie of the input quantizer.
 
     Each value is (k + 1/2) · scale for a random integer k, so x / scale is exactly k + 1/2 and the
