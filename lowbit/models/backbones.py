@@ -44,7 +44,7 @@ class Conv4(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Basic block; both operands of the add share one quantizer: the add is an exact integer sum."""
+    """Basic block; both add operands share one quantizer, so the add is an exact integer sum."""
 
     def __init__(self, recipe: Recipe, in_ch: int, out_ch: int, stride: int) -> None:
         super().__init__()

@@ -8,6 +8,12 @@ B < 2^53 float64 BLAS, and anything larger numpy's int64 matmul (no BLAS, ~10x s
 relies on the BLAS forming plain products and sums (no Strassen-like recombination), which
 holds for OpenBLAS, MKL and Accelerate.
 
+Small bounds go further ("float32x2"): a convolution is linear in its input, so two samples
+packed into one float32, a + 2^12·b, give conv(a) + 2^12·conv(b). Every partial sum is then an
+integer of magnitude ≤ B·(1 + 2^12), below 2^24 for B < 2^11, and since |conv(a)| < 2^11, the
+pair decodes exactly: conv(b) = rint(r / 2^12), conv(a) = r - 2^12·conv(b). Half the patches,
+half the GEMM, for low-bit layers (2-bit codes × ternary weights: B ≤ 3·Σ|w|).
+
 The convolution is an im2col + GEMM in channel-major memory: activations are (C, N, H, W) in
 memory, so the GEMM is weights (M, K) @ patches (K, N·H·W) and its result is already the next
 channel-major tensor; `conv_integer` hands it back as an NCHW view (see ops.py).
@@ -21,10 +27,17 @@ import numpy as np
 
 FLOAT32_EXACT_LIMIT = 2**24
 FLOAT64_EXACT_LIMIT = 2**53
+PAIR_SHIFT = 2**12  # float32x2: the second sample's weight in a packed value
+PAIR_EXACT_LIMIT = 2**11  # float32x2: B < 2^11, so B·(1 + 2^12) < 2^24 and |low| < 2^12 / 2
 
 
-def exact_gemm_dtype(bound: int | None) -> str:
-    """The cheapest GEMM dtype that is exact for accumulator bound B (None: unbounded)."""
+def exact_gemm_dtype(bound: int | None, pairs: bool = False) -> str:
+    """The cheapest exact GEMM dtype for accumulator bound B (None: unbounded).
+
+    `pairs`: the GEMM is a convolution, which may pack two samples per float32 ("float32x2").
+    """
+    if pairs and bound is not None and bound < PAIR_EXACT_LIMIT:
+        return "float32x2"
     if bound is not None and bound < FLOAT32_EXACT_LIMIT:
         return "float32"
     if bound is not None and bound < FLOAT64_EXACT_LIMIT:
@@ -96,20 +109,25 @@ def conv_integer(
     weights = shifted_conv_weights(w, w_zero_point)
     if gemm_dtype is None:
         bound = data_abs_max(x, x_zero) * weight_abs_sum_max(weights, (1, 2, 3))
-        gemm_dtype = exact_gemm_dtype(bound)
-    dtype = np.dtype(gemm_dtype)
+        gemm_dtype = exact_gemm_dtype(bound, pairs=True)
+    pairs = gemm_dtype == "float32x2"
+    dtype = np.dtype(np.float32 if pairs else gemm_dtype)
 
     # channel-major padded input (C, N, H + pads, W + pads); `x.transpose` is free when x
     # already has channel-major memory, as every convolution output here does
+    samples = batch + batch % 2 if pairs else batch  # pairs: a zero sample makes N even
     padded = np.zeros(
-        (channels, batch, height + pad_top + pad_bottom, width + pad_left + pad_right), dtype
+        (channels, samples, height + pad_top + pad_bottom, width + pad_left + pad_right), dtype
     )
-    interior = padded[:, :, pad_top : pad_top + height, pad_left : pad_left + width]
+    interior = padded[:, :batch, pad_top : pad_top + height, pad_left : pad_left + width]
     interior[...] = x.transpose(1, 0, 2, 3)
     if x_zero:
         interior -= x_zero
+    if pairs:  # sample n + N/2 rides on sample n, 2^12 above it
+        samples //= 2
+        padded = padded[:, :samples] + np.float32(PAIR_SHIFT) * padded[:, samples:]
     # patches (kernel_h, kernel_w, C, N, out_h, out_w): one strided copy per kernel offset
-    patches = np.empty((kernel_h, kernel_w, channels, batch, out_h, out_w), dtype)
+    patches = np.empty((kernel_h, kernel_w, channels, samples, out_h, out_w), dtype)
     for i in range(kernel_h):
         for j in range(kernel_w):
             patches[i, j] = padded[
@@ -120,8 +138,15 @@ def conv_integer(
             ]
     weight_matrix = weights.transpose(0, 2, 3, 1).reshape(outputs, -1).astype(dtype)
     result = weight_matrix @ patches.reshape(weight_matrix.shape[1], -1)
-    accumulators = _to_int(result, np.int32).reshape(outputs, batch, out_h, out_w)
-    return accumulators.transpose(1, 0, 2, 3)
+    result = result.reshape(outputs, samples, out_h, out_w)
+    if pairs:
+        high = np.rint(result * np.float32(1 / PAIR_SHIFT))  # exact: |low| / 2^12 < 1/2
+        result -= np.float32(PAIR_SHIFT) * high
+        accumulators = np.empty((outputs, 2 * samples, out_h, out_w), np.int32)
+        accumulators[:, :samples] = result
+        accumulators[:, samples:] = high
+        return accumulators[:, :batch].transpose(1, 0, 2, 3)
+    return _to_int(result, np.int32).transpose(1, 0, 2, 3)
 
 
 def matmul_bound(a_abs_max: int | None, b: np.ndarray) -> int | None:

@@ -279,7 +279,7 @@ def _dtypes(
     graph_input: onnx.ValueInfoProto,
     initializers: dict[str, np.ndarray],
 ) -> dict[str, np.dtype]:
-    """Every tensor's dtype: Cast target, int32 accumulator, float32 qonnx output, else input 0's.
+    """Every tensor's dtype: Cast target, int32 accumulator, qonnx's output types, else input 0's.
 
     These are the dtypes the op functions return; value_info is not consulted.
     """
@@ -292,8 +292,11 @@ def _dtypes(
             dtype = np.dtype(to_numpy(to))
         elif node.op_type == "ConvInteger":
             dtype = np.dtype(np.int32)
-        elif node.op_type in ("MultiThreshold", "Quant"):
+        elif node.op_type == "Quant":
             dtype = np.dtype(np.float32)
+        elif node.op_type == "MultiThreshold":  # qonnx: x's float type, float64 for integers
+            x_dtype = dtypes[node.input[0]]
+            dtype = x_dtype if x_dtype.kind == "f" else np.dtype(np.float64)
         else:
             dtype = dtypes[node.input[0]]
         dtypes[node.output[0]] = dtype

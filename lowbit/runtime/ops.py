@@ -11,7 +11,6 @@ order ('K'), so every function here keeps whatever memory order it is given.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -101,18 +100,15 @@ def max_pool(
 ) -> np.ndarray:
     """ONNX MaxPool, floor mode: padding never wins (-inf, or the dtype's minimum for codes).
 
-    The window maximum is a running `np.maximum` over the kernel offsets, each a strided view,
-    which is several times faster than a sliding-window reduction. Dilations, auto_pad,
-    ceil_mode and storage_order are limited to their defaults when the graph is loaded.
+    The window maximum is separable: one spatial axis at a time, a running `np.maximum` over
+    the kernel offsets, each a strided view (k_h + k_w passes instead of k_h · k_w, and
+    several times faster than a sliding-window reduction). Dilations, auto_pad, ceil_mode and
+    storage_order are limited to their defaults when the graph is loaded.
     """
     rank = len(kernel_shape)
     strides = list(strides or [1] * rank)
     pads = list(pads or [0] * (2 * rank))
     spatial = x.shape[-rank:]
-    out_shape = [
-        (size + pads[i] + pads[i + rank] - kernel_shape[i]) // strides[i] + 1
-        for i, size in enumerate(spatial)
-    ]
     if any(pads):
         fill = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
         padded_shape = x.shape[:-rank] + tuple(
@@ -122,19 +118,20 @@ def max_pool(
         interior = tuple(slice(pads[i], pads[i] + size) for i, size in enumerate(spatial))
         padded[(..., *interior)] = x
         x = padded
-    result = None
-    for offset in itertools.product(*(range(k) for k in kernel_shape)):
-        window = x[
-            (
-                ...,
-                *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out_shape)),
-            )
-        ]
-        if result is None:
-            result = window.copy(order="K")
-        else:
-            np.maximum(result, window, out=result)
-    return result
+    for i, (kernel, stride) in enumerate(zip(kernel_shape, strides)):
+        axis = x.ndim - rank + i
+        count = (x.shape[axis] - kernel) // stride + 1
+        pooled = None
+        for offset in range(kernel):
+            window = x[
+                (slice(None),) * axis + (slice(offset, offset + stride * (count - 1) + 1, stride),)
+            ]
+            if pooled is None:
+                pooled = window.copy(order="K")
+            else:
+                np.maximum(pooled, window, out=pooled)
+        x = pooled
+    return x
 
 
 def quant(

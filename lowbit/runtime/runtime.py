@@ -2,16 +2,18 @@
 
 Loading checks the graph (graph.py), plans each ConvInteger/MatMul's exact GEMM dtype from its
 accumulator bound (gemm.py), and lays the nodes out as steps that call the op functions of
-`OPS` (ops.py). A run checks the input, splits it into batch chunks and runs the steps on each.
+`OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py). A run
+checks the input, splits it into batch chunks and runs the steps on each, chunks in parallel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,26 +21,24 @@ import numpy as np
 import onnx
 
 from lowbit.errors import InputError, LowbitError, ModelFileError
-from lowbit.runtime.gemm import (
-    code_abs_max,
-    exact_gemm_dtype,
-    shifted_conv_weights,
-    weight_abs_sum_max,
-)
-from lowbit.runtime.graph import Graph, finn_datatype_range, load_graph
-from lowbit.runtime.ops import OPS
+from lowbit.runtime.fuse import requantization_fusions, requantize
+from lowbit.runtime.graph import Graph, load_graph
+from lowbit.runtime.plan import bind, is_gemm, plan_gemm
 
 logger = logging.getLogger(__name__)
 
-GEMM_OPS = ("ConvInteger", "MatMul")
+DEFAULT_BATCH_SIZE = 32
+"""Samples per chunk: a conv4-64 layer's working set (patches, accumulators) stays in cache,
+and a batch of 64 keeps two cores busy; whole batches of 64 measured about 1.5x slower."""
 
 
 @dataclass(frozen=True)
 class _Step:
-    node: onnx.NodeProto
+    node: onnx.NodeProto  # the node it runs (for a fusion, its MultiThreshold), for messages
     run: Callable[..., np.ndarray]
     inputs: tuple[str, ...]  # "" for an absent optional input
-    release: tuple[str, ...]  # tensors no later step reads: dropped unless intermediates are kept
+    output: str
+    release: tuple[str, ...] = ()  # tensors no later step reads: dropped unless kept
 
 
 class Runtime:
@@ -48,23 +48,15 @@ class Runtime:
         self._graph: Graph = load_graph(model)
         self.input_name: str = self._graph.input_name
         self.output_names: list[str] = list(self._graph.output_names)
-        self._plan = [_plan_gemm(self._graph, n) for n in self._graph.nodes if _is_gemm(n)]
+        self._plan = [plan_gemm(self._graph, n) for n in self._graph.nodes if is_gemm(n)]
         plans = {entry["output"]: entry for entry in self._plan}
-        last_use = {name: i for i, n in enumerate(self._graph.nodes) for name in n.input}
+        steps = []
+        for node in self._graph.nodes:
+            run = bind(self._graph, node, plans.get(node.output[0]))
+            steps.append(_Step(node, run, tuple(node.input), node.output[0]))
         kept = {self.input_name, *self.output_names, *self._graph.initializers}
-        self._steps = [
-            _Step(
-                node=node,
-                run=_bind(self._graph, node, plans.get(node.output[0])),
-                inputs=tuple(node.input),
-                release=tuple(
-                    name
-                    for name in set(node.input)
-                    if name and last_use[name] == i and name not in kept
-                ),
-            )
-            for i, node in enumerate(self._graph.nodes)
-        ]
+        self._steps = _with_releases(steps, kept)
+        self._fused_steps = _with_releases(_fused(steps, self._graph), kept)
         self._batch_tensors = {self.input_name}
         for node in self._graph.nodes:
             if any(name in self._batch_tensors for name in node.input):
@@ -79,29 +71,43 @@ class Runtime:
         float input), input_range_source ("finn_datatype UINT2", "dtype int8", "float"),
         weight_abs_sum_max (max over outputs of Σ|w|; None if the weights are not an
         initializer), accumulator_bound (input_range's max |code| · weight_abs_sum_max; None:
-        unbounded), accumulator_bits (signed bits holding ±bound), gemm_dtype ("float32",
-        "float64", "int64"; a float input's own dtype), declared_accumulator_bound (from the
+        unbounded), accumulator_bits (signed bits holding ±bound), gemm_dtype ("float32x2":
+        two samples per float32, convolutions with bound < 2^11; "float32" < 2^24; "float64"
+        < 2^53; else "int64"; a float input's own dtype), declared_accumulator_bound (from the
         node's doc_string JSON, None if absent).
         """
         return [{k: v for k, v in entry.items() if k != "output"} for entry in self._plan]
 
     def run(
-        self, x: np.ndarray, *, keep_intermediates: bool = False, batch_size: int = 256
+        self,
+        x: np.ndarray,
+        *,
+        keep_intermediates: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> dict[str, np.ndarray]:
         """Graph outputs by name; with keep_intermediates, every tensor of the graph.
 
         Tensors are NCHW with their ONNX dtype (integer codes as numpy integers, the tail
         float64). The input is float32 (float64 only where every value is a float32) with the
-        declared shape, any batch size; it is processed in chunks of `batch_size` samples.
+        declared shape, any batch size; it is processed in chunks of `batch_size` samples, on
+        as many threads as there are chunks and CPUs (numpy and BLAS release the GIL). Every
+        chunk computes exactly what the whole batch would.
         """
         x = self._check_input(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        chunked = len(x) > batch_size
-        chunks = [
-            self._run_chunk(x[start : start + batch_size], keep_intermediates, chunked)
-            for start in range(0, len(x), batch_size)
-        ]
+        starts = range(0, len(x), batch_size)
+        chunked = len(starts) > 1
+
+        def run_chunk(start: int) -> dict[str, np.ndarray]:
+            return self._run_chunk(x[start : start + batch_size], keep_intermediates, chunked)
+
+        workers = min(len(starts), _cpu_count())
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                chunks = list(pool.map(run_chunk, starts))
+        else:
+            chunks = [run_chunk(start) for start in starts]
         names = list(chunks[0]) if keep_intermediates else self.output_names
         results = {}
         for name in names:
@@ -113,7 +119,7 @@ class Runtime:
 
     def _run_chunk(self, x: np.ndarray, keep: bool, chunked: bool) -> dict[str, np.ndarray]:
         tensors = {**self._graph.initializers, self.input_name: x}
-        for step in self._steps:
+        for step in self._steps if keep else self._fused_steps:
             arguments = [tensors[name] if name else None for name in step.inputs]
             try:
                 output = step.run(*arguments)
@@ -121,7 +127,7 @@ class Runtime:
                 raise
             except (ValueError, TypeError, IndexError, ArithmeticError) as error:
                 raise ModelFileError(f"{self._graph.where(step.node)}: {error}") from error
-            name = step.node.output[0]
+            name = step.output
             if chunked and name in self._batch_tensors and output.shape[:1] != x.shape[:1]:
                 raise ModelFileError(
                     f"{self._graph.where(step.node)}: output '{name}' has shape "
@@ -173,87 +179,34 @@ def run_model(model: str | os.PathLike | onnx.ModelProto, x: np.ndarray) -> dict
     return Runtime(model).run(x)
 
 
-def _is_gemm(node: onnx.NodeProto) -> bool:
-    return node.op_type in GEMM_OPS
+def _fused(steps: list[_Step], graph: Graph) -> list[_Step]:
+    """The steps with each requantization of fuse.py replaced by one `requantize` step."""
+    fusions = {f.nodes[0].output[0]: f for f in requantization_fusions(graph)}
+    fused_away = {node.output[0] for f in fusions.values() for node in f.nodes[1:]}
+    fused = []
+    for step in steps:
+        if step.output in fusions:
+            fusion = fusions[step.output]
+            threshold_node = next(n for n in fusion.nodes if n.op_type == "MultiThreshold")
+            run = functools.partial(requantize, **fusion.keywords)
+            fused.append(_Step(threshold_node, run, fusion.inputs, fusion.nodes[-1].output[0]))
+        elif step.output not in fused_away:
+            fused.append(step)
+    return fused
 
 
-def _input_range(graph: Graph, name: str) -> tuple[int, int, str]:
-    """[low, high] of an integer tensor: its finn_datatype if it narrows the dtype, else dtype."""
-    info = np.iinfo(graph.dtypes[name])
-    low, high = int(info.min), int(info.max)
-    datatype = graph.finn_datatypes.get(name, "")
-    annotated = finn_datatype_range(datatype)
-    if annotated is not None and low <= annotated[0] and annotated[1] <= high:
-        return annotated[0], annotated[1], f"finn_datatype {datatype}"
-    return low, high, f"dtype {info.dtype}"
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _plan_gemm(graph: Graph, node: onnx.NodeProto) -> dict[str, Any]:
-    """The exact GEMM dtype of one ConvInteger/MatMul node and the bound that proves it."""
-    x_name, w_name = node.input[0], node.input[1]
-    entry: dict[str, Any] = {
-        "name": node.name or node.output[0],
-        "op_type": node.op_type,
-        "output": node.output[0],
-        "input": x_name,
-        "input_range": None,
-        "input_range_source": "float",
-        "weight_abs_sum_max": None,
-        "accumulator_bound": None,
-        "accumulator_bits": None,
-        "gemm_dtype": graph.dtypes[x_name].name,
-        "declared_accumulator_bound": _declared_bound(node),
-    }
-    if graph.dtypes[x_name].kind == "f":
-        return entry
-    low, high, source = _input_range(graph, x_name)
-    entry.update(input_range=[low, high], input_range_source=source)
-    weights = graph.initializers.get(w_name)
-    if node.op_type == "ConvInteger":
-        optional = [*node.input[2:4], "", ""][:2]
-        zero_points = [graph.initializers[n] if n else None for n in optional]
-        x_zero = 0 if zero_points[0] is None else int(zero_points[0].reshape(-1)[0])
-        x_abs_max = code_abs_max(low, high, x_zero)
-        weight_sum = weight_abs_sum_max(shifted_conv_weights(weights, zero_points[1]), (1, 2, 3))
-    else:
-        x_abs_max = code_abs_max(low, high)
-        weight_sum = None
-        if weights is not None:
-            columns = weights if weights.ndim > 1 else weights[:, None]
-            weight_sum = weight_abs_sum_max(columns, (-2,))
-    bound = None if weight_sum is None else x_abs_max * weight_sum
-    entry.update(
-        weight_abs_sum_max=weight_sum,
-        accumulator_bound=bound,
-        accumulator_bits=None if bound is None else bound.bit_length() + 1,
-        gemm_dtype=exact_gemm_dtype(bound),
-    )
-    return entry
-
-
-def _declared_bound(node: onnx.NodeProto) -> int | None:
-    try:
-        return int(json.loads(node.doc_string)["accumulator_bound"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _bind(graph: Graph, node: onnx.NodeProto, plan: dict | None) -> Callable[..., np.ndarray]:
-    """The step function: the op with its attributes (and planned GEMM dtype) bound."""
-    op = functools.partial(OPS[node.op_type], **graph.attributes[node.output[0]])
-    if plan is None or plan["input_range"] is None:
-        return op
-    low, high = plan["input_range"]
-    gemm_dtype = plan["gemm_dtype"]
-    trusts_annotation = plan["input_range_source"].startswith("finn_datatype")
-    where = graph.where(node)
-
-    def run_gemm(x: np.ndarray, *rest: np.ndarray | None) -> np.ndarray:
-        dtype: str | None = gemm_dtype
-        # an annotation is a promise, not a guarantee: outside it, derive the dtype from the data
-        if trusts_annotation and (x.min() < low or x.max() > high):
-            logger.warning("%s: input outside [%d, %d]; GEMM dtype from the data", where, low, high)
-            dtype = None
-        return op(x, *rest, gemm_dtype=dtype)
-
-    return run_gemm
+def _with_releases(steps: list[_Step], kept: set[str]) -> list[_Step]:
+    """The steps, each releasing the tensors (not in `kept`) that no later step reads."""
+    last_use = {name: i for i, step in enumerate(steps) for name in step.inputs if name}
+    released = [
+        {name for name in step.inputs if name and last_use[name] == i and name not in kept}
+        for i, step in enumerate(steps)
+    ]
+    return [dataclasses.replace(s, release=tuple(r)) for s, r in zip(steps, released)]

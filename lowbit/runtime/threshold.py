@@ -80,13 +80,13 @@ def multithreshold(
     out_bias: float = 0.0,
     data_layout: str = "",
 ) -> np.ndarray:
-    """qonnx MultiThreshold as float32 (the graph's declared type; `out_dtype` is annotation only).
+    """qonnx MultiThreshold, in qonnx's output dtype: x's float type, float64 for integer x.
 
-    With out_scale 1 and out_bias 0 the counts are exact float32 integers. Otherwise the
-    affine map is qonnx's own numpy expression (`out_scale * counts.astype(x.dtype) + out_bias`,
-    evaluated in x's float type, or float64 for integer x), then cast to float32.
+    `out_dtype` is an annotation only. The affine map is qonnx's numpy expression
+    (`out_scale * counts.astype(x.dtype) + out_bias`), skipped when it is the identity.
     """
     counts = threshold_counts(x, thresholds, channel_axis(data_layout, x.ndim))
+    result_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     if out_scale == 1.0 and out_bias == 0.0:
-        return counts.astype(np.float32)
-    return (out_scale * counts.astype(x.dtype) + out_bias).astype(np.float32)
+        return counts.astype(result_dtype)
+    return np.asarray(out_scale * counts.astype(x.dtype) + out_bias, dtype=result_dtype)

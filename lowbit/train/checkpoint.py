@@ -7,40 +7,21 @@ Keys: "model" (state_dict), "quant_state" (activation-scale statistics, see belo
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, ModelFileError
+from lowbit.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes `path` through a temp file in the same directory, fsync, then os.replace."""
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def _runtime_stats_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -122,7 +103,9 @@ def save_checkpoint(
         "epoch": int(epoch),
         "rng": rng_state(),
     }
-    atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:

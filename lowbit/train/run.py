@@ -12,9 +12,10 @@ import torch
 
 import lowbit
 from lowbit.errors import ConfigError
+from lowbit.io import atomic_write_bytes
 from lowbit.models import LowbitModel, ModelConfig, build_model
 from lowbit.quant.recipes import Recipe, recipe_from_dict
-from lowbit.train.checkpoint import CHECKPOINT_NAME, atomic_write, load_checkpoint, load_model_state
+from lowbit.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
 from lowbit.train.config import TrainConfig
 
 CONFIG_NAME = "config.json"
@@ -32,9 +33,9 @@ def versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Writes `data` as indented JSON, atomically."""
+    """Writes `data` as indented strict JSON (NaN is an error, not a token), atomically."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
 
 
 def read_json(path: Path) -> dict:

@@ -89,9 +89,9 @@ def conv4_model(
     weight_bits: int = 2,
     input_scale: float = 1 / 32,
 ) -> onnx.ModelProto:
-    """The integer conv4: Div → Quant(INT8) → Cast int8 → 4 × [ConvInteger 3x3 pad 1 →
-    MultiThreshold → Cast uint8 → MaxPool 2x2] → Flatten → Cast int64 → MatMul / Σf² →
-    float64 cosine tail `logits = coef_c · d_c / max(√n, 1)`.
+    """The integer conv4: Div → Quant(INT8) → Cast int8 → 4 × [ConvInteger 3x3 pad 1 → Cast
+    float64 → MultiThreshold → Cast uint8 → MaxPool 2x2] → Flatten → Cast int64 → MatMul / Σf²
+    → float64 cosine tail `logits = coef_c · d_c / max(√n, 1)`, as docs/int_graph.md lays out.
 
     Weight codes: 8-bit in the first layer, `weight_bits` signed narrow after (2 → ternary).
     Thresholds are spread over about one accumulator standard deviation so codes vary.
@@ -135,9 +135,11 @@ def conv4_model(
                 name=f"conv{layer}",
                 doc_string="",
             ),
+            # docs/int_graph.md: qonnx thresholds float64 holding the int32 accumulator
+            helper.make_node("Cast", [f"acc{layer}"], [f"acc{layer}_f64"], to=TensorProto.DOUBLE),
             helper.make_node(
                 "MultiThreshold",
-                [f"acc{layer}", f"t{layer}"],
+                [f"acc{layer}_f64", f"t{layer}"],
                 [f"mt{layer}"],
                 domain=QONNX_DOMAIN,
                 out_dtype=f"UINT{activation_bits}",

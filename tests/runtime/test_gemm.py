@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from lowbit.runtime import Runtime
-from lowbit.runtime.gemm import exact_gemm_dtype
+from lowbit.runtime.gemm import conv_integer, exact_gemm_dtype
 
 from .graphs import make_model, run_onnxruntime, tensor
 
@@ -117,3 +117,40 @@ def test_matmul_dtype_choice_is_exact(weights, datatype, bound, gemm_dtype):
     actual = Runtime(model).run(x)["y"]
     assert np.array_equal(actual, x @ weights.astype(np.int64))  # numpy int64: exact here
     assert np.array_equal(actual, run_onnxruntime(model, x)[0])
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+def test_conv_packs_two_samples_per_float32_below_2_pow_11(batch: int):
+    """B = 255 · 8 = 2040 < 2^11 packs two samples per float32; accumulators hit ±2040."""
+    weights = np.stack([np.ones((8, 1, 1)), -np.ones((8, 1, 1))]).astype(np.int8)
+    model = conv_model(weights)
+    runtime = Runtime(model)
+    assert runtime.layer_plan()[0]["accumulator_bound"] == 2040
+    assert runtime.layer_plan()[0]["gemm_dtype"] == "float32x2"
+    x = np.random.default_rng(batch).integers(0, 256, (batch, 8, 1, 1)).astype(np.uint8)
+    x[0] = 255  # +2040 and -2040
+    actual = runtime.run(x)["y"]
+    assert actual[0, :, 0, 0].tolist() == [2040, -2040]
+    assert np.array_equal(actual, run_onnxruntime(model, x)[0])
+
+
+def test_conv_pairs_stop_at_2_pow_11():
+    weights = np.ones((1, 9, 1, 1), np.int8)  # B = 255 · 9 = 2295
+    runtime = Runtime(conv_model(weights))
+    assert runtime.layer_plan()[0]["gemm_dtype"] == "float32"
+    x = np.full((3, 9, 1, 1), 255, np.uint8)
+    assert runtime.run(x)["y"].reshape(-1).tolist() == [2295] * 3
+
+
+def test_conv_gemm_dtypes_agree_on_a_3x3_layer():
+    """Every GEMM dtype the plan may pick gives the same accumulators on one convolution."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, (5, 16, 6, 7)).astype(np.uint8)
+    w = rng.integers(-1, 2, (8, 16, 3, 3)).astype(np.int8)
+    results = [
+        conv_integer(x, w, pads=[1, 0, 1, 2], strides=[1, 2], gemm_dtype=dtype)
+        for dtype in ("float32x2", "float32", "float64", "int64", None)
+    ]
+    for result in results[1:]:
+        assert result.dtype == np.int32
+        assert np.array_equal(result, results[0])

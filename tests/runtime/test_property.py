@@ -50,28 +50,45 @@ def integer_graphs(draw: st.DrawFn):
         initializers[f"w{layer}"] = weights.astype(np.int8)
         height = (height + pads[0] + pads[2] - kernel) // stride + 1
         width = (width + pads[1] + pads[3] - kernel) // stride + 1
-        levels = 2 ** draw(st.integers(1, 4)) - 1
+        bits = draw(st.integers(1, 4))
+        levels = 2**bits - 1
         spread = code_max * np.sqrt(kernel * kernel * channels) * weight_max / 2 + 1
         thresholds = rng.integers(-spread, spread + 1, (outputs, levels))
         if draw(st.booleans()):  # spec graphs have increasing rows; qonnx allows any
             thresholds = np.sort(thresholds, axis=1)
         initializers[f"t{layer}"] = thresholds.astype(np.float32)
-        nodes += [
+        signed_codes = draw(st.booleans())  # out_bias -2^(bits-1): int8 codes
+        threshold_input = f"acc{layer}"
+        nodes.append(
             helper.make_node(
                 "ConvInteger",
                 [f"c{layer - 1}", f"w{layer}"],
                 [f"acc{layer}"],
                 pads=pads,
                 strides=[stride, stride],
-            ),
+            )
+        )
+        if draw(st.booleans()):  # docs/int_graph.md: thresholds see float64 accumulators
+            threshold_input = f"acc{layer}_f64"
+            nodes.append(
+                helper.make_node("Cast", [f"acc{layer}"], [threshold_input], to=TensorProto.DOUBLE)
+            )
+        nodes += [
             helper.make_node(
                 "MultiThreshold",
-                [f"acc{layer}", f"t{layer}"],
+                [threshold_input, f"t{layer}"],
                 [f"mt{layer}"],
                 domain=QONNX_DOMAIN,
-                out_dtype="UINT4",
+                out_dtype=f"INT{bits + 1}" if signed_codes else f"UINT{bits}",
+                out_bias=-float(2 ** (bits - 1)) if signed_codes else 0.0,
+                **({"data_layout": "NCHW"} if draw(st.booleans()) else {}),
             ),
-            helper.make_node("Cast", [f"mt{layer}"], [f"a{layer}"], to=TensorProto.UINT8),
+            helper.make_node(
+                "Cast",
+                [f"mt{layer}"],
+                [f"a{layer}"],
+                to=TensorProto.INT8 if signed_codes else TensorProto.UINT8,
+            ),
         ]
         current = f"a{layer}"
         pool = draw(st.integers(1, min(3, height, width)))
@@ -91,9 +108,10 @@ def integer_graphs(draw: st.DrawFn):
             current = f"p{layer}"
             height = (height + pool_pads[0] + pool_pads[2] - pool) // pool_stride + 1
             width = (width + pool_pads[1] + pool_pads[3] - pool) // pool_stride + 1
-        nodes.append(helper.make_node("Cast", [current], [f"c{layer}"], to=TensorProto.UINT8))
-        channels, code_max = outputs, levels
-        datatypes[f"c{layer}"] = "UINT4"
+        code_type = TensorProto.INT8 if signed_codes else TensorProto.UINT8
+        nodes.append(helper.make_node("Cast", [current], [f"c{layer}"], to=code_type))  # a no-op
+        channels, code_max = outputs, 2 ** (bits - 1) if signed_codes else levels
+        datatypes[f"c{layer}"] = f"INT{bits + 1}" if signed_codes else f"UINT{bits}"
     features = channels * height * width
     initializers["head"] = rng.integers(-127, 128, (features, 3)).astype(np.int64)
     nodes += [
@@ -118,7 +136,10 @@ def integer_graphs(draw: st.DrawFn):
 def test_runtime_equals_qonnx_on_random_graphs(case):
     model, x = case
     expected = run_qonnx(model, x)
-    actual = Runtime(model).run(x, keep_intermediates=True)
+    runtime = Runtime(model)
+    actual = runtime.run(x, keep_intermediates=True)
     assert set(actual) == set(expected)
     for name, value in expected.items():
         assert np.array_equal(actual[name], value), name
+    # without intermediates the requantizations run fused (fuse.py): the same output
+    assert np.array_equal(runtime.run(x)["y"], expected["y"])

@@ -43,7 +43,8 @@ def test_conv4_dtypes_and_layout(conv4, images):
     assert list(outputs) == ["logits"]
     assert outputs["logits"].dtype == np.float64
     tensors = runtime.run(images, keep_intermediates=True)
-    expected = {"codes0": np.int8, "acc1": np.int32, "mt1": np.float32, "act1": np.uint8}
+    expected = {"codes0": np.int8, "acc1": np.int32, "acc1_f64": np.float64, "mt1": np.float64}
+    expected |= {"act1": np.uint8}
     expected |= {"codes4": np.uint8, "f": np.int64, "d": np.int64, "n": np.int64}
     for name, dtype in expected.items():
         assert tensors[name].dtype == dtype, name
@@ -68,7 +69,8 @@ def test_layer_plan(conv4):
     assert first["input_range"] == [-128, 127]
     assert first["accumulator_bound"] == 128 * first["weight_abs_sum_max"]
     assert first["accumulator_bits"] == first["accumulator_bound"].bit_length() + 1
-    assert all(entry["gemm_dtype"] == "float32" for entry in plan)
+    # 2-bit codes × ternary weights: B = 3 · Σ|w| < 2^11, two samples per float32
+    assert [entry["gemm_dtype"] for entry in plan] == ["float32"] + ["float32x2"] * 3 + ["float32"]
     assert plan[1]["input_range_source"] == "finn_datatype UINT2"
 
 

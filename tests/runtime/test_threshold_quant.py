@@ -39,7 +39,7 @@ def test_multithreshold_function(count: int, per_channel: bool, dtype: type):
     thresholds = thresholds_with_hits(x, 6 if per_channel else 1, count)
     expected = qonnx_multithreshold(x, thresholds)
     actual = multithreshold(x, thresholds)
-    assert actual.dtype == np.float32
+    assert actual.dtype == expected.dtype  # x's float type, float64 for integer x
     assert np.array_equal(actual, expected)
 
 
@@ -64,7 +64,8 @@ def test_multithreshold_scale_and_bias():
     thresholds = np.sort(rng.integers(-20, 20, size=(3, 7)), axis=1).astype(np.float32)
     expected = qonnx_multithreshold(x, thresholds, out_scale=0.5, out_bias=-1.5)
     actual = multithreshold(x, thresholds, out_scale=0.5, out_bias=-1.5)
-    assert np.array_equal(actual, expected.astype(np.float32))
+    assert actual.dtype == expected.dtype == np.float64
+    assert np.array_equal(actual, expected)
 
 
 @pytest.mark.parametrize(

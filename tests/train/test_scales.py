@@ -31,7 +31,9 @@ def test_eval_scales_are_powers_of_two(tmp_path, splits, recipe, batch_size, ste
 
 @pytest.mark.parametrize("batch_size", [8, 1])
 def test_resnet8_residual_scales_are_powers_of_two(tmp_path, splits, batch_size):
-    config = tiny_config(recipe="w2a2", backbone="resnet8", width=4, epochs=1, batch_size=batch_size)
+    config = tiny_config(
+        recipe="w2a2", backbone="resnet8", width=4, epochs=1, batch_size=batch_size
+    )
     train(config, tmp_path, splits=splits, progress=False)
     model, _ = load_run(tmp_path)
     scales = _scales(model)
