@@ -1,12 +1,12 @@
 """Exact integer GEMMs (ConvInteger, MatMul), run through float BLAS where that is provably exact.
 
 An integer dot product Σ_k x_k·w_k evaluated in floating point is exact if every partial sum,
-in whatever order the BLAS adds, is an integer the float type represents. With |x_k| ≤ X and
-Σ_k |w_ck| ≤ S for every output c, every partial sum has magnitude ≤ B = X·S, and float32
-(float64) represents every integer of magnitude ≤ 2^24 (2^53). So B < 2^24 runs float32 BLAS,
-B < 2^53 float64 BLAS, and anything larger numpy's int64 matmul (no BLAS, ~10x slower). This
-relies on the BLAS forming plain products and sums (no Strassen-like recombination), which
-holds for OpenBLAS, MKL and Accelerate.
+in whatever order the BLAS adds, is an integer the float type represents. `accumulator_bound`
+bounds every partial sum by B (at most max|x| · max_c Σ_k |w_ck|, less for one-signed codes),
+and float32 (float64) represents every integer of magnitude ≤ 2^24 (2^53). So B < 2^24 runs
+float32 BLAS, B < 2^53 float64 BLAS, and anything larger numpy's int64 matmul (no BLAS, ~10x
+slower). This relies on the BLAS forming plain products and sums (no Strassen-like
+recombination), which holds for OpenBLAS, MKL and Accelerate.
 
 Small bounds go further ("float32x2"): a convolution is linear in its input, so two samples
 packed into one float32, a + 2^12·b, give conv(a) + 2^12·conv(b). Every partial sum is then an
@@ -45,23 +45,46 @@ def exact_gemm_dtype(bound: int | None, pairs: bool = False) -> str:
     return "int64"
 
 
-def code_abs_max(low: int, high: int, zero_point: int = 0) -> int:
-    """max |x - zero_point| over the integer codes x in [low, high]."""
-    return max(abs(low - zero_point), abs(high - zero_point))
+def accumulator_bound(weights: np.ndarray, low: int, high: int) -> int:
+    """Largest |partial sum| of Σ_k x_k·w_ck over all outputs c, for codes x_k in [low, high].
 
-
-def data_abs_max(x: np.ndarray, zero_point: int = 0) -> int:
-    """max |x - zero_point| over the actual values (0 for an empty tensor)."""
-    if x.size == 0:
-        return 0
-    return code_abs_max(int(x.min()), int(x.max()), zero_point)
-
-
-def weight_abs_sum_max(weights: np.ndarray, reduce_axes: tuple[int, ...]) -> int:
-    """max over outputs of Σ |w| over `reduce_axes` (the GEMM's K), as an exact Python int."""
+    `weights` is (outputs, K), with zero points already subtracted (from low and high too).
+    With H = max(high, 0) and L = max(-low, 0), a term x·w lies in an interval holding 0 —
+    [-L·w, H·w] for w > 0, [H·w, -L·w] for w < 0 — so a sum over any subset of the terms, which
+    is what a float accumulator holds at every step in any order, lies in [-(L·P + H·N),
+    H·P + L·N], where P = Σ_{w>0} w and N = Σ_{w<0} |w| per output. Exact Python integers.
+    """
     if weights.size == 0:
         return 0
-    return int(np.abs(weights.astype(np.int64)).sum(axis=reduce_axes).max())
+    weights = weights.astype(np.int64)
+    positive = np.where(weights > 0, weights, 0).sum(axis=1).tolist()
+    negative = np.where(weights < 0, -weights, 0).sum(axis=1).tolist()
+    above, below = max(high, 0), max(-low, 0)  # H and L
+    return max(
+        max(above * p + below * n, below * p + above * n) for p, n in zip(positive, negative)
+    )
+
+
+def data_range(x: np.ndarray, zero_point: int = 0) -> tuple[int, int]:
+    """[min, max] of the actual values minus the zero point ((0, 0) for an empty tensor)."""
+    if x.size == 0:
+        return 0, 0
+    return int(x.min()) - zero_point, int(x.max()) - zero_point
+
+
+def conv_weight_matrix(w: np.ndarray, w_zero_point: np.ndarray | None) -> np.ndarray:
+    """ConvInteger weights minus their zero points as an int64 (M, kernel_h·kernel_w·C) matrix.
+
+    Columns run (kernel row, kernel column, channel), the order of the patches below.
+    """
+    weights = shifted_conv_weights(w, w_zero_point)
+    return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
+
+
+def matmul_weight_matrix(b: np.ndarray) -> np.ndarray:
+    """MatMul's right operand as (outputs, K) rows: one row per output column (and batch)."""
+    b = b if b.ndim > 1 else b[:, None]
+    return np.moveaxis(b, -1, -2).reshape(-1, b.shape[-2])
 
 
 def shifted_conv_weights(w: np.ndarray, w_zero_point: np.ndarray | None) -> np.ndarray:
@@ -106,9 +129,9 @@ def conv_integer(
     out_h = (height + pad_top + pad_bottom - kernel_h) // stride_h + 1
     out_w = (width + pad_left + pad_right - kernel_w) // stride_w + 1
     x_zero = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
-    weights = shifted_conv_weights(w, w_zero_point)
+    weights = conv_weight_matrix(w, w_zero_point)
     if gemm_dtype is None:
-        bound = data_abs_max(x, x_zero) * weight_abs_sum_max(weights, (1, 2, 3))
+        bound = accumulator_bound(weights, *data_range(x, x_zero))
         gemm_dtype = exact_gemm_dtype(bound, pairs=True)
     pairs = gemm_dtype == "float32x2"
     dtype = np.dtype(np.float32 if pairs else gemm_dtype)
@@ -136,7 +159,7 @@ def conv_integer(
                 i : i + stride_h * (out_h - 1) + 1 : stride_h,
                 j : j + stride_w * (out_w - 1) + 1 : stride_w,
             ]
-    weight_matrix = weights.transpose(0, 2, 3, 1).reshape(outputs, -1).astype(dtype)
+    weight_matrix = weights.astype(dtype)
     result = weight_matrix @ patches.reshape(weight_matrix.shape[1], -1)
     result = result.reshape(outputs, samples, out_h, out_w)
     if pairs:
@@ -149,18 +172,11 @@ def conv_integer(
     return _to_int(result, np.int32).transpose(1, 0, 2, 3)
 
 
-def matmul_bound(a_abs_max: int | None, b: np.ndarray) -> int | None:
-    """Accumulator bound of a @ b for |a| ≤ a_abs_max: a_abs_max · max over columns Σ |b|."""
-    if a_abs_max is None:
-        return None
-    return a_abs_max * weight_abs_sum_max(b if b.ndim > 1 else b[:, None], (-2,))
-
-
 def matmul(a: np.ndarray, b: np.ndarray, *, gemm_dtype: str | None = None) -> np.ndarray:
     """ONNX MatMul; integer operands go through the exact GEMM dtype (None: from the data)."""
     if a.dtype.kind == "f":
         return np.matmul(a, b)
     if gemm_dtype is None:
-        gemm_dtype = exact_gemm_dtype(matmul_bound(data_abs_max(a), b))
+        gemm_dtype = exact_gemm_dtype(accumulator_bound(matmul_weight_matrix(b), *data_range(a)))
     dtype = np.dtype(gemm_dtype)
     return _to_int(np.matmul(a.astype(dtype), b.astype(dtype)), a.dtype)

@@ -3,7 +3,7 @@
 Loading checks the graph (graph.py), plans each ConvInteger/MatMul's exact GEMM dtype from its
 accumulator bound (gemm.py), and lays the nodes out as steps that call the op functions of
 `OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py). A run
-checks the input, splits it into batch chunks and runs the steps on each, chunks in parallel.
+checks the input, splits it into batch chunks and runs the steps on each.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,9 @@ from lowbit.runtime.plan import bind, is_gemm, plan_gemm
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
-"""Samples per chunk: a conv4-64 layer's working set (patches, accumulators) stays in cache,
-and a batch of 64 keeps two cores busy; whole batches of 64 measured about 1.5x slower."""
+"""Samples per chunk: a conv4-64 layer's working set (patches, accumulators) then stays in
+cache; one chunk of 64 measured 1.6x slower. (Chunks on two Python threads were faster only
+with single-threaded BLAS; against BLAS's own threads they lost 35%, so chunks run serially.)"""
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,13 @@ class Runtime:
         """Per ConvInteger/MatMul node, in execution order: its accumulator bound and GEMM dtype.
 
         Keys: name, op_type, input, input_range ([low, high] of the input codes, None for a
-        float input), input_range_source ("finn_datatype UINT2", "dtype int8", "float"),
-        weight_abs_sum_max (max over outputs of Σ|w|; None if the weights are not an
-        initializer), accumulator_bound (input_range's max |code| · weight_abs_sum_max; None:
-        unbounded), accumulator_bits (signed bits holding ±bound), gemm_dtype ("float32x2":
-        two samples per float32, convolutions with bound < 2^11; "float32" < 2^24; "float64"
-        < 2^53; else "int64"; a float input's own dtype), declared_accumulator_bound (from the
-        node's doc_string JSON, None if absent).
+        float input), input_range_source (e.g. "finn_datatype UINT2 of 'x'", "dtype int8 of
+        'x'" — possibly of a tensor upstream whose values pass unchanged — or "float"),
+        accumulator_bound (the largest |partial sum| over input_range and the weight codes,
+        gemm.accumulator_bound; None: weights not an initializer), accumulator_bits (signed
+        bits holding ±bound), gemm_dtype ("float32x2": two samples per float32, convolutions
+        with bound < 2^11; "float32" < 2^24; "float64" < 2^53; else "int64"; a float input's
+        own dtype), declared_accumulator_bound (from the node's doc_string JSON, or None).
         """
         return [{k: v for k, v in entry.items() if k != "output"} for entry in self._plan]
 
@@ -89,25 +89,17 @@ class Runtime:
 
         Tensors are NCHW with their ONNX dtype (integer codes as numpy integers, the tail
         float64). The input is float32 (float64 only where every value is a float32) with the
-        declared shape, any batch size; it is processed in chunks of `batch_size` samples, on
-        as many threads as there are chunks and CPUs (numpy and BLAS release the GIL). Every
-        chunk computes exactly what the whole batch would.
+        declared shape, any batch size; it is processed in chunks of `batch_size` samples,
+        each computing exactly what the whole batch would.
         """
         x = self._check_input(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        starts = range(0, len(x), batch_size)
-        chunked = len(starts) > 1
-
-        def run_chunk(start: int) -> dict[str, np.ndarray]:
-            return self._run_chunk(x[start : start + batch_size], keep_intermediates, chunked)
-
-        workers = min(len(starts), _cpu_count())
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                chunks = list(pool.map(run_chunk, starts))
-        else:
-            chunks = [run_chunk(start) for start in starts]
+        chunked = len(x) > batch_size
+        chunks = [
+            self._run_chunk(x[start : start + batch_size], keep_intermediates, chunked)
+            for start in range(0, len(x), batch_size)
+        ]
         names = list(chunks[0]) if keep_intermediates else self.output_names
         results = {}
         for name in names:
@@ -193,13 +185,6 @@ def _fused(steps: list[_Step], graph: Graph) -> list[_Step]:
         elif step.output not in fused_away:
             fused.append(step)
     return fused
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _with_releases(steps: list[_Step], kept: set[str]) -> list[_Step]:

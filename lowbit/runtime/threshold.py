@@ -38,7 +38,7 @@ def comparison_thresholds(x_dtype: np.dtype, thresholds: np.ndarray) -> np.ndarr
 
 
 def threshold_counts(x: np.ndarray, thresholds: np.ndarray, axis: int) -> np.ndarray:
-    """#{t in thresholds[c] : x ≥ t} along channel `axis`, in the smallest exact unsigned dtype.
+    """#{t in thresholds[c] : x ≥ t} along channel `axis`: uint8 (int64 past 255 thresholds).
 
     `thresholds` is [C, T] or [1, T] (one row for all channels). The result keeps x's memory
     order, so a channel-major x (see gemm.py) is compared row by row against scalars.
@@ -82,11 +82,12 @@ def multithreshold(
 ) -> np.ndarray:
     """qonnx MultiThreshold, in qonnx's output dtype: x's float type, float64 for integer x.
 
-    `out_dtype` is an annotation only. The affine map is qonnx's numpy expression
-    (`out_scale * counts.astype(x.dtype) + out_bias`), skipped when it is the identity.
+    `out_dtype` is an annotation only. The affine map `out_scale * counts + out_bias` is
+    evaluated in that dtype, as qonnx's numpy expression is, and skipped when the identity.
     """
     counts = threshold_counts(x, thresholds, channel_axis(data_layout, x.ndim))
     result_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    values = counts.astype(result_dtype)
     if out_scale == 1.0 and out_bias == 0.0:
-        return counts.astype(result_dtype)
-    return np.asarray(out_scale * counts.astype(x.dtype) + out_bias, dtype=result_dtype)
+        return values
+    return np.asarray(out_scale * values + out_bias, dtype=result_dtype)

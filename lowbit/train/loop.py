@@ -1,4 +1,4 @@
-"""The QAT loop: `train(config, run_dir)` and `evaluate(model, splits)`. No trainer framework.
+"""The QAT loop: `train(config, run_dir)`, one plain function. No trainer framework.
 
 Every epoch draws its batch order and augmentation from its own generator seeded by
 (seed, epoch), so a run resumed from a checkpoint sees exactly the batches it would have seen.

@@ -8,11 +8,20 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-# Temperature for LogitNorm, chosen by `benchmarks/tau_sweep.py` (w1a2 conv4 cosine head, built-in
-# data). With the cosine head the logit vector is `scale * cos`, and LogitNorm divides by its
-# norm, so the head's scale cancels and 1/tau alone sets the norm of the logits CE sees. The
-# paper's 0.04 (linear heads) makes that norm 25; see the sweep's numbers in the report below.
-DEFAULT_TAU = 0.1
+# LogitNorm temperature. With the cosine head the logits are `scale * cos` and LogitNorm divides
+# by their norm, so the head's scale cancels and 1/tau alone sets the norm of the logits CE sees
+# (the paper's 0.04 for linear heads makes it 25; CE at scale 10 sees norms near 10, ~ tau 0.1).
+# benchmarks/tau_sweep.py, conv4 width 64, built-in data, seed 0, val split (n=144, so +-0.03
+# accuracy is noise), MSP FPR@95%TPR of val against the 240 held-out OOD images:
+#   tau                           0.02   0.04   0.1    0.5    1.0    (ce)
+#   w1a2 from scratch, 15 ep acc  0.424  0.479  0.417  0.458  0.562  0.556
+#                           fpr95 0.938  0.942  0.946  0.954  0.933  0.946
+#   w1a2 from fp32-CE, 10 ep acc  0.778  0.778  0.792  0.792  0.785  0.806
+#                           fpr95 0.938  0.929  0.904  0.954  0.958  0.883
+#   fp32 from scratch, 15 ep acc                0.715         0.833  0.826
+# OOD separation is weak for every setting (MSP AUROC 0.53-0.66) and its differences are within
+# noise, so accuracy decides: 1.0 is never worse than noise and small tau costs up to 0.15.
+DEFAULT_TAU = 1.0
 LOGITNORM_EPS = 1e-7
 
 

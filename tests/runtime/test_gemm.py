@@ -71,7 +71,7 @@ def test_annotation_narrows_the_bound():
     plan = Runtime(conv_model(weights, "UINT2")).layer_plan()[0]
     assert plan["accumulator_bound"] == 3 * 400
     assert plan["input_range"] == [0, 3]
-    assert plan["input_range_source"] == "finn_datatype UINT2"
+    assert plan["input_range_source"] == "finn_datatype UINT2 of 'x'"
 
 
 def test_codes_outside_their_annotation_are_still_exact(caplog):
@@ -154,3 +154,27 @@ def test_conv_gemm_dtypes_agree_on_a_3x3_layer():
     for result in results[1:]:
         assert result.dtype == np.int32
         assert np.array_equal(result, results[0])
+
+
+def test_input_range_follows_values_through_layout_ops_and_widening_casts():
+    """UINT2 codes → MaxPool → Flatten → Cast int64 → MatMul: the head's codes are UINT2."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Cast", ["flat"], ["wide"], to=TensorProto.INT64),
+        helper.make_node("MatMul", ["wide", "w"], ["y"], name="head"),
+    ]
+    weights = np.full((4, 3), 1000, np.int64)
+    model = make_model(
+        nodes,
+        tensor("x", TensorProto.UINT8, ["N", 4, 2, 2]),
+        [tensor("y", TensorProto.INT64, ["N", 3])],
+        {"w": weights},
+        {"x": "UINT2"},
+    )
+    plan = Runtime(model).layer_plan()[0]
+    assert plan["input_range"] == [0, 3]
+    assert plan["input_range_source"] == "finn_datatype UINT2 of 'x'"
+    assert (plan["accumulator_bound"], plan["gemm_dtype"]) == (12000, "float32")
+    x = np.random.default_rng(0).integers(0, 4, (3, 4, 2, 2)).astype(np.uint8)
+    assert np.array_equal(Runtime(model).run(x)["y"], run_onnxruntime(model, x)[0])

@@ -67,11 +67,19 @@ def test_layer_plan(conv4):
     assert [entry["name"] for entry in plan] == ["conv1", "conv2", "conv3", "conv4", "head_matmul"]
     first = plan[0]
     assert first["input_range"] == [-128, 127]
-    assert first["accumulator_bound"] == 128 * first["weight_abs_sum_max"]
+    weights = conv4.graph.initializer[[t.name for t in conv4.graph.initializer].index("w1")]
+    w1 = onnx.numpy_helper.to_array(weights).reshape(64, -1).astype(np.int64)
+    # int8 codes in [-128, 127]: a term x·w spans [min(127w, -128w), max(127w, -128w)]
+    upper = np.maximum(127 * w1, -128 * w1).sum(axis=1)
+    lower = np.minimum(127 * w1, -128 * w1).sum(axis=1)
+    assert first["accumulator_bound"] == max(upper.max(), -lower.min())
     assert first["accumulator_bits"] == first["accumulator_bound"].bit_length() + 1
     # 2-bit codes × ternary weights: B = 3 · Σ|w| < 2^11, two samples per float32
     assert [entry["gemm_dtype"] for entry in plan] == ["float32"] + ["float32x2"] * 3 + ["float32"]
-    assert plan[1]["input_range_source"] == "finn_datatype UINT2"
+    assert plan[1]["input_range_source"] == "finn_datatype UINT2 of 'codes1'"
+    # the head's int64 features are the pooled UINT2 codes, reached through Flatten and Cast
+    assert plan[4]["input_range"] == [0, 3]
+    assert plan[4]["input_range_source"] == "finn_datatype UINT2 of 'f'"
 
 
 def test_float64_input_is_accepted_only_when_exact(conv4, images):
