@@ -11,6 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.export.names import tensor_name
+from lowbit.export.qonnx_export import set_dynamic_batch
 from lowbit.models.build import LowbitModel
 from lowbit.quant.layers import quant_scale
 
@@ -77,6 +78,8 @@ def ort_qcdq_codes(
     present = [name for name in names if name in {n.output[0] for n in graph.graph.node}]
     scales = graph_scales(graph, present)
     probe = copy.deepcopy(graph)
+    # an export with a fixed --batch computes the same values per sample: verify it on any batch
+    set_dynamic_batch(probe)
     for name in present:
         probe.graph.output.append(
             onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)

@@ -1,0 +1,74 @@
+"""The README's commands, end to end on tiny settings, and clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowbit.cli import main
+
+
+@pytest.mark.slow
+def test_run_quick_end_to_end(tmp_path, capsys):
+    assert main(["--quiet", "run", "--quick", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "integer runtime: 0 of" in out
+    report = json.loads((tmp_path / "run" / "w1a2" / "verify.json").read_text())
+    assert report["unexplained"] == 0 and report["mismatches"] == 0
+    assert report["checked_values"] > 0
+
+
+def test_train_export_verify_eval(tmp_path, capsys):
+    run = tmp_path / "w2a2"
+    args = [
+        "--quiet",
+        "train",
+        "--recipe",
+        "w2a2",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+    ]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in (
+        "recipe",
+        "head",
+        "loss",
+        "accuracy",
+        "per_class_accuracy",
+        "model_bits",
+        "epochs",
+        "seed",
+    ):
+        assert key in metrics
+    assert set(metrics["ood"]) == {"msp", "max_logit", "energy"}
+    assert main(["--quiet", "export", str(run), "--batch", "4"]) == 0
+    for name in ("model.qonnx.onnx", "model.qcdq.onnx", "model.int.onnx", "model.json"):
+        assert (run / name).is_file()
+    assert main(["--quiet", "verify", str(run), "--n", "40", "--random", "16"]) == 0
+    report = json.loads((run / "verify.json").read_text())
+    assert report["unexplained"] == 0 and report["mismatches"] == 0
+    assert main(["--quiet", "--json", "eval", str(run)]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["train", "--recipe", "w9a2", "--out", "{tmp}/x"], 3, "w9a2"),
+        (["export", "{tmp}/missing"], 3, "config.json"),
+        (["verify", "{tmp}"], 5, "model.json"),
+        (["train", "--data", "{tmp}/nope", "--epochs", "1", "--out", "{tmp}/y"], 4, "nope"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, argv, code, needle):
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in argv]
+    assert main(["--quiet", *argv]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lowbit: error:") and needle in err[0]
+    assert "Traceback" not in "\n".join(err)
