@@ -23,6 +23,7 @@ class Codes:
     hi: int
     bits: int
     signed: bool
+    channels: int
 
     @property
     def datatype(self) -> str:

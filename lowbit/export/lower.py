@@ -9,6 +9,7 @@ after the torch module that produces it, so `verify` can compare layer by layer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -86,7 +87,7 @@ class Lowering:
         )
         name = g.node("Cast", [quant], "backbone.input_quant", to=INT8)
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        codes = Codes(name, scale, lo, hi, bits, True)
+        codes = Codes(name, scale, lo, hi, bits, True, channels=3)
         g.annotate(name, codes.datatype)
         return codes
 
@@ -113,16 +114,13 @@ class Lowering:
             lo = np.minimum(flat * inp.lo, flat * inp.hi).sum(axis=1)
             hi = np.maximum(flat * inp.lo, flat * inp.hi).sum(axis=1)
             scale_in = (wscale.reshape(-1) * inp.scale).float()
+            channels = w.shape[0]
         else:  # identity: requantize codes of another scale (residual shortcut)
-            w, wbits, flat = None, None, None
-            lo = hi = None
-            scale_in = torch.tensor([inp.scale], dtype=torch.float32)
-        requant = _requant(modules + [out], scale_in, out_scale)
-        if conv is None:
-            channels = self._channels(inp)
+            channels = inp.channels
             lo = np.full(channels, inp.lo, dtype=np.int64)
             hi = np.full(channels, inp.hi, dtype=np.int64)
-            requant = _requant(modules + [out], scale_in.expand(channels), out_scale)
+            scale_in = torch.full((channels,), inp.scale, dtype=torch.float32)
+        requant = _requant(modules + [out], scale_in, out_scale)
         result = derive_thresholds(requant, lo, hi, levels=2**out_bits - 1, out_bias=out_bias)
         acc = inp.name
         record = {
@@ -162,7 +160,6 @@ class Lowering:
                 accumulator_bits=acc_bits,
                 negated_channels=int((result.sign < 0).sum()),
             )
-            channels = w.shape[0]
         else:
             record.update(kind="requant", in_channels=channels, out_channels=channels)
             acc = g.node("Cast", [inp.name], f"{name}.acc", to=INT32)
@@ -184,16 +181,10 @@ class Lowering:
         )
         code_name = g.node("Cast", [thresholded], name, to=INT8 if signed else UINT8)
         lo_code, hi_code = out_bias, out_bias + 2**out_bits - 1
-        codes_out = Codes(code_name, out_scale, lo_code, hi_code, out_bits, signed)
+        codes_out = Codes(code_name, out_scale, lo_code, hi_code, out_bits, signed, channels)
         g.annotate(code_name, codes_out.datatype)
         self.layers.append(record)
-        self._channel_count[code_name] = channels
         return codes_out
-
-    _channel_count: dict[str, int]
-
-    def _channels(self, codes: Codes) -> int:
-        return self._channel_count[codes.name]
 
     def conv_block(self, prefix: str, block: ConvBlock, inp: Codes) -> Codes:
         out = self.threshold_layer(f"{prefix}.act", block.conv, inp, [block.bn], block.act)
@@ -202,8 +193,7 @@ class Lowering:
                 "MaxPool", [out.name], f"{prefix}.pool", kernel_shape=[2, 2], strides=[2, 2]
             )
             self.g.annotate(pooled, out.datatype)
-            self._channel_count[pooled] = self._channel_count[out.name]
-            out = Codes(pooled, out.scale, out.lo, out.hi, out.bits, out.signed)
+            out = dataclasses.replace(out, name=pooled)
         return out
 
     def residual_block(self, prefix: str, block: ResidualBlock, inp: Codes) -> Codes:
@@ -230,10 +220,14 @@ class Lowering:
         b = g.node("Cast", [short.name], f"{prefix}.res_short.i32", to=INT32)
         total = g.node("Add", [a, b], f"{prefix}.sum")
         g.annotate(total, "INT32")
-        channels = self._channels(main)
-        self._channel_count[total] = channels
         summed = Codes(
-            total, main.scale, main.lo + short.lo, main.hi + short.hi, main.bits + 1, True
+            total,
+            main.scale,
+            main.lo + short.lo,
+            main.hi + short.hi,
+            main.bits + 1,
+            True,
+            main.channels,
         )
         return self.threshold_layer(f"{prefix}.act_out", None, summed, [], block.act_out)
 
@@ -287,11 +281,9 @@ class Lowering:
 def lower_model(model: LowbitModel) -> tuple[onnx.ModelProto, list[dict], dict]:
     """Returns (integer ONNX model, per-layer records, head info) for an eval-mode model."""
     low = Lowering(model)
-    low._channel_count = {}
     size = model.config.image_size
     backbone = model.backbone
     codes = low.input_quant(backbone.input_quant, "input")
-    low._channel_count[codes.name] = 3
     if isinstance(backbone, Conv4):
         for index, block in enumerate(backbone.blocks):
             codes = low.conv_block(f"backbone.blocks.{index}", block, codes)

@@ -10,6 +10,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from lowbit.export.api import fix_batch
 from lowbit.export.names import tensor_name
 from lowbit.export.qonnx_export import set_dynamic_batch
 from lowbit.models.build import LowbitModel
@@ -97,22 +98,23 @@ def ort_qcdq_codes(
     return codes, result["logits"]
 
 
-def qonnx_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
-    """Runs qonnx's `execute_onnx` on the QONNX graph (batch fixed to len(x))."""
+def execute_qonnx(graph: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs qonnx's `execute_onnx` (which needs a fixed batch: len(x)); returns every tensor."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.infer_shapes import InferShapes
 
-    fixed = copy.deepcopy(graph)
-    for info in list(fixed.graph.input) + list(fixed.graph.output):
-        dim = info.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_param")
-        dim.dim_value = len(x)
+    fixed = fix_batch(copy.deepcopy(graph), len(x))
     del fixed.graph.value_info[:]
     wrapper = ModelWrapper(fixed).transform(InferShapes())
-    context = execute_onnx(wrapper, {"input": x}, return_full_exec_context=True)
+    return execute_onnx(wrapper, {"input": x}, return_full_exec_context=True)
+
+
+def qonnx_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+    """Runs qonnx's `execute_onnx` on the QONNX graph."""
+    context = execute_qonnx(graph, x)
     present = [name for name in names if name in context]
-    scales = graph_scales(fixed, present)
+    scales = graph_scales(graph, present)
     codes = {name: _to_codes(context[name], scales[name]) for name in present}
     return codes, context["logits"]
 

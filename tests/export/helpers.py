@@ -20,6 +20,7 @@ from lowbit.models import LowbitModel, build_model
 from lowbit.models.backbones import ConvBlock, ResidualBlock
 from lowbit.quant import get_recipe
 from lowbit.quant.layers import ACT_STATS_STEPS, quant_bits, quant_scale
+from lowbit.verify.capture import execute_qonnx
 from lowbit.verify.inputs import random_inputs, tie_inputs
 
 IMAGE_SIZE = 32
@@ -149,15 +150,4 @@ def sample_inputs(
 
 def run_int_graph(graph: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Runs an integer graph with qonnx's `execute_onnx`; returns every tensor of the run."""
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    fixed = copy.deepcopy(graph)
-    for info in list(fixed.graph.input) + list(fixed.graph.output):
-        dim = info.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_param")
-        dim.dim_value = len(x)
-    del fixed.graph.value_info[:]
-    wrapper = ModelWrapper(fixed).transform(InferShapes())
-    return execute_onnx(wrapper, {"input": x}, return_full_exec_context=True)
+    return execute_qonnx(graph, x)

@@ -1,4 +1,4 @@
-"""Tiny models run fastest on one torch thread; two threads contend badly on a busy 2-core box."""
+"""Shared fixtures: tiny models run fastest on one torch thread on a busy 2-core box."""
 
 from __future__ import annotations
 
