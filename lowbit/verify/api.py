@@ -14,7 +14,7 @@ from lowbit.errors import ModelFileError
 from lowbit.export.api import GRAPH_FILES
 from lowbit.io import atomic_write_json
 from lowbit.models.build import LowbitModel
-from lowbit.verify.capture import ort_qcdq_codes, qonnx_codes, runtime_codes, torch_codes
+from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
 from lowbit.verify.compare import compare_codes, compare_tail, tail_tolerance
 from lowbit.verify.inputs import random_inputs, tie_inputs
 
@@ -85,6 +85,7 @@ def verify_export(
         for name, data in inputs.items()
         for i in range(0, len(data), batch_size)
     ]
+    qcdq = None
     for _set_name, x in tqdm(batches, desc="verify", disable=not progress, unit="batch"):
         ref, pre, ref_logits = torch_codes(model, x)
         names = list(ref)
@@ -92,7 +93,9 @@ def verify_export(
         if "runtime" in executors:
             runs["runtime"] = runtime_codes(runtime, x, names)
         if "qcdq" in executors:
-            runs["qcdq"] = ort_qcdq_codes(graphs["qcdq"], x, names)
+            # one onnxruntime session for all batches: the code tensor names never change
+            qcdq = qcdq or QcdqWitness(graphs["qcdq"], names)
+            runs["qcdq"] = qcdq.run(x)
         if "qonnx" in executors:
             runs["qonnx"] = qonnx_codes(graphs["qonnx"], x, names)
         for executor, (codes, logits) in runs.items():

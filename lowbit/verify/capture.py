@@ -70,32 +70,42 @@ def _to_codes(values: np.ndarray, scale: float) -> np.ndarray:
     return np.round(values.astype(np.float64) / scale).astype(np.int64)
 
 
+class QcdqWitness:
+    """onnxruntime on the QCDQ graph (no graph rewrites), every code tensor exposed; one session."""
+
+    def __init__(self, graph: onnx.ModelProto, names: list[str]) -> None:
+        import onnxruntime as ort
+
+        outputs = {node.output[0] for node in graph.graph.node}
+        self.names = [name for name in names if name in outputs]
+        self.scales = graph_scales(graph, self.names)
+        probe = copy.deepcopy(graph)
+        # an export with a fixed --batch computes the same values per sample: verify any batch
+        set_dynamic_batch(probe)
+        for name in self.names:
+            probe.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+        options = ort.SessionOptions()
+        # ORT_DISABLE_ALL: run the graph as written; fusions (QDQ -> QLinearConv) change math
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, x: np.ndarray) -> tuple[dict, np.ndarray]:
+        outputs = self.session.run(None, {"input": x})
+        result = dict(zip([o.name for o in self.session.get_outputs()], outputs))
+        codes = {name: _to_codes(result[name], self.scales[name]) for name in self.names}
+        return codes, result["logits"]
+
+
 def ort_qcdq_codes(
     graph: onnx.ModelProto, x: np.ndarray, names: list[str]
 ) -> tuple[dict, np.ndarray]:
-    """Runs onnxruntime on the QCDQ graph (no graph rewrites) exposing every code tensor."""
-    import onnxruntime as ort
-
-    present = [name for name in names if name in {n.output[0] for n in graph.graph.node}]
-    scales = graph_scales(graph, present)
-    probe = copy.deepcopy(graph)
-    # an export with a fixed --batch computes the same values per sample: verify it on any batch
-    set_dynamic_batch(probe)
-    for name in present:
-        probe.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        )
-    options = ort.SessionOptions()
-    # ORT_DISABLE_ALL: run the graph as written; fusions (QDQ -> QLinearConv) would change math
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    outputs = session.run(None, {"input": x})
-    result = dict(zip([o.name for o in session.get_outputs()], outputs))
-    codes = {name: _to_codes(result[name], scales[name]) for name in present}
-    return codes, result["logits"]
+    """Runs onnxruntime once on the QCDQ graph, exposing every code tensor."""
+    return QcdqWitness(graph, names).run(x)
 
 
 def execute_qonnx(graph: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
