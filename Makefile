@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/pip
 STAMP = $(VENV)/.lowbit-installed
 
-.PHONY: setup run test test-all lint bench clean
+.PHONY: setup run test test-all lint bench clean hls4ml-check finn-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,32 @@ test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m ""
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/recipes.py
+	$(VENV)/bin/lowbit bench --out runs/bench
 	$(VENV)/bin/python benchmarks/runtime_speed.py
+
+# Accelerator toolchains (optional). hls4ml installs into the main venv (pure Python + g++).
+hls4ml-check: $(STAMP)
+	$(PIP) install --quiet -e ".[hls4ml]"
+	$(VENV)/bin/python -m pytest -q -m slow tests/export/test_hls4ml_target.py
+
+# FINN lives in its own venv: finn-plus 1.6.1 pins onnx 1.21 / onnxruntime 1.25.1 / protobuf 5.29
+# and brevitas==0.13.0 (which does not resolve next to torch 2.13), so it is installed --no-deps
+# and its other requirements from requirements-finn.txt.
+FINN_VENV ?= .venv-finn
+FINN_STAMP = $(FINN_VENV)/.lowbit-finn-installed
+
+$(FINN_STAMP): requirements-finn.txt pyproject.toml
+	$(PYTHON) -m venv $(FINN_VENV)
+	$(FINN_VENV)/bin/pip install --quiet --upgrade pip
+	$(FINN_VENV)/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(FINN_VENV)/bin/pip install --quiet --no-deps finn-plus==1.6.1
+	$(FINN_VENV)/bin/pip install --quiet -r requirements-finn.txt "brevitas>=0.11"
+	$(FINN_VENV)/bin/pip install --quiet --no-deps -e .
+	$(FINN_VENV)/bin/pip install --quiet pillow scikit-image tqdm pytest hypothesis
+	touch $(FINN_STAMP)
+
+finn-check: $(FINN_STAMP)
+	$(FINN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/export/test_finn_target.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

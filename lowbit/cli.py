@@ -15,6 +15,8 @@ from pathlib import Path
 from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
+# subcommands that print their own human-readable result (all print JSON with --json)
+PRINTS_OWN_RESULT = ("verify", "run", "bench", "fewshot", "enroll", "predict")
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -61,20 +63,27 @@ def _train_config(args: argparse.Namespace, **changes: object):
         crop=not args.no_crop,
         unknown=_csv(args.unknown),
         init=args.init,
+        teacher=args.teacher,
     )
+    if args.distill_weight is not None:
+        fields["distill_weight"] = args.distill_weight
     if args.tau is not None:
         fields["tau"] = args.tau
     fields.update(changes)
     return TrainConfig(**fields)
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
-    from lowbit.train import train
+def cmd_train(args: argparse.Namespace) -> dict | None:
+    from lowbit.train.distributed import is_main_process, train_parallel
 
-    metrics = train(
-        _train_config(args), Path(args.out), resume=args.resume, progress=not args.quiet
+    metrics = train_parallel(
+        _train_config(args),
+        Path(args.out),
+        nproc=args.nproc,
+        resume=args.resume,
+        progress=not args.quiet,
     )
-    return metrics
+    return metrics if is_main_process() else None  # under torchrun, rank 0 prints
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -88,13 +97,16 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
     from lowbit.export.run import export_run
+    from lowbit.export.targets import parse_targets, write_targets
 
+    targets = parse_targets(args.target)  # before the export: a typo fails fast
     out_dir, description = export_run(args.run_dir, args.out, batch=parse_batch(args.batch))
     return {
         "out": str(out_dir),
         "model_bits": description["model_bits"]["total"],
         "ood": description["ood"],
         "layers": len(description["layers"]),
+        "targets": write_targets(targets, out_dir, description),
     }
 
 
@@ -120,10 +132,102 @@ def cmd_verify(args: argparse.Namespace) -> dict:
     return report
 
 
+def cmd_infer(args: argparse.Namespace) -> dict:
+    from lowbit.infer import infer_file
+
+    return infer_file(args.model, args.input, args.out, batch_size=args.batch_size)
+
+
 def cmd_run(args: argparse.Namespace) -> dict:
     from lowbit.pipeline import run_main_job
 
     return run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from lowbit.bench import BenchOptions, run_bench
+    from lowbit.bench.report import summary_table
+
+    options = BenchOptions(
+        data=args.data,
+        recipes=_csv(args.recipes),
+        heads=_csv(args.heads),
+        losses=_csv(args.losses),
+        seeds=args.seeds,
+        epochs=args.epochs,
+        verify_n=args.verify_n,
+        unknown=_csv(args.unknown),
+        quick=args.quick,
+    )
+    given = {"--data": args.data, "--recipes": args.recipes, "--heads": args.heads,
+             "--losses": args.losses, "--seeds": args.seeds, "--unknown": args.unknown,
+             "--epochs": args.epochs, "--verify-n": args.verify_n, "--out": args.out}  # fmt: skip
+    command = " ".join(
+        ["lowbit bench", *[f"{k} {v}" for k, v in given.items() if v is not None]]
+        + ["--quick"] * args.quick
+    )
+    results = run_bench(options, Path(args.out), progress=not args.quiet, command=command)
+    if not args.json:
+        print(summary_table(results))
+    return results
+
+
+def cmd_fewshot(args: argparse.Namespace) -> dict:
+    from lowbit.fewshot import evaluate_fewshot
+
+    result = evaluate_fewshot(
+        args.run_dir,
+        way=args.way,
+        shots=tuple(int(k) for k in _csv(args.shots) or ()),
+        queries=args.queries,
+        episodes=args.episodes,
+        methods=_csv(args.methods) or (),
+        integer=args.integer,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    if not args.json:
+        print(f"{result['way']}-way, {result['queries']} queries, {result['episodes']} episodes, "
+              f"novel {', '.join(result['novel_classes'])} ({result['recipe']}"
+              f"{', integer runtime' if result['integer'] else ''})")  # fmt: skip
+        for method, by_shot in result["results"].items():
+            for shot, row in by_shot.items():
+                print(f"{method:9s} {shot}-shot: {100 * row['mean']:.2f} ± {100 * row['ci95']:.2f}")
+    return result
+
+
+def cmd_enroll(args: argparse.Namespace) -> dict:
+    from lowbit.errors import ConfigError
+    from lowbit.fewshot import enroll_class, remove_class
+
+    options = dict(verify_n=args.verify_n, verify_random=args.verify_n, progress=not args.quiet)
+    if (args.remove is None) == (args.class_name is None):
+        raise ConfigError("give either --class NAME --images PATH... or --remove NAME")
+    if args.remove is not None:
+        report = remove_class(args.dir, args.remove, **options)
+    else:
+        if not args.images:
+            raise ConfigError(f"--class {args.class_name}: give support images with --images")
+        report = enroll_class(args.dir, args.class_name, args.images, **options)
+    if not args.json:
+        timing = report["timing"]
+        print(f"classes: {', '.join(report['class_names'])}")
+        print(f"verify: {report['verify']['mismatches']} mismatches "
+              f"({report['verify']['unexplained']} unexplained) in "
+              f"{report['verify']['checked_values']:,} codes")  # fmt: skip
+        print("timing: " + ", ".join(f"{key} {value:.3f}" for key, value in timing.items()))
+    return report
+
+
+def cmd_predict(args: argparse.Namespace) -> dict:
+    from lowbit.fewshot import predict
+
+    rows = predict(args.dir, args.images)
+    if not args.json:
+        for row in rows:
+            state = "known" if row["known"] else "unknown"
+            print(f"{row['image']}\t{row['label']}\t{row['class']}\t{row['score']:.4f}\t{state}")
+    return {"predictions": rows}
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +249,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "--unknown", default=None, help="classes held out as unknown, comma-separated"
     )
     parser.add_argument("--init", default=None, help="run directory whose weights start training")
+    parser.add_argument(
+        "--teacher", default=None, help="run directory to distill from (usually the --init run)"
+    )
+    parser.add_argument(
+        "--distill-weight", type=float, default=None, help="weight of the distillation term"
+    )
     parser.add_argument("--input-bits", type=int, default=None)
     parser.add_argument("--first-bits", type=int, default=None, help="first conv weight bits")
     parser.add_argument("--head-bits", type=int, default=None, help="head weight bits")
@@ -171,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    train.add_argument(
+        "--nproc", type=int, default=1, help="training processes (batch size: a multiple of it)"
+    )
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="evaluate a run on its test split")
@@ -181,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--out", default=None, help="output folder (default: the run directory)")
     export.add_argument("--batch", default="dynamic", help="batch size N, or 'dynamic'")
+    export.add_argument(
+        "--target",
+        default="onnx",
+        help="comma list of targets in lowbit/export/targets.py (onnx, c, ...); onnx always runs",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = sub.add_parser("verify", help="compare every quantized tensor across executors")
@@ -203,6 +321,52 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/main")
     run.add_argument("--quick", action="store_true", help="tiny version for smoke tests")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="recipe sweep: train, export, verify, measure, report")
+    bench.add_argument("--data", default="builtin", help="'builtin' or a data folder")
+    bench.add_argument("--recipes", default="fp32,w8a8,w4a4,w2a4,w2a2,w1a2,w1a1")
+    bench.add_argument("--heads", default="cosine", help="cosine,linear")
+    bench.add_argument("--losses", default="logitnorm", help="ce,logitnorm")
+    bench.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
+    bench.add_argument("--unknown", default=None, help="classes held out as unknown")
+    bench.add_argument("--epochs", type=int, default=None, help="default 15 (1 with --quick)")
+    bench.add_argument(
+        "--verify-n", type=int, default=None, help="real and random verify inputs (default 1000)"
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
+    bench.add_argument("--out", default="runs/bench")
+    bench.set_defaults(func=cmd_bench)
+
+    infer = sub.add_parser("infer", help="run model.int.onnx on a .npy input with the runtime")
+    infer.add_argument("model", help="model.int.onnx, or an export folder holding it")
+    infer.add_argument("input", help=".npy float32 [N, C, H, W], normalized as in model.json")
+    infer.add_argument("--out", required=True, help=".npz file for the outputs (atomic)")
+    infer.add_argument("--batch-size", type=int, default=None, help="samples per chunk")
+    infer.set_defaults(func=cmd_infer)
+
+    fewshot = sub.add_parser("fewshot", help="N-way K-shot episodes on the run's novel classes")
+    fewshot.add_argument("run_dir")
+    fewshot.add_argument("--way", type=int, default=5)
+    fewshot.add_argument("--shots", default="1,5", help="comma-separated K values")
+    fewshot.add_argument("--queries", type=int, default=15, help="query images per class")
+    fewshot.add_argument("--episodes", type=int, default=600)
+    fewshot.add_argument("--methods", default="imprint,finetune", help="imprint,finetune")
+    fewshot.add_argument("--integer", action="store_true", help="features from model.int.onnx")
+    fewshot.add_argument("--seed", type=int, default=0)
+    fewshot.set_defaults(func=cmd_fewshot)
+
+    enroll = sub.add_parser("enroll", help="add (or --remove) a class in an exported model")
+    enroll.add_argument("dir", help="export folder (holds model.json)")
+    enroll.add_argument("--class", dest="class_name", default=None, help="name of the new class")
+    enroll.add_argument("--images", nargs="+", default=None, help="support images of the class")
+    enroll.add_argument("--remove", default=None, help="remove this class instead")
+    enroll.add_argument("--verify-n", type=int, default=200, help="real and random verify inputs")
+    enroll.set_defaults(func=cmd_enroll)
+
+    predict = sub.add_parser("predict", help="class, score and known/unknown per image")
+    predict.add_argument("dir", help="export folder (holds model.json)")
+    predict.add_argument("images", nargs="+", help="image files (crops around the defect)")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -224,9 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lowbit: interrupted", file=sys.stderr)
         return 130
+    if result is None:  # nothing to print (a torchrun process other than rank 0)
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-    elif args.command not in ("verify", "run") and isinstance(result, dict):
+    elif args.command not in PRINTS_OWN_RESULT and isinstance(result, dict):
         for key, value in result.items():
             if not isinstance(value, (dict, list)):
                 print(f"{key}: {value}")

@@ -25,6 +25,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the temp files that a killed `atomic_write_bytes` left in `folder`; returns them.
+
+    Only a process killed between mkstemp and rename (SIGKILL, power loss) leaves one; the
+    target file itself is then still the old, whole version.
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_json(path: str | os.PathLike, payload: object) -> Path:
     """Writes `payload` as indented JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n"

@@ -35,16 +35,27 @@ class Record:
     class_name: str
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as error:  # unreadable folder (permissions, I/O error)
+        raise DataError(f"{folder}: cannot list folder ({error.strerror or error})") from None
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in _entries(folder) if p.is_dir() and not p.name.startswith("."))
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
+    images = [
         p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+        for p in _entries(folder)
+        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    for path in images:
+        if path.is_symlink() and not path.exists():  # would otherwise vanish from the data set
+            raise DataError(f"{path}: broken symbolic link (its target does not exist)")
+    return sorted(p for p in images if p.is_file())
 
 
 def is_mvtec_category(folder: Path) -> bool:

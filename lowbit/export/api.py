@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -115,15 +116,21 @@ def export_model(
     *,
     class_names: list[str],
     normalization: dict,
-    ood: dict | None = None,
+    ood: dict | Callable[[onnx.ModelProto], dict] | None = None,
     batch: int | None = None,
     source_run: str = ".",
 ) -> dict:
-    """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict."""
+    """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict.
+
+    `ood` may be a function of the integer graph: the open-set threshold is then calibrated on
+    the logits deployments compute (lowbit.fewshot.openset.integer_calibration).
+    """
     if model.recipe.is_float:
         raise ConfigError("the fp32 recipe has no quantized graphs to export: train a w*a* recipe")
     out_dir = Path(out_dir)
     graphs, layers, head = build_graphs(model)
+    if callable(ood):
+        ood = ood(graphs["int"])
     description = model_description(
         model, layers, head, class_names=class_names, normalization=normalization, ood=ood
     )

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
+from lowbit.export.float_error import float_error_per_unit, float_error_steps
 from lowbit.export.graph import (
     DOUBLE,
     FLOAT,
@@ -131,6 +132,17 @@ class Lowering:
             "thresholds": int(result.values.size),
         }
         if conv is not None:
+            exact = self.model.recipe.pow2_scales
+            abs_bound = np.abs(flat).sum(axis=1) * max(abs(inp.lo), abs(inp.hi))  # sum|x w|
+            fan_in = flat.shape[1]
+            record["float_error_steps"] = (
+                0.0 if exact else float_error_steps(abs_bound, fan_in, scale_in, modules, out_scale)
+            )
+            record["float_error_per_unit"] = (
+                [0.0] * channels
+                if exact
+                else float_error_per_unit(fan_in, scale_in, modules, out_scale)
+            )
             w = w * result.sign.reshape(-1, 1, 1, 1)
             kernel = list(w.shape[2:])
             pad = kernel[0] // 2
@@ -161,7 +173,10 @@ class Lowering:
                 negated_channels=int((result.sign < 0).sum()),
             )
         else:
-            record.update(kind="requant", in_channels=channels, out_channels=channels)
+            # x = code * scale is one float32 product: within the EXPLAINED_ULPS rule
+            record.update(
+                kind="requant", in_channels=channels, out_channels=channels, float_error_steps=0.0
+            )
             acc = g.node("Cast", [inp.name], f"{name}.acc", to=INT32)
         values = result.values
         tdtype = np.float32 if np.abs(values).max() < 2**24 else np.float64

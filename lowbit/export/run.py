@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
 
 log = logging.getLogger(__name__)
@@ -36,17 +34,15 @@ def export_run(
 ) -> tuple[Path, dict]:
     """Exports a trained run; calibrates the OOD threshold on its validation split."""
     from lowbit.data import NORMALIZATION
-    from lowbit.fewshot.openset import calibrate_threshold
-    from lowbit.fewshot.openset import ood_score as score_fn
-    from lowbit.train import load_run, predict_logits
+    from lowbit.fewshot.openset import integer_calibration
+    from lowbit.train import load_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     model, record = load_run(run_dir)
     splits = _splits_for(record)
-    val_logits = predict_logits(model, splits.val.x)
-    threshold = calibrate_threshold(score_fn(val_logits, ood_score), tpr)
-    ood = {"score": ood_score, "threshold": threshold, "tpr": tpr, "calibrated_on": "val"}
+    # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
+    ood = integer_calibration(splits.val.x, ood_score, tpr)
     description = export_model(
         model,
         out_dir,
@@ -72,13 +68,16 @@ def verify_run(
 ) -> dict:
     """Verifies an exported model against the run it came from (model.json's source_run)."""
     from lowbit.train import load_run
-    from lowbit.verify.api import EXECUTORS, build_inputs, verify_export
+    from lowbit.verify.api import (
+        EXECUTORS,
+        build_inputs,
+        load_graph,
+        read_description,
+        verify_export,
+    )
 
     export_dir = Path(export_dir)
-    path = export_dir / "model.json"
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    description = json.loads(path.read_text())
+    description = read_description(export_dir)
     run_dir = (export_dir / description.get("source_run", ".")).resolve()
     model, record = load_run(run_dir)
     real = None
@@ -86,7 +85,10 @@ def verify_run(
         if data is not None:
             record = {**record, "data": data}
         real = _splits_for(record).test.x
-    inputs = build_inputs(description, real, n=n, random=random, ties=ties, seed=seed)
+    int_graph = load_graph(export_dir / "model.int.onnx") if ties else None
+    inputs = build_inputs(
+        description, real, n=n, random=random, ties=ties, seed=seed, int_graph=int_graph
+    )
     log.info("verifying on %s", {k: len(v) for k, v in inputs.items()})
     return verify_export(
         model, export_dir, inputs, executors=executors or EXECUTORS, progress=progress

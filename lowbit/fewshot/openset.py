@@ -37,3 +37,32 @@ def calibrate_threshold(scores: np.ndarray, tpr: float = 0.95) -> float:
 def is_known(logits: np.ndarray, score: str, threshold: float) -> np.ndarray:
     """Returns a boolean per sample: score >= threshold (known) or not (unknown)."""
     return ood_score(logits, score) >= threshold
+
+
+def integer_calibration(
+    x_val: np.ndarray, score: str = "msp", tpr: float = 0.95, calibrated_on: str = "val"
+):
+    """Returns graph -> model.json's "ood" entry, calibrated on that integer graph's logits.
+
+    The threshold is in the units the integer graph's float64 tail produces (for the cosine head
+    scale * d_c / (sqrt(n) * |w_c|) from exact integers d_c, n), so the runtime, and any consumer
+    computing the same tail, keeps exactly the target TPR of the calibration images. The torch
+    float model's logits agree within the tail tolerance of lowbit/verify/compare.py.
+    """
+
+    def calibrate(int_graph) -> dict:
+        from lowbit.runtime import Runtime
+
+        logits = Runtime(int_graph).run(x_val)["logits"]
+        threshold = calibrate_threshold(ood_score(logits, score), tpr)
+        return {
+            "score": score,
+            "threshold": threshold,
+            "tpr": tpr,
+            "calibrated_on": calibrated_on,
+            "calibration_images": int(len(x_val)),
+            "units": "score of model.int.onnx's logits",
+        }
+
+    ood_score(np.zeros((1, 2)), score)  # an unknown score name fails before any export work
+    return calibrate

@@ -128,6 +128,10 @@ def conv_integer(
     stride_h, stride_w = strides or (1, 1)
     out_h = (height + pad_top + pad_bottom - kernel_h) // stride_h + 1
     out_w = (width + pad_left + pad_right - kernel_w) // stride_w + 1
+    if w.shape[1] != channels:  # numpy would only fail later, with a reshape message
+        raise ValueError(f"input has {channels} channels, the weights expect {w.shape[1]}")
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"the {kernel_h}x{kernel_w} kernel is larger than the padded input")
     x_zero = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
     weights = conv_weight_matrix(w, w_zero_point)
     if gemm_dtype is None:

@@ -72,6 +72,9 @@ INITIALIZER_INPUTS: dict[str, tuple[int, ...]] = {
 }
 """Inputs that must be initializers (weights, thresholds, quantizer parameters, axes, shapes)."""
 
+MAX_QUANT_BITS = 24
+"""Widest Quant the runtime accepts: its float32 output holds every code exactly up to 2^24."""
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -114,12 +117,12 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
         label = os.fspath(model)
         if not os.path.isfile(label):
             raise ModelFileError(f"{label}: no such model file")
-        try:
-            model = onnx.load(label)
+        try:  # external data would make the graph read other files: lowbit never writes it
+            model = onnx.load(label, load_external_data=False)
         except Exception as error:  # protobuf raises its own DecodeError subclasses
             raise ModelFileError(f"{label}: not a readable ONNX model ({error})") from error
     graph = model.graph
-    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    initializers = {t.name: _initializer_array(t, label) for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
     if len(inputs) != 1:
         names = [v.name for v in inputs]
@@ -163,6 +166,20 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
             if e.key == "finn_datatype"
         },
     )
+
+
+def _initializer_array(tensor: onnx.TensorProto, label: str) -> np.ndarray:
+    """The initializer as an array; external data or a declared shape that its data does not
+    fill (an absurd size costs nothing: the data is never allocated at the declared size)."""
+    where = f"{label}: initializer '{tensor.name}'"
+    if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+        raise ModelFileError(f"{where} keeps its data in an external file; embed it in the model")
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as error:  # numpy reshape errors, unknown data types
+        raise ModelFileError(
+            f"{where}: declared shape {list(tensor.dims)} does not match its stored data ({error})"
+        ) from None
 
 
 def _check_node(
@@ -231,8 +248,20 @@ def _check_shapes(
             raise ModelFileError(f"{where}: x_zero_point must be a scalar")
     if node.op_type == "MultiThreshold" and initializers[node.input[1]].ndim != 2:
         raise ModelFileError(f"{where}: thresholds '{node.input[1]}' must be 2-D [C, T]")
-    if node.op_type == "Quant" and initializers[node.input[3]].size != 1:
-        raise ModelFileError(f"{where}: bitwidth '{node.input[3]}' must be a scalar")
+    if node.op_type == "Quant":
+        bits, scale = initializers[node.input[3]], initializers[node.input[1]]
+        if bits.size != 1:
+            raise ModelFileError(f"{where}: bitwidth '{node.input[3]}' must be a scalar")
+        if not (bits == np.round(bits) and 1 <= bits <= MAX_QUANT_BITS):
+            raise ModelFileError(
+                f"{where}: bitwidth {float(bits.reshape(-1)[0])} is not supported: use an"
+                f" integer from 1 to {MAX_QUANT_BITS} (float32 holds such codes exactly)"
+            )
+        zero_point = initializers[node.input[2]]
+        if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise ModelFileError(f"{where}: scale '{node.input[1]}' must be finite and positive")
+        if not np.all(np.isfinite(zero_point)):
+            raise ModelFileError(f"{where}: zero point '{node.input[2]}' must be finite")
     if node.op_type == "MaxPool":
         rank = len(values["kernel_shape"])
         if len(values.get("pads", [0] * 2 * rank)) != 2 * rank:

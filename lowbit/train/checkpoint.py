@@ -1,8 +1,9 @@
 """checkpoint.pt: a plain dict of tensors and ints, written atomically, loaded weights_only.
 
 Keys: "model" (state_dict), "quant_state" (activation-scale statistics, see below), "optimizer"
-(optimizer.state_dict()), "step" (optimizer steps taken), "epoch" (epochs completed) and "rng"
-(torch, numpy and python RNG states as tensors).
+(optimizer.state_dict()), "step" (optimizer steps taken), "epoch" (epochs completed), "rng"
+(torch, numpy and python RNG states as tensors) and "config" ({"recipe", "model"} dicts: a w1a2
+checkpoint has the same tensor names and shapes as a w2a2 one, so only this tells them apart).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"]), None if np.isnan(gauss) else gauss))
 
 
+def model_identity(model: nn.Module) -> dict:
+    """{"recipe", "model"}: the recipe and model config dicts a checkpoint's weights belong to."""
+    return {"recipe": model.recipe.to_dict(), "model": model.config.to_dict()}
+
+
 def save_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int
 ) -> None:
@@ -102,6 +108,7 @@ def save_checkpoint(
         "step": int(step),
         "epoch": int(epoch),
         "rng": rng_state(),
+        "config": model_identity(model),
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
@@ -125,6 +132,18 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
     """Loads the checkpoint's weights and activation-scale state into `model`, all or nothing."""
+    saved, current = checkpoint.get("config"), model_identity(model)
+    if saved is not None and saved != current:  # checkpoints before this key pass
+        fields = [
+            f"{part}.{key}"
+            for part in current
+            for key in sorted(set(current[part]) | set(saved.get(part, {})))
+            if current[part].get(key) != saved.get(part, {}).get(key)
+        ]
+        raise ModelFileError(
+            f"{path}: checkpoint was trained as {saved.get('recipe', {}).get('name')!r}, "
+            f"config.json asks for {current['recipe']['name']!r}; they differ in {fields[:4]}"
+        )
     try:
         missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
     except RuntimeError as error:  # shape mismatches raise even with strict=False

@@ -40,6 +40,12 @@ class TrainConfig:
     crop: bool = True  # crop around the defect mask before resizing
     unknown: tuple[str, ...] | None = None  # classes held out as OOD; None: the data set's default
     init: str | None = None  # a run directory (usually fp32) whose weights start this run
+    # Knowledge distillation (Hinton et al. 2015, arXiv 1503.02531; for low-bit students:
+    # Mishra & Marr 2018, "Apprentice", arXiv 1711.05852): a run directory (usually the fp32
+    # `init` run) whose softened logits the student also matches. None: no teacher.
+    teacher: str | None = None
+    distill_weight: float = 0.5  # loss = (1 - w) * task loss + w * T^2 * KL(teacher || student)
+    distill_temperature: float = 4.0  # T: softens both distributions (the paper's usual 2..8)
     augment: bool = True  # random horizontal flips and shifts of up to image_size/16 pixels
 
     def __post_init__(self) -> None:
@@ -56,6 +62,8 @@ class TrainConfig:
             raise ConfigError(f"tau={self.tau} must be positive")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be positive")
+        if not 0 <= self.distill_weight <= 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_weight must lie in [0, 1] and distill_temperature be > 0")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError("weight_decay must be >= 0 and momentum in [0, 1)")
         if self.unknown is not None and not isinstance(self.unknown, tuple):

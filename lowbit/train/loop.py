@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.errors import ConfigError, DataError
+from lowbit.io import remove_stale_temps
 from lowbit.models import ModelConfig, build_model
 from lowbit.quant.recipes import get_recipe
 from lowbit.train.checkpoint import (
@@ -32,9 +33,17 @@ from lowbit.train.checkpoint import (
     set_rng_state,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.distributed import SINGLE, World, current_world
 from lowbit.train.evaluate import evaluate, split_accuracy
-from lowbit.train.losses import make_loss
-from lowbit.train.run import CONFIG_NAME, METRICS_NAME, read_json, run_record, write_json
+from lowbit.train.losses import make_loss, with_distillation
+from lowbit.train.run import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    check_version,
+    read_json,
+    run_record,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +129,13 @@ def train_epoch(
     epoch: int,
     step: int,
     progress: bool,
+    world: World = SINGLE,
+    teacher: nn.Module | None = None,
 ) -> tuple[int, dict]:
-    """Runs one epoch of optimizer steps; returns (step after it, {"loss", "accuracy"})."""
+    """Runs one epoch of optimizer steps; returns (step after it, {"loss", "accuracy"}).
+
+    With a `teacher` (eval mode, frozen), loss_fn takes its logits as a third argument.
+    """
     x_all, y_all = data
     batch_size = min(config.batch_size, len(y_all))
     steps = steps_per_epoch(len(y_all), config.batch_size)
@@ -143,10 +157,16 @@ def train_epoch(
         x, y = x_all[batch], y_all[batch]
         if config.augment:
             x = augment(x, generator, max_shift)
+        x, y = world.shard(x), world.shard(y)  # this rank's slice of the global batch
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, total_steps, config.lr, config.warmup_steps)
         logits = model(x)
-        loss = loss_fn(logits, y)
+        if teacher is None:
+            loss = loss_fn(logits, y)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = loss_fn(logits, y, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,6 +176,7 @@ def train_epoch(
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
     bar.close()
+    loss_sum, correct, seen = world.sum([loss_sum, correct, seen])
     return step, {"loss": loss_sum / seen, "accuracy": correct / seen}
 
 
@@ -173,6 +194,23 @@ def load_data(config: TrainConfig):  # -> lowbit.data.Splits
     )
 
 
+def _load_teacher(config: TrainConfig, class_names: list[str]) -> nn.Module | None:
+    """Returns the frozen eval-mode teacher model of config.teacher, or None."""
+    if config.teacher is None:
+        return None
+    from lowbit.train.run import load_run
+
+    teacher, record = load_run(Path(config.teacher))
+    if list(record.get("class_names", [])) != list(class_names):
+        raise ConfigError(
+            f"teacher run {config.teacher}: its classes {record.get('class_names')} differ from "
+            f"this run's {list(class_names)}; distill from a run on the same data"
+        )
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.eval()
+
+
 def _check_splits(splits, config: TrainConfig) -> None:
     if len(splits.train.y) == 0:
         raise DataError(f"data {config.data!r}: the train split is empty")
@@ -183,18 +221,30 @@ def _check_splits(splits, config: TrainConfig) -> None:
         )
 
 
-def _resume(run_dir: Path, config: TrainConfig, model: nn.Module) -> dict:
-    """Loads run_dir's checkpoint into `model`; returns the checkpoint."""
+def _resume(run_dir: Path, config: TrainConfig, model: nn.Module) -> dict | None:
+    """Loads run_dir's checkpoint into `model`; returns it, or None to start from epoch 0.
+
+    A run killed before its first checkpoint resumes from the beginning: that is exactly what
+    the uninterrupted run computed. Only a run directory that does not exist is an error.
+    """
     path = run_dir / CHECKPOINT_NAME
-    if not path.is_file():
+    if not run_dir.is_dir():
         raise ConfigError(f"{path}: nothing to resume; train without resume first")
-    saved = read_json(run_dir / CONFIG_NAME).get("train") or {}
+    if not path.is_file() and not (run_dir / CONFIG_NAME).is_file():
+        logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
+        return None
+    record = read_json(run_dir / CONFIG_NAME)
+    check_version(record, run_dir / CONFIG_NAME)
+    saved = record.get("train") or {}
     current = config.to_dict()
     changed = sorted(key for key in current if saved.get(key) != current[key])
     if changed:
         raise ConfigError(
             f"{run_dir / CONFIG_NAME}: resume needs the same config; differs in {changed}"
         )
+    if not path.is_file():
+        logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
+        return None
     checkpoint = load_checkpoint(path)
     load_model_state(model, checkpoint, path)
     return checkpoint
@@ -216,9 +266,10 @@ def train(
     """
     config = config.resolved()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     splits = splits if splits is not None else load_data(config)
-    _check_splits(splits, config)
+    _check_splits(splits, config)  # before the run directory exists: a bad input leaves nothing
+    world = current_world()  # one process, or this rank of a distributed run (distributed.py)
+    world.check_batch_size(min(config.batch_size, len(splits.train.y)))
     seed_everything(config.seed)
     recipe = get_recipe(config.recipe, **config.recipe_overrides)
     model_config = ModelConfig(
@@ -231,6 +282,10 @@ def train(
     )
     model = build_model(recipe, model_config)
     checkpoint = _resume(run_dir, config, model) if resume else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    removed = world.on_main(remove_stale_temps, run_dir)  # a killed run's half-written temp files
+    if removed:
+        logger.warning("%s: removed temp files of an interrupted write: %s", run_dir, removed)
     # Built after loading: Brevitas re-creates its quantizers (new scale Parameters) on
     # load_state_dict, and an optimizer built before would update the discarded ones.
     optimizer = make_optimizer(model, config)
@@ -247,15 +302,29 @@ def train(
         record = run_record(
             config, recipe, model_config, splits.class_names, unknown_names, config.data
         )
-        write_json(run_dir / CONFIG_NAME, record)
+        world.on_main(write_json, run_dir / CONFIG_NAME, record)
     data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))
     loss_fn = make_loss(config.loss, config.tau)
-    with deterministic_algorithms():
+    teacher = _load_teacher(config, list(splits.class_names))
+    if teacher is not None:
+        loss_fn = with_distillation(loss_fn, config.distill_weight, config.distill_temperature)
+    progress = progress and world.is_main
+    with deterministic_algorithms(), world.replicate(model) as replica:
         for epoch in range(start_epoch, config.epochs):
             step, stats = train_epoch(
-                model, optimizer, loss_fn, data, config, epoch=epoch, step=step, progress=progress
+                replica,
+                optimizer,
+                loss_fn,
+                data,
+                config,
+                epoch=epoch,
+                step=step,
+                progress=progress,
+                world=world,
+                teacher=teacher,
             )
-            val_accuracy = split_accuracy(model, splits.val)
+            world.check_replicas(model)
+            val_accuracy = split_accuracy(model, splits.val) if world.is_main else None
             logger.info(
                 "epoch %d/%d: loss %.4f, train accuracy %.3f, val accuracy %s",
                 epoch + 1,
@@ -264,7 +333,14 @@ def train(
                 stats["accuracy"],
                 "n/a" if val_accuracy is None else f"{val_accuracy:.3f}",
             )
-            save_checkpoint(run_dir / CHECKPOINT_NAME, model, optimizer, step=step, epoch=epoch + 1)
-        metrics = evaluate(model, splits, config=config)
-    write_json(run_dir / METRICS_NAME, metrics)
+            world.on_main(
+                save_checkpoint,
+                run_dir / CHECKPOINT_NAME,
+                model,
+                optimizer,
+                step=step,
+                epoch=epoch + 1,
+            )
+        metrics = world.on_main(evaluate, model, splits, config=config)
+    world.on_main(write_json, run_dir / METRICS_NAME, metrics)
     return metrics

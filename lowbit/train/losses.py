@@ -40,6 +40,31 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = DEFAULT_T
     return F.cross_entropy(logits / (tau * norms + LOGITNORM_EPS), y)
 
 
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Returns T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton eq. 2).
+
+    T^2 keeps the soft term's gradients the same size as the hard term's when T changes.
+    """
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def with_distillation(
+    task: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float, temperature: float
+) -> Callable[..., torch.Tensor]:
+    """Returns loss(logits, y, teacher_logits) = (1 - w) * task + w * distillation."""
+
+    def loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        soft = distillation_loss(logits, teacher, temperature)
+        return (1.0 - weight) * task(logits, y) + weight * soft
+
+    return loss
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce": cross_entropy, "logitnorm": logitnorm_loss}
 TAU_LOSSES = ("logitnorm",)  # losses that take a temperature
 

@@ -129,8 +129,7 @@ def qonnx_codes(graph: onnx.ModelProto, x: np.ndarray, names: list[str]) -> tupl
     return codes, context["logits"]
 
 
-def runtime_codes(runtime, x: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
-    """Runs lowbit's integer runtime, keeping every intermediate tensor."""
-    tensors = runtime.run(x, keep_intermediates=True)
+def runtime_codes(tensors: dict[str, np.ndarray], names: list[str]) -> tuple[dict, np.ndarray]:
+    """Returns (codes of `names`, logits) from the integer runtime's kept intermediates."""
     codes = {name: tensors[name].astype(np.int64) for name in names if name in tensors}
     return codes, tensors["logits"]

@@ -35,3 +35,21 @@ def test_cross_entropy_and_registry():
     assert set(LOSSES) == {"ce", "logitnorm"}
     assert torch.equal(make_loss("ce", 0.3)(logits, y), cross_entropy(logits, y))
     assert torch.equal(make_loss("logitnorm", 0.3)(logits, y), logitnorm_loss(logits, y, 0.3))
+
+
+def test_distillation_loss_matches_its_formula():
+    from lowbit.train.losses import distillation_loss, with_distillation
+
+    student = torch.tensor([[1.0, 2.0, 0.5]])
+    teacher = torch.tensor([[2.0, 0.0, 1.0]])
+    temperature = 2.0
+    p = [math.exp(v / temperature) for v in teacher[0].tolist()]
+    q = [math.exp(v / temperature) for v in student[0].tolist()]
+    p, q = [v / sum(p) for v in p], [v / sum(q) for v in q]
+    expected = temperature**2 * sum(a * math.log(a / b) for a, b in zip(p, q))
+    assert abs(distillation_loss(student, teacher, temperature).item() - expected) < 1e-6
+    assert distillation_loss(teacher, teacher, temperature).item() == 0.0
+    y = torch.tensor([1])
+    mixed = with_distillation(cross_entropy, 0.25, temperature)(student, y, teacher)
+    by_hand = 0.75 * cross_entropy(student, y) + 0.25 * expected
+    assert abs(mixed.item() - by_hand.item()) < 1e-6

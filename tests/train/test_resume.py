@@ -74,7 +74,8 @@ def test_adamw_resume_equals_uninterrupted(tmp_path, splits, monkeypatch):
 def test_checkpoint_is_plain_and_keeps_the_stats_counter(tmp_path, splits):
     train(tiny_config(epochs=1), tmp_path, splits=splits, progress=False)  # 4 steps
     checkpoint = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert set(checkpoint) == {"model", "quant_state", "optimizer", "step", "epoch", "rng"}
+    keys = {"model", "quant_state", "optimizer", "step", "epoch", "rng", "config"}
+    assert set(checkpoint) == keys
     assert checkpoint["step"] == 4 and checkpoint["epoch"] == 1
     counters = [v for k, v in checkpoint["quant_state"].items() if k.endswith(".counter")]
     assert counters and all(int(c) == 4 for c in counters)

@@ -116,3 +116,30 @@ def test_init_errors(tmp_path, fp32_run, splits):
         init_from_run(_quant_model(), tmp_path)
     with pytest.raises(ConfigError, match="init run"):
         train(tiny_config(init=str(tmp_path / "missing")), tmp_path / "run", splits=splits)
+
+
+def test_distillation_from_a_teacher_run(tmp_path, fp32_run, splits):
+    """A teacher changes training (the soft term is live) and mismatched classes are refused."""
+    base = tiny_config(init=str(fp32_run), epochs=1)
+    train(base, tmp_path / "plain", splits=splits, progress=False)
+    distilled = tiny_config(init=str(fp32_run), epochs=1, teacher=str(fp32_run))
+    train(distilled, tmp_path / "kd", splits=splits, progress=False)
+    plain, _ = load_run(tmp_path / "plain")
+    student, record = load_run(tmp_path / "kd")
+    assert record["train"]["teacher"] == str(fp32_run)
+    key = "backbone.blocks.2.conv.weight"
+    assert not torch.equal(plain.state_dict()[key], student.state_dict()[key])
+    # weight 0: the teacher is loaded but the loss is the task loss alone, step for step
+    zero = tiny_config(init=str(fp32_run), epochs=1, teacher=str(fp32_run), distill_weight=0.0)
+    train(zero, tmp_path / "zero", splits=splits, progress=False)
+    unweighted, _ = load_run(tmp_path / "zero")
+    assert torch.equal(plain.state_dict()[key], unweighted.state_dict()[key])
+    other = tmp_path / "other"
+    other.mkdir()
+    saved = json.loads((fp32_run / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**saved, "class_names": ["x", "y", "z"]}))
+    (other / "checkpoint.pt").write_bytes((fp32_run / "checkpoint.pt").read_bytes())
+    with pytest.raises(ConfigError, match="classes"):
+        train(tiny_config(teacher=str(other)), tmp_path / "bad", splits=splits, progress=False)
+    with pytest.raises(ConfigError, match="distill_weight"):
+        tiny_config(distill_weight=1.5)

@@ -227,3 +227,103 @@ def test_compare_codes_shape_mismatch_is_unexplained() -> None:
     codes, pre = codes_and_pre((2, 3))
     rows, _ = compare_codes({"a": codes}, {"a": pre}, {"a": codes[:1]}, "x")
     assert rows[0]["unexplained"] == codes.size and "shape" in rows[0]["error"]
+
+
+def test_compare_codes_float_summation_bound() -> None:
+    """A mismatch 0.01 steps from a tie: unexplained at bound 0, explained within the bound."""
+    codes, pre = codes_and_pre((2, 2, 3, 3))
+    pre[0, 1, 1, 1] = np.float32(4.49)  # 0.01 steps below the 4.5 boundary: ~20,000 ulps
+    codes[0, 1, 1, 1] = 4
+    moved = codes.copy()
+    moved[0, 1, 1, 1] = 5
+    rows, first = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x")
+    assert (rows[0]["mismatches"], rows[0]["unexplained"]) == (1, 1)
+    assert abs(first["distance_steps"] - 0.01) < 1e-6  # float32 4.49 is 4.4899998...
+    rows, first = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.02})
+    assert (rows[0]["mismatches"], rows[0]["unexplained"]) == (1, 0)
+    assert first["float_error_steps"] == 0.02
+    rows, _ = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.005})
+    assert rows[0]["unexplained"] == 1
+
+
+def test_boundary_inputs_land_on_thresholds_and_ties(exported) -> None:
+    """Constructed images put first-layer accumulators exactly on thresholds, planted ties too."""
+    from lowbit.runtime import Runtime
+    from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
+
+    model, out, description, inputs = exported
+    graph = load_graph(out / GRAPH_FILES["int"])
+    images, stats = boundary_inputs(
+        graph,
+        inputs["random"],
+        count=32,
+        input_scale=description["input"]["input_scale"],
+        input_bits=description["input"]["input_bits"],
+        seed=0,
+    )
+    assert stats["targets"] == 32 and stats["hits"] == len(images) >= 28
+    code, acc_name, thresholds = threshold_layers(graph)[0]
+    acc = Runtime(graph).run(images, keep_intermediates=True)[acc_name]
+    assert all(threshold_hits(acc[i : i + 1], thresholds) > 0 for i in range(len(images)))
+    _, pre, _ = torch_codes(model, images)
+    assert np.any(pre[code] - np.floor(pre[code]) == 0.5)  # exact ties of the float model
+    report = verify_export(model, out, {"boundary": images}, progress=False, write=False)
+    assert report["mismatches"] == 0
+    rows = {r["tensor"]: r for r in report["layers"] if r["executor"] == "runtime"}
+    assert rows[code]["on_threshold"] >= len(images)
+
+
+def test_build_inputs_adds_boundary_set(exported) -> None:
+    _, out, description, _ = exported
+    graph = load_graph(out / GRAPH_FILES["int"])
+    sets = build_inputs(description, None, n=0, random=16, ties=True, seed=0, int_graph=graph)
+    assert set(sets) == {"random", "ties", "boundary"} and len(sets["boundary"]) > 0
+
+
+def test_float_scale_linear_head_tail_within_its_stated_bound(tmp_path) -> None:
+    """Linear head, float scales: torch's float32 dot products round; the per-element bound holds.
+
+    The bound is Higham's gamma_(F+1) * sum|f w| from the integer codes, so it is tight where the
+    logits are small and is never a blanket tolerance; a cosine graph gets None (its own bound).
+    """
+    import torch
+
+    from lowbit.models import build_model
+    from lowbit.quant import get_recipe
+    from lowbit.runtime import Runtime
+    from lowbit.verify.summation import linear_tail_tolerance
+
+    torch.manual_seed(0)
+    model = build_model(
+        get_recipe("w8a8", pow2_scales=False),
+        backbone="conv4",
+        head="linear",
+        width=8,
+        image_size=32,
+        num_classes=4,
+    ).train()
+    with torch.no_grad():
+        for _ in range(40):
+            model(torch.randn(4, 3, 32, 32).clamp(-2, 2))
+    model.eval()
+    description = export_model(
+        model, tmp_path, class_names=["a", "b", "c", "d"], normalization={"mean": [0.5] * 3}
+    )
+    inputs = build_inputs(description, None, n=0, random=48, ties=True, seed=0)
+    report = verify_export(model, tmp_path, inputs, progress=False, write=False)
+    assert report["unexplained"] == 0, report["first_mismatch"]
+    graph = load_graph(tmp_path / GRAPH_FILES["int"])
+    tensors = Runtime(graph).run(inputs["random"], keep_intermediates=True)
+    bound = linear_tail_tolerance(graph, tensors, 0.0)
+    assert bound.shape == tensors["logits"].shape and np.all(bound > 0)
+    # far below the logits themselves: a tolerance that could hide a wrong class dot product
+    # (one weight code off changes a logit by tail_factor * |f|) would be useless
+    assert np.median(bound / np.maximum(np.abs(tensors["logits"]), 1e-6)) < 1e-3
+    cosine = load_graph(_cosine_export(tmp_path / "cos") / GRAPH_FILES["int"])
+    assert linear_tail_tolerance(cosine, tensors, 0.0) is None
+
+
+def _cosine_export(out):
+    model = calibrated("w2a2", "conv4")
+    export_model(model, out, class_names=["a", "b", "c", "d"], normalization={"mean": [0.5] * 3})
+    return out

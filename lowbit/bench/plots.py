@@ -1,0 +1,161 @@
+"""The bench plots (matplotlib, Agg backend, PNG): Pareto, ROC, confusion matrix, per-layer bits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from lowbit.io import atomic_write_bytes  # noqa: E402
+
+DEFAULT_RECIPE = "w1a2"  # `lowbit run`'s model: the confusion matrix and layer chart show it
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Returns the indices of (bits, accuracy) points no other point beats: fewer or equal bits
+    and higher or equal accuracy, one of them strictly. Sorted by bits."""
+    front = []
+    for i, (bits, acc) in enumerate(points):
+        dominated = any(
+            b <= bits and a >= acc and (b < bits or a > acc)
+            for j, (b, a) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _label(entry: dict) -> str:
+    return f"{entry['recipe']} {entry['head']} {entry['loss']}"
+
+
+def plot_pareto(summary: list[dict], path: Path) -> None:
+    points = [(e["model_bits"], 100 * e["accuracy_mean"]) for e in summary]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, entry in enumerate(summary):
+        ax.errorbar(
+            points[i][0],
+            points[i][1],
+            yerr=100 * (entry["accuracy_std"] or 0.0),
+            fmt="o",
+            color="tab:blue" if i in front else "tab:gray",
+            capsize=3,
+        )
+        ax.annotate(_label(entry), points[i], textcoords="offset points", xytext=(4, 4), size=7)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:blue",
+            label="Pareto front")  # fmt: skip
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
+    ax.set_xlabel("model bits (weights + thresholds)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs model size")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_roc(rows: list[dict], path: Path) -> bool:
+    """OOD ROC (MSP, known test images vs held-out classes), seed 0 of each configuration."""
+    curves = [r for r in rows if r.get("roc") and r["seed"] == 0]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for row in curves:
+        auroc = (row.get("ood") or {}).get("msp", {}).get("auroc")
+        suffix = f" (AUROC {auroc:.3f})" if auroc is not None else ""
+        ax.plot(row["roc"]["fpr"], row["roc"]["tpr"], label=_label(row) + suffix)
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlabel("false-positive rate (unknown accepted)")
+    ax.set_ylabel("true-positive rate (known accepted)")
+    ax.set_title("unknown-defect detection, MSP score")
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+    return True
+
+
+def _default_row(rows: list[dict]) -> dict:
+    seed0 = [r for r in rows if r["seed"] == 0] or rows
+    return next((r for r in seed0 if r["recipe"] == DEFAULT_RECIPE), seed0[-1])
+
+
+def plot_confusion(rows: list[dict], path: Path) -> bool:
+    row = _default_row(rows)
+    matrix, names = row.get("confusion_matrix"), row.get("class_names")
+    if not matrix or not names:
+        return False
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 0.8 + 0.5 * len(names)))
+    image = ax.imshow(matrix, cmap="Blues")
+    top = max(max(line) for line in matrix) or 1
+    for i, line in enumerate(matrix):
+        for j, count in enumerate(line):
+            color = "white" if count > top / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", size=7, color=color)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", size=7)
+    ax.set_yticks(range(len(names)), names, size=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix: {_label(row)}, seed {row['seed']}")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    _save(fig, path)
+    return True
+
+
+def plot_layers(rows: list[dict], path: Path) -> bool:
+    """Left: the default model's stored bits per layer; right: accumulator bits per recipe."""
+    quantized = [r for r in rows if r.get("layers") and r["seed"] == 0]
+    if not quantized:
+        return False
+    default = next((r for r in quantized if r["recipe"] == DEFAULT_RECIPE), quantized[0])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [layer["name"].replace("backbone.", "") for layer in default["layers"]]
+    left.bar(names, [layer["stored_bits"] for layer in default["layers"]], color="tab:blue")
+    left.set_ylabel("stored bits (weights + thresholds)")
+    left.set_title(f"per-layer size: {_label(default)}")
+    left.tick_params(axis="x", rotation=45, labelsize=7)
+    conv_names = [layer["name"] for layer in default["layers"] if layer["accumulator_bits"]]
+    width = 0.8 / len(quantized)
+    for k, row in enumerate(quantized):
+        widths = {layer["name"]: layer["accumulator_bits"] for layer in row["layers"]}
+        xs = [i + k * width for i in range(len(conv_names))]
+        right.bar(xs, [widths.get(name) or 0 for name in conv_names], width, label=row["recipe"])
+    right.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(conv_names))],
+        [name.replace("backbone.", "") for name in conv_names],
+        rotation=45,
+        size=7,
+    )
+    right.set_ylabel("accumulator bits")
+    right.set_title("accumulator width per layer")
+    right.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def write_plots(results: dict, out: Path) -> dict[str, str]:
+    """Writes the PNGs under `out`; returns {title: file name} of those written."""
+    out = Path(out)
+    written = {}
+    plot_pareto(results["summary"], out / "accuracy_vs_bits.png")
+    written["accuracy vs model bits"] = "accuracy_vs_bits.png"
+    if plot_roc(results["rows"], out / "ood_roc.png"):
+        written["OOD ROC curves"] = "ood_roc.png"
+    if plot_confusion(results["rows"], out / "confusion_matrix.png"):
+        written["confusion matrix"] = "confusion_matrix.png"
+    if plot_layers(results["rows"], out / "layer_bits.png"):
+        written["per-layer bits and accumulators"] = "layer_bits.png"
+    return written

@@ -1,0 +1,174 @@
+"""`lowbit export --target c`: a dependency-free C99 header + source pair from model.int.onnx.
+
+`generate_c` plans the program (c_plan.py), lays its buffers out in typed scratch pools
+(c_pack.layout_pools) and fills the file frames (c_templates.py). The generated API (see the
+header): `<prefix>_quantize_input` (float32 normalized image -> input codes, the graph's Div +
+Quant), `<prefix>_infer_codes` (integer body and head on input codes) and `<prefix>_infer`
+(both); each fills a `<prefix>_result` with the head's integers d_c and n, the float64 logits
+and their argmax. `<prefix>_model_sizes` lists each layer's weight and threshold bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import lowbit
+from lowbit.errors import ConfigError, ModelFileError
+from lowbit.export import c_templates as T
+from lowbit.export.c_ops import build_plan
+from lowbit.export.c_pack import C_SIZES, Slot, c_number, c_type, layout_pools
+from lowbit.export.c_plan import CPlan
+from lowbit.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+C_DIR = "c"
+
+
+def file_names(prefix: str) -> tuple[str, str]:
+    """(header, source) file names for a symbol prefix."""
+    return f"{prefix}_model.h", f"{prefix}_model.c"
+
+
+def _layout(plan: CPlan) -> tuple[dict[str, int], dict[str, Slot]]:
+    """Scratch pools (elements per C type) and each buffer's slot, from the steps' liveness."""
+    slots: dict[str, Slot] = {}
+    for index, step in enumerate(plan.steps):
+        if step.defines is not None:
+            tensor = plan.tensors[step.defines]
+            slots[step.defines] = Slot(
+                step.defines, c_type(tensor.dtype), tensor.size, index, index
+            )
+        for root in step.uses:
+            slots[root].last = max(slots[root].last, index)
+    end = len(plan.steps)  # the result copy reads the head's tensors
+    for tensor in (plan.class_dots, plan.feature_sq, plan.logits):
+        if tensor is not None and tensor.root is not None:
+            slots[tensor.root].last = end
+    return layout_pools(list(slots.values())), slots
+
+
+def _result_code(plan: CPlan, classes: int) -> str:
+    feature_sq = f"(int64_t){plan.feature_sq.var}[0]" if plan.feature_sq is not None else "0"
+    return (
+        f"    for (i = 0; i < {classes}; ++i) {{\n"
+        f"        result->class_dots[i] = (int64_t){plan.class_dots.var}[i];\n"
+        f"        result->logits[i] = {plan.logits.var}[i];\n    }}\n"
+        f"    result->feature_sq = {feature_sq};\n"
+        "    result->argmax = 0;\n"
+        f"    for (i = 1; i < {classes}; ++i)\n"
+        "        if (result->logits[i] > result->logits[result->argmax]) result->argmax = (int)i;\n"
+    )
+
+
+def _sizeof(parts: dict[str, tuple[str, int]], kind: str) -> str:
+    return f"sizeof({parts[kind][0]})" if kind in parts else "0"
+
+
+def _size_comment(plan: CPlan, description: dict) -> str:
+    bits = {row["name"]: row for row in description.get("model_bits", {}).get("layers", [])}
+    lines = [" * Per layer: packed weight bytes (model.json weight bits), threshold bytes:"]
+    for layer, parts in plan.sizes.items():
+        weight_bits = bits.get(layer, {}).get("weight_bits", "?")
+        lines.append(
+            f" *   {layer}: {parts.get('weights', ('', 0))[1]} ({weight_bits} bits), "
+            f"{parts.get('thresholds', ('', 0))[1]}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def generate_c(
+    model: onnx.ModelProto,
+    description: dict,
+    *,
+    prefix: str = "lowbit",
+    label: str = "model.int.onnx",
+) -> dict[str, str]:
+    """Returns {file name: text} of the C99 header and source for an integer graph."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise ConfigError(f"C target: prefix {prefix!r} is not a C identifier")
+    plan = build_plan(model, description, label)
+    pools, slots = _layout(plan)
+    classes = plan.logits.size
+    header_name, source_name = file_names(prefix)
+    declarations = "".join(
+        f"    {slot.ctype} *{plan.tensors[key].var} = s->{T.SHORT_TYPES[slot.ctype]}"
+        f" + {slot.offset};\n"
+        for key, slot in slots.items()
+    )
+    body = "".join(step.code for step in plan.steps) + _result_code(plan, classes)
+    size_rows = "".join(
+        f'    {{"{layer}", {_sizeof(parts, "weights")}, {_sizeof(parts, "thresholds")}}},\n'
+        for layer, parts in plan.sizes.items()
+    )
+    code_type = c_type(plan.code_dtype)
+    input_size = math.prod(plan.input_shape)
+    scratch_bytes = input_size * plan.code_dtype.itemsize + sum(
+        elements * C_SIZES[ctype] for ctype, elements in pools.items()
+    )
+    fields = {
+        "prefix": prefix,
+        "PREFIX": prefix.upper(),
+        "lowbit_version": lowbit.__version__,
+        "header": header_name,
+    }
+    channels, height, width = plan.input_shape[1:]
+    header = T.HEADER.substitute(
+        fields,
+        guard=f"{prefix.upper()}_MODEL_H",
+        recipe=description.get("recipe", {}).get("name", "?"),
+        backbone=description.get("model", {}).get("backbone", "?"),
+        head=description.get("head", {}).get("head", "?"),
+        classes=classes,
+        input_shape="x".join(str(d) for d in plan.input_shape[1:]),
+        weight_bytes=sum(p.get("weights", ("", 0))[1] for p in plan.sizes.values()),
+        threshold_bytes=sum(p.get("thresholds", ("", 0))[1] for p in plan.sizes.values()),
+        scratch_bytes=scratch_bytes,
+        size_comment=_size_comment(plan, description),
+        channels=channels,
+        height=height,
+        width=width,
+        input_size=input_size,
+        input_scale=c_number(plan.input_scale, np.float32),
+        code_type=code_type,
+        input_bits=plan.input_bits,
+        pool_members="".join(
+            f"    {ctype} {T.SHORT_TYPES[ctype]}[{elements}];\n"
+            for ctype, elements in pools.items()
+        ),
+    )
+    source = T.SOURCE.substitute(
+        fields,
+        constants="\n".join(plan.constants),
+        size_rows=size_rows,
+        size_count=len(plan.sizes),
+        kernels="\n".join(plan.kernels.values()),
+        quantize_body=plan.quantize_body,
+        declarations=declarations,
+        body=body,
+    )
+    return {header_name: header, source_name: source}
+
+
+def write_c_target(
+    export_dir: str | Path, description: dict, *, prefix: str = "lowbit"
+) -> list[Path]:
+    """Writes `<export_dir>/c/<prefix>_model.{h,c}` from model.int.onnx; returns their paths."""
+    export_dir = Path(export_dir)
+    graph_path = export_dir / "model.int.onnx"
+    if not graph_path.is_file():
+        raise ModelFileError(f"{graph_path}: missing; run `lowbit export` first")
+    files = generate_c(
+        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path)
+    )
+    paths = [
+        atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()
+    ]
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths

@@ -1,0 +1,70 @@
+"""Export targets: `lowbit export --target NAME[,NAME...]` maps each name to one writer.
+
+Every target starts from the same export: `export_run` first writes the three ONNX graphs and
+model.json (the `onnx` target, always done), then each further writer reads that folder
+(model.int.onnx, model.json) and writes its own files, atomically. A writer is
+`writer(export_dir, description) -> [written paths]`; it imports its optional tools itself, so
+an unused target costs nothing. Adding a target is one entry in `TARGETS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lowbit.errors import ConfigError
+from lowbit.export.api import GRAPH_FILES
+
+Writer = Callable[[Path, dict], list[Path]]
+
+
+def _onnx(export_dir: Path, description: dict) -> list[Path]:
+    """The graphs and model.json that export_run already wrote."""
+    return [export_dir / name for name in (*GRAPH_FILES.values(), "model.json")]
+
+
+def _c(export_dir: Path, description: dict) -> list[Path]:
+    from lowbit.export.c_target import write_c_target
+
+    return write_c_target(export_dir, description)
+
+
+def _finn(export_dir: Path, description: dict) -> list[Path]:
+    from lowbit.export.finn_target import write_finn
+
+    return write_finn(export_dir)
+
+
+def _hls4ml(export_dir: Path, description: dict) -> list[Path]:
+    from lowbit.export.hls4ml_target import write_hls4ml
+
+    return write_hls4ml(export_dir)
+
+
+TARGETS: dict[str, Writer] = {
+    "onnx": _onnx,  # model.{qonnx,qcdq,int}.onnx + model.json
+    "c": _c,  # c/lowbit_model.{h,c}: dependency-free C99 reference (c_target.py)
+    "finn": _finn,  # model.finn.onnx: exact thresholds for ConvertQONNXtoFINN (finn_target.py)
+    "hls4ml": _hls4ml,  # model.hls4ml.onnx + hls4ml_config.json (hls4ml_target.py)
+}
+DEFAULT_TARGET = "onnx"
+
+
+def parse_targets(text: str | None) -> tuple[str, ...]:
+    """Target names from a comma list ('c', 'onnx,c'), each known, in order, without repeats."""
+    names = [part.strip() for part in (text or DEFAULT_TARGET).split(",") if part.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--target {text!r}: unknown {', '.join(unknown) or 'empty'}; "
+            f"choose from {', '.join(TARGETS)} (comma-separated)"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def write_targets(
+    targets: tuple[str, ...], export_dir: str | Path, description: dict
+) -> dict[str, list[str]]:
+    """Runs each target's writer on an export folder; returns {target: [written paths]}."""
+    export_dir = Path(export_dir)
+    return {name: [str(p) for p in TARGETS[name](export_dir, description)] for name in targets}

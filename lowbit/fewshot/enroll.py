@@ -1,0 +1,298 @@
+"""Enroll a new class into an exported model, or remove one, and verify before deploying.
+
+`enroll_class` computes the class prototype from the *integer* features of the support images
+(the runtime on the deployed model.int.onnx), appends it as a row of the source run's cosine
+head (which normalizes and quantizes it per row exactly as it does trained rows), saves the
+result as a run folder `enrolled/NNN` (config.json + checkpoint.pt), re-exports into a staging
+folder, recalibrates the open-set threshold on the integer graph, and runs verify there. Only
+a clean verify moves the new files into place, each by an atomic rename (model.json last); the
+replaced files are kept in `enrolled/NNN/previous/`. A failed verify leaves the deployed model
+untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from lowbit.errors import ConfigError, ModelFileError, VerifyError
+from lowbit.fewshot.features import prototype, runtime_features
+from lowbit.fewshot.images import load_images
+from lowbit.fewshot.openset import integer_calibration
+
+log = logging.getLogger(__name__)
+
+ENROLLED = "enrolled"  # export_dir/enrolled/NNN: one run folder per enrollment or removal
+STAGING = ".enroll-staging"
+GRAPH_KINDS = ("qonnx", "qcdq", "int")
+RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
+
+
+def read_model_json(export_dir: Path) -> dict:
+    """Returns export_dir/model.json; ModelFileError names it when missing or unreadable."""
+    path = Path(export_dir) / "model.json"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(description, dict) or "class_names" not in description:
+        raise ModelFileError(f"{path}: not a lowbit model.json (no class_names)")
+    return description
+
+
+def with_head_rows(model, weight):
+    """Returns a new model: `model` with its head's weight replaced by `weight` [K', F]."""
+    import dataclasses
+
+    import torch
+
+    from lowbit.models import build_model
+    from lowbit.train.checkpoint import load_model_state, runtime_stats_state
+
+    config = dataclasses.replace(model.config, num_classes=int(weight.shape[0]))
+    new = build_model(model.recipe, config)
+    state = dict(model.state_dict())
+    state["head.weight"] = torch.as_tensor(weight, dtype=torch.float32)
+    checkpoint = {"model": state, "quant_state": runtime_stats_state(model)}
+    load_model_state(new, checkpoint, Path("<enrollment>"))
+    return new.eval()
+
+
+def append_class(model, row: np.ndarray):
+    """Returns a copy of `model` with `row` (an unnormalized prototype) as its last head row."""
+    import torch
+
+    from lowbit.models.heads import CosineHead
+
+    if not isinstance(model.head, CosineHead):
+        raise ConfigError("enrollment needs a cosine head (train with --head cosine)")
+    extra = torch.as_tensor(np.asarray(row, dtype=np.float32)).reshape(1, -1)
+    return with_head_rows(model, torch.cat([model.head.weight.detach(), extra]))
+
+
+def drop_class(model, index: int):
+    """Returns a copy of `model` without head row `index`."""
+    import torch
+
+    weight = model.head.weight.detach()
+    keep = [i for i in range(weight.shape[0]) if i != index]
+    return with_head_rows(model, weight[torch.tensor(keep)])
+
+
+def _save_run(model, record: dict, run_dir: Path) -> None:
+    import io
+
+    import torch
+
+    from lowbit.io import atomic_write_bytes
+    from lowbit.train.checkpoint import CHECKPOINT_NAME, runtime_stats_state
+    from lowbit.train.run import CONFIG_NAME, write_json
+
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "quant_state": runtime_stats_state(model)}, buffer)
+    atomic_write_bytes(run_dir / CHECKPOINT_NAME, buffer.getvalue())
+    write_json(run_dir / CONFIG_NAME, record)
+
+
+def _next_slot(export_dir: Path) -> str:
+    existing = [p.name for p in (export_dir / ENROLLED).glob("[0-9][0-9][0-9]")]
+    return f"{ENROLLED}/{max((int(n) for n in existing), default=0) + 1:03d}"
+
+
+def _fixed_batch(graph: onnx.ModelProto) -> int | None:
+    dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _deploy(staging: Path, export_dir: Path, slot: str, description: dict) -> None:
+    """Moves the verified files into place: run folder, graphs, verify.json, model.json last."""
+    run_dir = export_dir / slot
+    run_dir.parent.mkdir(exist_ok=True)
+    os.replace(staging / slot, run_dir)
+    previous = run_dir / "previous"
+    previous.mkdir()
+    names = [description["files"][kind] for kind in GRAPH_KINDS] + ["verify.json", "model.json"]
+    for name in names:
+        if (export_dir / name).is_file():
+            shutil.copy2(export_dir / name, previous / name)
+    for name in names:
+        os.replace(staging / name, export_dir / name)
+    shutil.rmtree(staging)
+
+
+def _rebuild(
+    export_dir: Path,
+    description: dict,
+    model,
+    record: dict,
+    change: dict,
+    timing: dict,
+    *,
+    verify_n: int,
+    verify_random: int,
+    progress: bool,
+) -> dict:
+    """Exports `model` into staging, verifies it there, then deploys it (see module docstring)."""
+    from lowbit.export.api import export_model
+    from lowbit.export.run import _splits_for
+    from lowbit.train.run import read_json
+    from lowbit.verify.api import build_inputs, verify_export
+
+    start = time.perf_counter()
+    staging = export_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier failed attempt
+    slot = _next_slot(export_dir)
+    history = list(record.get("enrollment", [])) + [change]
+    record = {**record, "class_names": change["class_names"], "enrollment": history}
+    record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
+    (staging / slot).mkdir(parents=True)
+    _save_run(model, record, staging / slot)
+    splits = _splits_for(read_json(staging / slot / "config.json"))
+    ood = description.get("ood") or {}
+    old_graph = onnx.load(str(export_dir / description["files"]["int"]))
+    new_description = export_model(
+        model,
+        staging,
+        class_names=change["class_names"],
+        normalization=description["input"]["normalization"],
+        ood=integer_calibration(splits.val.x, ood.get("score", "msp"), ood.get("tpr") or 0.95),
+        batch=_fixed_batch(old_graph),
+        source_run=slot,
+    )
+    timing["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    inputs = build_inputs(
+        new_description, splits.test.x, n=verify_n, random=verify_random, ties=True, seed=0
+    )
+    report = verify_export(model, staging, inputs, progress=progress)
+    timing["verify_s"] = time.perf_counter() - start
+    if report["unexplained"]:
+        raise VerifyError(
+            f"{staging}: {report['unexplained']} unexplained mismatches after the change; "
+            f"{export_dir} is unchanged (staging kept for inspection)"
+        )
+    _deploy(staging, export_dir, slot, new_description)
+    return {
+        "export_dir": str(export_dir),
+        "class_names": change["class_names"],
+        "source_run": slot,
+        "ood": new_description["ood"],
+        "verify": {
+            k: report[k] for k in ("checked_tensors", "checked_values", "mismatches", "unexplained")
+        },
+    }
+
+
+def _load_source(export_dir: Path, description: dict):
+    from lowbit.train import load_run
+
+    run_dir = (export_dir / description.get("source_run", ".")).resolve()
+    model, record = load_run(run_dir)
+    if list(record["class_names"]) != list(description["class_names"]):
+        raise ModelFileError(
+            f"{export_dir / 'model.json'}: class_names differ from {run_dir / 'config.json'}; "
+            "re-export the run"
+        )
+    return model, record
+
+
+def enroll_class(
+    export_dir: str | Path,
+    name: str,
+    images: Sequence[str | Path],
+    *,
+    verify_n: int = 200,
+    verify_random: int = 200,
+    progress: bool = False,
+) -> dict:
+    """Adds class `name` from support images to an exported model; returns a report with timing."""
+    export_dir = Path(export_dir)
+    total = time.perf_counter()
+    description = read_model_json(export_dir)
+    names = list(description["class_names"])
+    if not name or name in names or name in RESERVED:
+        reason = "is already a class" if name in names else "is reserved or empty"
+        raise ConfigError(f"--class {name!r} {reason}; classes: {', '.join(names)}")
+    start = time.perf_counter()
+    import lowbit.train  # noqa: F401  torch + brevitas: process start-up, timed on its own
+    from lowbit.runtime import Runtime
+
+    timing = {"import_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    size = description["model"]["image_size"]
+    x = load_images(images, size, description["input"]["normalization"])
+    runtime = Runtime(export_dir / description["files"]["int"])
+    row = prototype(runtime_features(runtime, x))
+    timing["features_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model, record = _load_source(export_dir, description)
+    model = append_class(model, row)
+    timing["head_update_s"] = time.perf_counter() - start
+    timing["enroll_s"] = timing["features_s"] + timing["head_update_s"]
+    change = {"action": "enroll", "class": name, "images": len(x), "class_names": names + [name]}
+    report = _rebuild(
+        export_dir,
+        description,
+        model,
+        record,
+        change,
+        timing,
+        verify_n=verify_n,
+        verify_random=verify_random,
+        progress=progress,
+    )
+    timing["total_s"] = time.perf_counter() - total
+    log.info("enrolled %r from %d images into %s", name, len(x), export_dir)
+    return {**report, "class": name, "images": len(x), "timing": _rounded(timing)}
+
+
+def remove_class(
+    export_dir: str | Path,
+    name: str,
+    *,
+    verify_n: int = 200,
+    verify_random: int = 200,
+    progress: bool = False,
+) -> dict:
+    """Removes class `name` (its head row) from an exported model; returns a report."""
+    export_dir = Path(export_dir)
+    total = time.perf_counter()
+    description = read_model_json(export_dir)
+    names = list(description["class_names"])
+    if name not in names:
+        raise ConfigError(f"--remove {name!r}: not a class of this model ({', '.join(names)})")
+    if len(names) <= 2:
+        raise ConfigError(f"--remove {name!r}: a classifier needs at least 2 classes")
+    start = time.perf_counter()
+    model, record = _load_source(export_dir, description)
+    model = drop_class(model, names.index(name))
+    timing = {"head_update_s": time.perf_counter() - start}
+    kept = [n for n in names if n != name]
+    change = {"action": "remove", "class": name, "class_names": kept}
+    report = _rebuild(
+        export_dir,
+        description,
+        model,
+        record,
+        change,
+        timing,
+        verify_n=verify_n,
+        verify_random=verify_random,
+        progress=progress,
+    )
+    timing["total_s"] = time.perf_counter() - total
+    return {**report, "class": name, "timing": _rounded(timing)}
+
+
+def _rounded(timing: dict) -> dict:
+    return {key: round(value, 4) for key, value in timing.items()}

@@ -1,0 +1,61 @@
+"""Backbone features for few-shot work: integer codes from the fake-quant model or the runtime.
+
+A quantized backbone's features are integer codes (conv4: the pooled codes of the last block,
+flattened; resnet8: their spatial sum). `model_features` reads them off the torch fake-quant
+model (value / scale, exact: every value is code x scale), `runtime_features` off the integer
+graph's `backbone.features` tensor. Both give the same int64 array, so everything downstream
+(prototypes, fine-tuning, accuracies) is the same float64 computation on the same numbers.
+An fp32 backbone's features are its float32 outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FEATURE_TENSOR = "backbone.features"  # the integer graph's feature codes (lowbit/export/lower.py)
+
+
+def model_features(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Returns int64 feature codes [N, F] of a quantized model, float32 features of an fp32 one."""
+    import torch
+
+    from lowbit.models.backbones import Conv4
+    from lowbit.quant.layers import quant_scale
+
+    model.eval()
+    scale = None
+    if not model.recipe.is_float:
+        last = model.backbone.blocks[-1]
+        scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            features = model.features(torch.from_numpy(x[start : start + batch_size]))
+            if scale is None:
+                parts.append(features.numpy())
+            else:
+                parts.append(torch.round(features / scale).numpy().astype(np.int64))
+    if not parts:
+        return np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
+    return np.concatenate(parts)
+
+
+def runtime_features(runtime, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Returns int64 feature codes [N, F] from a lowbit.runtime.Runtime of model.int.onnx."""
+    parts = [
+        runtime.run(x[start : start + batch_size], keep_intermediates=True)[FEATURE_TENSOR]
+        for start in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Returns float64 rows of unit length (an all-zero row stays zero)."""
+    features = np.asarray(features, dtype=np.float64)
+    norms = np.sqrt((features**2).sum(axis=-1, keepdims=True))
+    return features / np.maximum(norms, 1e-12)
+
+
+def prototype(features: np.ndarray) -> np.ndarray:
+    """Returns the imprinted class weight: mean of the L2-normalized features (Qi et al. 2018)."""
+    return l2_normalize(features).mean(axis=0)
