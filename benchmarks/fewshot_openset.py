@@ -10,8 +10,10 @@ the base features have seen similar cues but never the type itself:
     novel hole          ~ base contamination  (small dark spots)
     novel discoloration ~ base stain          (soft region)
 
-Rows: fp32 / w2a2 / w1a2 x ce / logitnorm. The quantized runs start from the fp32 run of the same
-loss (float pre-training, then QAT, like lowbit/pipeline.py). Per row: 5-way 1-shot and 5-shot
+Rows: fp32 / w2a2 / w1a2 x ce / logitnorm. Every row, fp32 included, starts from one fp32
+pre-training run of the same loss (`fp32_pretrain_<loss>`, --epochs epochs) and trains --epochs
+more at its recipe, so fp32 and the quantized rows have the same training budget (float
+pre-training then QAT, like lowbit/pipeline.py). Per row: 5-way 1-shot and 5-shot
 accuracy (600 seeded episodes, 15 queries per class, mean +- 95% CI) for `imprint` and
 `finetune`; the quantized rows use integer features from the integer runtime (`integer=True`);
 open-set AUROC / FPR95 (MSP) of the base model, known test images vs all novel-type images; and
@@ -54,9 +56,10 @@ def train_models(out: Path, epochs: int) -> dict[tuple[str, str], dict]:
         backbone="conv4", head="cosine", seed=0, data="builtin", epochs=epochs, unknown=NOVEL
     )
     for loss in LOSSES:
+        pretrain = run_dir(out, "fp32_pretrain", loss)
+        _train_or_reuse(TrainConfig(recipe="fp32", loss=loss, **common), pretrain, progress=False)
         for recipe in RECIPES:
-            init = None if recipe == "fp32" else str(run_dir(out, "fp32", loss))
-            config = TrainConfig(recipe=recipe, loss=loss, init=init, **common)
+            config = TrainConfig(recipe=recipe, loss=loss, init=str(pretrain), **common)
             start = time.perf_counter()
             metrics = _train_or_reuse(config, run_dir(out, recipe, loss), progress=False)
             seconds = round(time.perf_counter() - start, 1)

@@ -237,7 +237,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", default="logitnorm", choices=["ce", "logitnorm"])
     parser.add_argument("--tau", type=float, default=None, help="LogitNorm temperature")
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument(
+        "--optimizer",
+        default="auto",
+        choices=["auto", "sgd", "adamw"],
+        help="auto: AdamW for 1-bit weights, else SGD",
+    )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -12,7 +12,6 @@ untouched.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -38,16 +37,9 @@ RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
 
 def read_model_json(export_dir: Path) -> dict:
     """Returns export_dir/model.json; ModelFileError names it when missing or unreadable."""
-    path = Path(export_dir) / "model.json"
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(description, dict) or "class_names" not in description:
-        raise ModelFileError(f"{path}: not a lowbit model.json (no class_names)")
-    return description
+    from lowbit.verify.api import read_description
+
+    return read_description(Path(export_dir))
 
 
 def with_head_rows(model, weight):

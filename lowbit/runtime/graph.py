@@ -17,10 +17,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from lowbit.errors import ModelFileError
 from lowbit.runtime.ops import DOMAINS, OPS
+from lowbit.runtime.untrusted import (
+    attribute_value,
+    check_opsets,
+    check_text,
+    initializer_array,
+)
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 RUNTIME_KEYWORDS = frozenset({"gemm_dtype"})
@@ -122,7 +128,8 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
         except Exception as error:  # protobuf raises its own DecodeError subclasses
             raise ModelFileError(f"{label}: not a readable ONNX model ({error})") from error
     graph = model.graph
-    initializers = {t.name: _initializer_array(t, label) for t in graph.initializer}
+    check_text(model, label)
+    initializers = {t.name: initializer_array(t, label) for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
     if len(inputs) != 1:
         names = [v.name for v in inputs]
@@ -146,6 +153,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         message = str(error).strip().splitlines()[0]
         raise ModelFileError(f"{label}: ONNX checker: {message}") from error
+    check_opsets(model, label)  # the checker does not check custom domains' versions
     input_type = inputs[0].type.tensor_type
     if input_type.elem_type not in NUMERIC_TYPES or not input_type.HasField("shape"):
         raise ModelFileError(f"{label}: input '{inputs[0].name}' needs a numeric type and shape")
@@ -166,20 +174,6 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
             if e.key == "finn_datatype"
         },
     )
-
-
-def _initializer_array(tensor: onnx.TensorProto, label: str) -> np.ndarray:
-    """The initializer as an array; external data or a declared shape that its data does not
-    fill (an absurd size costs nothing: the data is never allocated at the declared size)."""
-    where = f"{label}: initializer '{tensor.name}'"
-    if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
-        raise ModelFileError(f"{where} keeps its data in an external file; embed it in the model")
-    try:
-        return numpy_helper.to_array(tensor)
-    except Exception as error:  # numpy reshape errors, unknown data types
-        raise ModelFileError(
-            f"{where}: declared shape {list(tensor.dims)} does not match its stored data ({error})"
-        ) from None
 
 
 def _check_node(
@@ -214,13 +208,15 @@ def _check_node(
     keywords = {p.name: p for p in parameters if p.kind == p.KEYWORD_ONLY}
     values = {}
     for attribute in node.attribute:
-        value = onnx.helper.get_attribute_value(attribute)
-        if isinstance(value, bytes):
-            value = value.decode()
+        value = attribute_value(attribute, where)
         if attribute.name not in keywords or attribute.name in RUNTIME_KEYWORDS:
             raise ModelFileError(f"{where}: unsupported attribute '{attribute.name}'")
         rule = ATTRIBUTE_RULES.get(node.op_type, {}).get(attribute.name)
-        if rule is not None and not rule[0](value):
+        try:
+            supported = rule is None or rule[0](value)
+        except (TypeError, AttributeError, ValueError):  # a value of the wrong type
+            supported = False
+        if not supported:
             raise ModelFileError(
                 f"{where}: attribute {attribute.name}={value!r} is not supported, use {rule[1]}"
             )

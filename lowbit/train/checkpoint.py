@@ -141,8 +141,9 @@ def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
             if current[part].get(key) != saved.get(part, {}).get(key)
         ]
         raise ModelFileError(
-            f"{path}: checkpoint was trained as {saved.get('recipe', {}).get('name')!r}, "
-            f"config.json asks for {current['recipe']['name']!r}; they differ in {fields[:4]}"
+            f"{path}: weights do not fit the model of config.json: trained as "
+            f"{saved.get('recipe', {}).get('name')!r}, config.json asks for "
+            f"{current['recipe']['name']!r}; they differ in {fields[:4]}"
         )
     try:
         missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)

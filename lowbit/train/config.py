@@ -9,8 +9,20 @@ from lowbit.quant.layers import ACT_STATS_STEPS
 from lowbit.quant.recipes import get_recipe
 from lowbit.train.losses import DEFAULT_TAU, LOSSES
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+
+
+def auto_optimizer(recipe: str, overrides: dict) -> str:
+    """Returns "adamw" for 1-bit body weights, else "sgd".
+
+    Adam suits binary latent weights (Liu et al. 2021, "How Do Adam and Training Strategies Help
+    BNNs Optimization?", arXiv 2106.11309). Measured here (conv4-64, 15 epochs from the same fp32
+    pre-training run, seed 0, built-in data; val / test accuracy, SGD lr 0.05 vs AdamW lr 1e-3
+    without weight decay): w1a2 0.771 / 0.804 vs 0.806 / 0.833; w2a2 0.833 / 0.867 vs
+    0.799 / 0.842; fp32 0.889 / 0.908 vs 0.889 / 0.879. Only 1-bit weights gain.
+    """
+    return "adamw" if get_recipe(recipe, **overrides).weight_bits == 1 else "sgd"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +37,7 @@ class TrainConfig:
     cosine_scale: float = 10.0
     loss: str = "logitnorm"  # LogitNorm: better MSP-based OOD rejection at equal accuracy
     tau: float = DEFAULT_TAU  # LogitNorm temperature; ignored by "ce"
-    optimizer: str = "sgd"  # SGD with Nesterov momentum, or AdamW
+    optimizer: str = "auto"  # "auto": AdamW for 1-bit weights, else SGD (Nesterov); see above
     lr: float | None = None  # None: DEFAULT_LR[optimizer]
     weight_decay: float = 5e-4  # on conv and head weights only, never on BN or quantizer scales
     momentum: float = 0.9  # SGD momentum (Nesterov); AdamW's beta1 stays at its default
@@ -72,7 +84,11 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """Returns a copy with the per-optimizer defaults written in."""
-        return replace(self, lr=self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+        optimizer = self.optimizer
+        if optimizer == "auto":
+            optimizer = auto_optimizer(self.recipe, self.recipe_overrides)
+        lr = self.lr if self.lr is not None else DEFAULT_LR[optimizer]
+        return replace(self, optimizer=optimizer, lr=lr)
 
     def to_dict(self) -> dict:
         data = asdict(self)

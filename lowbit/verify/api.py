@@ -27,7 +27,7 @@ EXECUTORS = ("runtime", "qcdq", "qonnx")
 SAFE_DOMAINS = ("", "ai.onnx", "qonnx.custom_op.general", "onnx.brevitas")
 """Node domains a witness may run. qonnx's executor imports a Python module named by a node's
 domain, so a graph with any other domain could run code from the file's say-so."""
-DESCRIPTION_KEYS = ("model", "input", "head")
+DESCRIPTION_KEYS = ("model", "input", "head", "class_names")
 
 
 def load_graph(path: Path) -> onnx.ModelProto:

@@ -317,7 +317,7 @@ RUN_DEFECTS = {
     "recipe_mismatch_export": (
         "export",
         5,
-        "{run}/checkpoint.pt: checkpoint was trained",
+        "{run}/checkpoint.pt: weights do not fit the model of config.json",
         lambda r: _edit_config(r, _other_recipe),
     ),
     "width_mismatch": (

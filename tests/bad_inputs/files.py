@@ -114,6 +114,22 @@ def bad_model(kind: str) -> onnx.ModelProto:
         _set(model, "eight", np.array(float(kind.removeprefix("quant_bits_")), np.float32))
     elif kind == "quant_zero_scale":
         _set(model, "one", np.array(0.0, np.float32))
+    elif kind in ("attribute_no_value", "attribute_wrong_type"):  # the first found by fuzzing
+        attribute = next(
+            a for a in _node(model, "input_quant").attribute if a.name == "rounding_mode"
+        )
+        if kind == "attribute_no_value":
+            attribute.type = onnx.AttributeProto.UNDEFINED
+        else:
+            attribute.CopyFrom(onnx.helper.make_attribute("rounding_mode", 1))
+    elif kind == "name_not_utf8":  # found by fuzzing: protobuf returns bytes, qonnx fails
+        data = bytearray(model.SerializeToString())
+        data[data.index(b"threshold3")] = 0xF4
+        model = onnx.ModelProto.FromString(bytes(data))
+    elif kind == "opset_zero":  # found by fuzzing: qonnx cannot run a version-0 domain
+        next(o for o in model.opset_import if o.domain == "qonnx.custom_op.general").version = 0
+    elif kind == "opset_old":
+        next(o for o in model.opset_import if o.domain == "").version = 7
     elif kind == "cycle":
         _node(model, "cast0").input[0] = "codes1"
     elif kind == "missing_initializer":
@@ -144,6 +160,11 @@ ONNX_DEFECTS = {  # kind -> text the one-line error must contain
     "quant_bits_0": "bitwidth 0.0",
     "quant_bits_40": "bitwidth 40.0",
     "quant_zero_scale": "scale 'one'",
+    "attribute_no_value": "node 'input_quant' (Quant): attribute 'rounding_mode' has no value",
+    "attribute_wrong_type": "attribute rounding_mode=1 is not supported",
+    "name_not_utf8": "the name b'\\xf4hreshold3' is not UTF-8 text",
+    "opset_zero": "domain 'qonnx.custom_op.general' has no opset_import version >= 1",
+    "opset_old": "ONNX checker: No Op registered for ConvInteger with domain_version of 7",
     "cycle": "cycle",
     "missing_initializer": "'w2'",
     "conv_channels": "node 'conv2' (ConvInteger): input has 4 channels",

@@ -57,6 +57,7 @@ def tiny_config(**overrides: object) -> TrainConfig:
         "batch_size": 8,
         "warmup_steps": 2,
         "lr": 0.05,
+        "optimizer": "sgd",  # lr 0.05 is SGD's; "auto" would pick AdamW for w1a2
         "data": "synthetic",
     }
     return TrainConfig(**{**fields, **overrides})

@@ -48,7 +48,8 @@ def test_train_config_validation_and_round_trip():
     config = TrainConfig(unknown=["dent"], recipe_overrides={"input_bits": 6})
     assert config.unknown == ("dent",)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert config.resolved().lr == 0.05 and TrainConfig(optimizer="adamw").resolved().lr == 1e-3
+    assert config.resolved().lr == 1e-3  # w1a2: "auto" picks AdamW
+    assert TrainConfig(optimizer="sgd").resolved().lr == 0.05
     with pytest.raises(ConfigError, match="loss='focal'"):
         TrainConfig(loss="focal")
     with pytest.raises(ConfigError, match="epochs=0"):
@@ -68,3 +69,14 @@ def test_model_bits_by_hand():
     assert model_bits(model) == 216 * 8 + 3 * 576 + 4 * 16 * 32 + 24 * 8
     fp32 = build_model(get_recipe("fp32"), ModelConfig(width=8, image_size=16, num_classes=3))
     assert model_bits(fp32) == (216 + 3 * 576 + 4 * 16 + 24) * 32
+
+
+def test_auto_optimizer_picks_adamw_for_binary_weights():
+    from lowbit.train import TrainConfig
+
+    assert TrainConfig(recipe="w1a2").resolved().optimizer == "adamw"
+    assert TrainConfig(recipe="w1a2").resolved().lr == 1e-3
+    assert TrainConfig(recipe="w1a1").resolved().optimizer == "adamw"
+    assert TrainConfig(recipe="w2a2").resolved().optimizer == "sgd"
+    assert TrainConfig(recipe="fp32").resolved().optimizer == "sgd"
+    assert TrainConfig(recipe="w1a2", optimizer="sgd").resolved().lr == 0.05
