@@ -87,17 +87,17 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from lowbit.export.run import _splits_for
     from lowbit.train import evaluate, load_run
+    from lowbit.train.run import splits_for
 
     model, record = load_run(Path(args.run_dir))
-    return evaluate(model, _splits_for(record))
+    return evaluate(model, splits_for(record))
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
-    from lowbit.export.run import export_run
     from lowbit.export.targets import parse_targets, write_targets
+    from lowbit.workflow import export_run
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
     out_dir, description = export_run(args.run_dir, args.out, batch=parse_batch(args.batch))
@@ -111,8 +111,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
-    from lowbit.export.run import verify_run
     from lowbit.verify.api import format_report
+    from lowbit.workflow import verify_run
 
     report = verify_run(
         args.dir,

@@ -35,9 +35,9 @@ _train_or_reuse = train_or_reuse  # the name benchmarks/ scripts import
 
 def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> dict:
     """Trains fp32 then w1a2 (conv4, cosine, LogitNorm), exports, verifies; prints a summary."""
-    from lowbit.export.run import export_run, verify_run
     from lowbit.train import TrainConfig
     from lowbit.verify.api import format_report
+    from lowbit.workflow import export_run, verify_run
 
     fp32_epochs, qat_epochs = (1, 1) if quick else (FP32_EPOCHS, QAT_EPOCHS)
     common = dict(backbone="conv4", head="cosine", loss="logitnorm", seed=0, data="builtin")

@@ -161,9 +161,9 @@ def _cached_row(run_dir: Path, options: BenchOptions) -> dict | None:
 def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progress: bool) -> dict:
     """Trains (or reuses), exports, verifies and measures one configuration; returns its row."""
     from lowbit.bench import collect
-    from lowbit.export.run import export_run, verify_run
     from lowbit.pipeline import train_or_reuse
     from lowbit.train import load_run
+    from lowbit.workflow import export_run, verify_run
 
     run_dir = run_dir_of(out, config)
     cfg = train_config(options, config, out)

@@ -136,8 +136,7 @@ def _rebuild(
 ) -> dict:
     """Exports `model` into staging, verifies it there, then deploys it (see module docstring)."""
     from lowbit.export.api import export_model
-    from lowbit.export.run import _splits_for
-    from lowbit.train.run import read_json
+    from lowbit.train.run import read_json, splits_for
     from lowbit.verify.api import build_inputs, verify_export
 
     start = time.perf_counter()
@@ -149,7 +148,7 @@ def _rebuild(
     record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
     (staging / slot).mkdir(parents=True)
     _save_run(model, record, staging / slot)
-    splits = _splits_for(read_json(staging / slot / "config.json"))
+    splits = splits_for(read_json(staging / slot / "config.json"))
     ood = description.get("ood") or {}
     old_graph = onnx.load(str(export_dir / description["files"]["int"]))
     new_description = export_model(

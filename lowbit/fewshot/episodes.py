@@ -138,7 +138,7 @@ def summarize(accuracies: np.ndarray) -> dict[str, float]:
 
 def novel_pool(run_dir: Path, record: dict, way: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Returns (novel class names, their images x, labels indexing the names)."""
-    from lowbit.export.run import _splits_for
+    from lowbit.train.run import splits_for
 
     novel = list(record.get("unknown_names") or [])
     if len(novel) < way:
@@ -148,7 +148,7 @@ def novel_pool(run_dir: Path, record: dict, way: int) -> tuple[list[str], np.nda
             f"{novel}, {way}-way episodes need {way}; use {hint}train with "
             "`--unknown a,b,c,d,e` to hold out more"
         )
-    splits = _splits_for(record)
+    splits = splits_for(record)
     return novel, splits.ood.x, np.asarray(splits.ood_types, dtype=np.int64)
 
 

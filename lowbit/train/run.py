@@ -109,3 +109,17 @@ def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
     load_model_state(model, load_checkpoint(checkpoint_path), checkpoint_path)
     model.eval()
     return model, record
+
+
+def splits_for(record: dict):
+    """Returns the data splits a run was trained on, rebuilt from its config.json record."""
+    from lowbit.data import load_splits
+
+    train = record.get("train", {})
+    return load_splits(
+        record.get("data", "builtin"),
+        image_size=record["model"]["image_size"],
+        crop=train.get("crop", True),
+        unknown=train.get("unknown"),
+        seed=record.get("seed", 0),
+    )

@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-import lowbit.export.run
 import lowbit.train
+import lowbit.workflow
 from lowbit.bench import run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION
 from lowbit.bench.sweep import run_dir_of
@@ -90,8 +90,8 @@ def test_resume_trains_nothing_when_finished(tiny_sweep, monkeypatch):
         raise AssertionError("a finished configuration was trained, exported or verified again")
 
     monkeypatch.setattr(lowbit.train, "train", refuse)
-    monkeypatch.setattr(lowbit.export.run, "export_run", refuse)
-    monkeypatch.setattr(lowbit.export.run, "verify_run", refuse)
+    monkeypatch.setattr(lowbit.workflow, "export_run", refuse)
+    monkeypatch.setattr(lowbit.workflow, "verify_run", refuse)
     second = run_bench(options, out, progress=False)
     assert calls == []
     assert [path.stat().st_mtime_ns for path in checkpoints] == mtimes

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lowbit.export.run import export_run
 from lowbit.train import TrainConfig, train
+from lowbit.workflow import export_run
 
 BASE = ("aa_red", "bb_green", "cc_blue")
 NOVEL = ("dd_yellow", "ee_cyan", "ff_magenta")

@@ -12,13 +12,13 @@ import torch
 from onnx import numpy_helper
 
 from lowbit.errors import ConfigError, VerifyError
-from lowbit.export.run import _splits_for
 from lowbit.fewshot import enroll_class, remove_class, runtime_features, save_images
 from lowbit.fewshot.enroll import append_class, drop_class
 from lowbit.models import build_model
 from lowbit.quant import get_recipe
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
+from lowbit.train.run import splits_for
 
 from .conftest import NOVEL
 
@@ -59,7 +59,7 @@ def test_linear_head_refuses_enrollment() -> None:
 
 def novel_images(run_dir, tmp_path, name: str, count: int = 5):
     _, record = load_run(run_dir)
-    splits = _splits_for(record)
+    splits = splits_for(record)
     x = splits.ood.x[splits.ood_types == list(splits.unknown_names).index(name)]
     return x[:count], save_images(x[:count], tmp_path / name)
 
@@ -104,7 +104,7 @@ def test_enroll_then_remove(copy_export, tmp_path) -> None:
     assert np.array_equal(logits.argmax(1), ort_logits.argmax(1))
 
     # the enrolled folder is a run: verify_run works from model.json's source_run
-    from lowbit.export.run import verify_run
+    from lowbit.workflow import verify_run
 
     report = verify_run(export, n=8, random=8, executors=("runtime",), progress=False)
     assert report["unexplained"] == 0

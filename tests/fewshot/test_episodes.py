@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.errors import ConfigError
-from lowbit.export.run import _splits_for
 from lowbit.fewshot import (
     episode_accuracies,
     evaluate_fewshot,
@@ -27,6 +26,7 @@ from lowbit.fewshot.features import l2_normalize
 from lowbit.quant.layers import fake_quant_rows
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
+from lowbit.train.run import splits_for
 
 from .conftest import NOVEL
 
@@ -116,7 +116,7 @@ def test_summary_by_hand() -> None:
 
 def test_integer_features_equal_fake_quant_codes(w2a2_run) -> None:
     model, record = load_run(w2a2_run)
-    x = _splits_for(record).ood.x
+    x = splits_for(record).ood.x
     fake = model_features(model, x)
     integer = runtime_features(Runtime(w2a2_run / "model.int.onnx"), x)
     assert fake.dtype == integer.dtype == np.int64
@@ -130,7 +130,7 @@ def test_integer_and_fake_quant_episodes_are_identical(w2a2_run) -> None:
     assert fake["results"] == integer["results"]  # exact float equality, every method and shot
     assert fake["novel_classes"] == list(NOVEL) and fake["way"] == 3
     model, record = load_run(w2a2_run)
-    splits = _splits_for(record)
+    splits = splits_for(record)
     per_episode = [
         episode_accuracies(
             features, splits.ood_types, way=3, shot=5, queries=5, episodes=40, method="imprint"

@@ -11,15 +11,15 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.errors import ConfigError, DataError, ModelFileError
-from lowbit.export.run import _splits_for
 from lowbit.fewshot import calibrate_threshold, load_images, ood_score, predict, save_images
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
+from lowbit.train.run import splits_for
 
 
 def val_images(run_dir, tmp_path):
     _, record = load_run(run_dir)
-    x = _splits_for(record).val.x
+    x = splits_for(record).val.x
     return x, save_images(x, tmp_path / "val")
 
 

@@ -1,4 +1,9 @@
-"""export_run / verify_run: the run-directory wrappers the CLI calls."""
+"""Run-directory workflows the CLI, the main job and the benchmarks call: export_run, verify_run.
+
+The orchestration layer above the stages (like cli.py and pipeline.py): it may import any stage,
+which no stage may do (DESIGN.md data flow): export_run calibrates the OOD threshold on the
+integer graph with the runtime, verify_run drives lowbit.verify.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,9 @@ import os
 from pathlib import Path
 
 from lowbit.export.api import export_model
+from lowbit.train.run import splits_for
 
 log = logging.getLogger(__name__)
-
-
-def _splits_for(record: dict):
-    from lowbit.data import load_splits
-
-    train = record.get("train", {})
-    return load_splits(
-        record.get("data", "builtin"),
-        image_size=record["model"]["image_size"],
-        crop=train.get("crop", True),
-        unknown=train.get("unknown"),
-        seed=record.get("seed", 0),
-    )
 
 
 def export_run(
@@ -40,7 +33,7 @@ def export_run(
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     model, record = load_run(run_dir)
-    splits = _splits_for(record)
+    splits = splits_for(record)
     # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
     ood = integer_calibration(splits.val.x, ood_score, tpr)
     description = export_model(
@@ -84,7 +77,7 @@ def verify_run(
     if n > 0:
         if data is not None:
             record = {**record, "data": data}
-        real = _splits_for(record).test.x
+        real = splits_for(record).test.x
     int_graph = load_graph(export_dir / "model.int.onnx") if ties else None
     inputs = build_inputs(
         description, real, n=n, random=random, ties=ties, seed=seed, int_graph=int_graph
