@@ -87,11 +87,16 @@ def _save_run(model, record: dict, run_dir: Path) -> None:
     import torch
 
     from lowbit.io import atomic_write_bytes
-    from lowbit.train.checkpoint import CHECKPOINT_NAME, runtime_stats_state
+    from lowbit.train.checkpoint import CHECKPOINT_NAME, model_identity, runtime_stats_state
     from lowbit.train.run import CONFIG_NAME, write_json
 
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "quant_state": runtime_stats_state(model)}, buffer)
+    checkpoint = {
+        "model": model.state_dict(),
+        "quant_state": runtime_stats_state(model),
+        "config": model_identity(model),  # load_run refuses it under another recipe
+    }
+    torch.save(checkpoint, buffer)
     atomic_write_bytes(run_dir / CHECKPOINT_NAME, buffer.getvalue())
     write_json(run_dir / CONFIG_NAME, record)
 

@@ -83,6 +83,8 @@ def test_enroll_then_remove(copy_export, tmp_path) -> None:
     assert report["verify"]["unexplained"] == 0 and report["verify"]["checked_values"] > 0
     assert json.loads((export / "verify.json").read_text())["unexplained"] == 0
     assert not (export / ".enroll-staging").exists()
+    saved = torch.load(export / "enrolled/001/checkpoint.pt", weights_only=True)
+    assert saved["config"]["model"]["num_classes"] == len(description["class_names"])
     assert (export / "enrolled/001/previous/model.json").read_text() == json.dumps(
         original, indent=2
     ) + "\n"
