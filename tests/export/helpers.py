@@ -102,6 +102,7 @@ def make_calibrated(
     *,
     seed: int = 0,
     steps: int = CALIBRATION_STEPS,
+    head: str = "cosine",
     **overrides: object,
 ) -> LowbitModel:
     """Returns a fresh eval-mode model with random BN whose activation scales saw random data."""
@@ -109,6 +110,7 @@ def make_calibrated(
     model = build_model(
         get_recipe(recipe, **overrides),
         backbone=backbone,
+        head=head,
         width=WIDTHS[backbone],
         image_size=IMAGE_SIZE,
         num_classes=NUM_CLASSES,

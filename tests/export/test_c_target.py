@@ -27,19 +27,13 @@ from lowbit.export.c_run import CFLAGS, CModel, compile_c_target, find_compiler
 from lowbit.export.c_target import C_DIR, file_names, generate_c, write_c_target
 from lowbit.export.c_templates import WEIGHT_READER
 from lowbit.export.targets import parse_targets, write_targets
-from lowbit.models import build_model
-from lowbit.quant import get_recipe
 from lowbit.runtime import Runtime
 
 from .helpers import (
-    CALIBRATION_STEPS,
     IMAGE_SIZE,
     NUM_CLASSES,
-    WIDTHS,
     calibrated,
-    perturb_batchnorm_stats,
-    plant_ties,
-    randomize_batchnorm_affine,
+    make_calibrated,
     sample_inputs,
 )
 
@@ -49,24 +43,7 @@ needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc
 
 def calibrated_linear(recipe: str, seed: int = 0, **overrides: object):
     """helpers.make_calibrated with a linear head."""
-    torch.manual_seed(seed)
-    model = build_model(
-        get_recipe(recipe, **overrides),
-        backbone="conv4",
-        head="linear",
-        width=WIDTHS["conv4"],
-        image_size=IMAGE_SIZE,
-        num_classes=NUM_CLASSES,
-    )
-    randomize_batchnorm_affine(model, seed)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(CALIBRATION_STEPS):
-            model(torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).clamp(-2, 2))
-    perturb_batchnorm_stats(model, seed)
-    plant_ties(model, seed)
-    return model.eval()
+    return make_calibrated(recipe, "conv4", seed=seed, head="linear", **overrides)
 
 
 MODELS = {
