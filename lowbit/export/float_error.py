@@ -16,38 +16,18 @@ from lowbit.models.layers import bn_affine
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
 
-def float_error_steps(
-    abs_bound: np.ndarray,
-    fan_in: int,
-    scale_in: torch.Tensor,
-    modules: list[nn.Module],
-    out_scale: float,
-) -> float:
-    """Returns a bound, in output quantization steps, on the float model's conv summation error.
-
-    With float (non-power-of-two) scales the float model's conv products and sums round: Higham's
-    bound for a length-n dot product in any summation order is |error| <= gamma_n * sum|x_i w_i|,
-    gamma_n = n*u / (1 - n*u), u = 2^-24. sum|x_i w_i| <= abs_bound_c * scale_in_c (the channel's
-    integer bound times its product scale), and BN multiplies the error by |slope_c|. Doubled as a
-    margin for the CPU kernel's blocked accumulation (still recursive sums of the same terms).
-    With power-of-two scales every product and partial sum is exact: the bound is 0.
-    """
-    n_u = (fan_in + 1) * FLOAT32_UNIT_ROUNDOFF
-    gamma = n_u / (1.0 - n_u)
-    magnitude = abs_bound.astype(np.float64) * scale_in.double().numpy()
-    for module in modules:
-        if isinstance(module, nn.BatchNorm2d):
-            magnitude = magnitude * np.abs(bn_affine(module)[0].double().numpy())
-    return float(2.0 * gamma * magnitude.max(initial=0.0) / out_scale)
-
-
 def float_error_per_unit(
     fan_in: int, scale_in: torch.Tensor, modules: list[nn.Module], out_scale: float
 ) -> list[float]:
     """Returns per channel the summation bound in output steps per unit of sum|x_code w_code|.
 
-    `verify` multiplies it by an element's own sum|x_code w_code| (from the integer runtime's
-    codes): the same Higham bound as `float_error_steps`, at that element instead of the worst.
+    With float (non-power-of-two) scales the float model's conv products and sums round: Higham's
+    bound for a length-n dot product in any summation order is |error| <= gamma_n * sum|x_i w_i|,
+    gamma_n = n*u / (1 - n*u), u = 2^-24; sum|x_i w_i| = sum|x_code w_code| * scale_in_c, and BN
+    multiplies the error by |slope_c|. Doubled as a margin for the CPU kernel's blocked
+    accumulation (still recursive sums of the same terms). `verify` multiplies it by an element's
+    own sum|x_code w_code| (from the integer runtime's codes); times the channel's largest such
+    sum it is the layer's worst case (`float_error_steps`).
     """
     n_u = (fan_in + 1) * FLOAT32_UNIT_ROUNDOFF
     unit = 2.0 * n_u / (1.0 - n_u) * scale_in.double().numpy() / out_scale

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError
-from lowbit.export.float_error import float_error_per_unit, float_error_steps
+from lowbit.export.float_error import float_error_per_unit
 from lowbit.export.graph import (
     DOUBLE,
     FLOAT,
@@ -135,14 +135,13 @@ class Lowering:
             exact = self.model.recipe.pow2_scales
             abs_bound = np.abs(flat).sum(axis=1) * max(abs(inp.lo), abs(inp.hi))  # sum|x w|
             fan_in = flat.shape[1]
-            record["float_error_steps"] = (
-                0.0 if exact else float_error_steps(abs_bound, fan_in, scale_in, modules, out_scale)
-            )
-            record["float_error_per_unit"] = (
-                [0.0] * channels
+            units = (
+                np.zeros(channels)
                 if exact
-                else float_error_per_unit(fan_in, scale_in, modules, out_scale)
+                else np.array(float_error_per_unit(fan_in, scale_in, modules, out_scale))
             )
+            record["float_error_per_unit"] = [float(unit) for unit in units]
+            record["float_error_steps"] = float((units * abs_bound).max(initial=0.0))
             w = w * result.sign.reshape(-1, 1, 1, 1)
             kernel = list(w.shape[2:])
             pad = kernel[0] // 2
