@@ -18,7 +18,12 @@ from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_la
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
 from lowbit.verify.compare import compare_codes, compare_tail, tail_tolerance
 from lowbit.verify.inputs import random_inputs, tie_inputs
-from lowbit.verify.summation import conv_sources, element_bounds, linear_tail_tolerance
+from lowbit.verify.summation import (
+    conv_sources,
+    element_bounds,
+    linear_head,
+    linear_tail_tolerance,
+)
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("runtime", "qcdq", "qonnx")
@@ -147,7 +152,8 @@ def verify_export(
     error_steps = {
         layer["name"]: float(layer.get("float_error_steps", 0.0)) for layer in description["layers"]
     }
-    sources = conv_sources(graphs["int"])
+    sources = conv_sources(graphs["int"], description["layers"])
+    linear = linear_head(graphs["int"])
     totals: dict[tuple[str, str], dict] = {}
     tails: dict[str, dict] = {}
     first = None
@@ -166,8 +172,8 @@ def verify_export(
         if "runtime" in executors:
             tensors = runtime.run(x, keep_intermediates=True)
             runs["runtime"] = runtime_codes(tensors, names)
-            bounds.update(element_bounds(description["layers"], sources, tensors))
-            linear_bound = linear_tail_tolerance(graphs["int"], tensors, tolerance)
+            bounds.update(element_bounds(sources, tensors))
+            linear_bound = linear_tail_tolerance(linear, tensors, tolerance)
             for code, (acc, thresholds) in steps.items():
                 on_threshold[code] += threshold_hits(tensors[acc], thresholds)
         if "qcdq" in executors:
@@ -177,7 +183,7 @@ def verify_export(
         if "qonnx" in executors:
             runs["qonnx"] = qonnx_codes(graphs["qonnx"], x, names)
         for executor, (codes, logits) in runs.items():
-            rows, mismatch = compare_codes(ref, pre, codes, executor, bounds)
+            rows, mismatch, differs = compare_codes(ref, pre, codes, executor, bounds)
             first = first or mismatch
             for row in rows:
                 key = (executor, row["tensor"])
@@ -186,10 +192,6 @@ def verify_export(
                 )
                 for field in ("checked_values", "mismatches", "unexplained"):
                     total[field] += row[field]
-            differs = np.zeros(len(x), dtype=bool)
-            for name, expected in ref.items():
-                if name in codes and codes[name].shape == expected.shape:
-                    differs |= (codes[name] != expected).reshape(len(x), -1).any(axis=1)
             stated = tolerance if linear_bound is None else linear_bound
             tail = compare_tail(ref_logits, logits, stated, skip=differs)
             seen = tails.setdefault(

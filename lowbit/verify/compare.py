@@ -44,8 +44,8 @@ def compare_codes(
     candidate: dict[str, np.ndarray],
     executor: str,
     error_steps: dict[str, float | Callable[[np.ndarray], np.ndarray]] | None = None,
-) -> tuple[list[dict], dict | None]:
-    """Returns (per-layer rows, first mismatch or None) of `candidate` against `reference`.
+) -> tuple[list[dict], dict | None, np.ndarray | None]:
+    """Returns (per-layer rows, first mismatch or None, per-sample "some code differs").
 
     `reference` is in data-flow order (the torch forward order). A mismatch is explained when
     its pre-rounding value is near a tie (EXPLAINED_ULPS, or the tensor's float summation bound
@@ -109,7 +109,7 @@ def compare_codes(
                 "unexplained": unexplained,
             }
         )
-    return rows, first
+    return rows, first, inherited  # None: nothing differs
 
 
 def compare_tail(

@@ -24,8 +24,18 @@ def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == name), default)
 
 
-def conv_sources(graph: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray, int, int]]:
-    """Returns code tensor -> (conv input tensor, |weight codes| [C, Cin, k, k], pad, stride)."""
+def conv_sources(
+    graph: onnx.ModelProto, layers: list[dict]
+) -> dict[str, tuple[str, np.ndarray, int, int, np.ndarray]]:
+    """Returns code tensor -> (conv input, |weight codes|, pad, stride, per-channel units).
+
+    Only layers with a non-zero `float_error_per_unit` (model.json) are listed: with
+    power-of-two scales the map is empty and `element_bounds` does nothing.
+    """
+    units = {
+        layer["name"]: np.asarray(layer.get("float_error_per_unit") or [0.0], dtype=np.float64)
+        for layer in layers
+    }
     inits = {init.name: init for init in graph.graph.initializer}
     producers = {node.output[0]: node for node in graph.graph.node}
     sources = {}
@@ -33,31 +43,37 @@ def conv_sources(graph: onnx.ModelProto) -> dict[str, tuple[str, np.ndarray, int
         node = producers.get(acc)
         if node is None or node.op_type != "ConvInteger" or node.input[1] not in inits:
             continue
+        if code not in units or not units[code].any():
+            continue
         weights = np.abs(numpy_helper.to_array(inits[node.input[1]]).astype(np.int64))
         pad = _ints(node, "pads", [0])[0]
         stride = _ints(node, "strides", [1])[0]
-        sources[code] = (node.input[0], weights, pad, stride)
+        sources[code] = (node.input[0], weights, pad, stride, units[code])
     return sources
 
 
-def element_bounds(
-    layers: list[dict], sources: dict, tensors: dict[str, np.ndarray]
-) -> dict[str, Bound]:
-    """Returns code tensor -> bound(index [K, 4]) in output steps, for this batch's tensors."""
+def element_bounds(sources: dict, tensors: dict[str, np.ndarray]) -> dict[str, Bound]:
+    """Returns code tensor -> bound(index [K, 4]) in output steps, for this batch's tensors.
+
+    A bound reads its mismatching elements' receptive fields only when called (a mismatch).
+    """
     bounds = {}
-    for layer in layers:
-        units = np.asarray(layer.get("float_error_per_unit") or [0.0], dtype=np.float64)
-        name = layer["name"]
-        if not units.any() or name not in sources or sources[name][0] not in tensors:
+    for name, (source, weights, pad, stride, units) in sources.items():
+        if source not in tensors:
             continue
-        source, weights, pad, stride = sources[name]
-        codes = np.abs(tensors[source].astype(np.int64))
-        padded = np.pad(codes, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        size = weights.shape[2]
 
         def bound(
-            index: np.ndarray, padded=padded, weights=weights, units=units, stride=stride, size=size
+            index: np.ndarray,
+            codes=tensors[source],
+            weights=weights,
+            pad=pad,
+            stride=stride,
+            units=units,
         ) -> np.ndarray:
+            size = weights.shape[2]
+            padded = np.pad(
+                np.abs(codes.astype(np.int64)), ((0, 0), (0, 0), (pad,) * 2, (pad,) * 2)
+            )
             sums = np.array(
                 [
                     (
@@ -74,8 +90,20 @@ def element_bounds(
     return bounds
 
 
+def linear_head(graph: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """Returns (|class weight codes| [F, K], tail factor [K]) of a linear head, else None."""
+    inits = {init.name: init for init in graph.graph.initializer}
+    names = ("head.weight_codes", "head.tail_factor")
+    if any(name not in inits for name in names):
+        return None
+    if any(node.op_type == "Sqrt" for node in graph.graph.node):  # the cosine head
+        return None
+    weights = np.abs(numpy_helper.to_array(inits[names[0]]).astype(np.float64))
+    return weights, numpy_helper.to_array(inits[names[1]]).astype(np.float64)
+
+
 def linear_tail_tolerance(
-    graph: onnx.ModelProto, tensors: dict[str, np.ndarray], base: float
+    head: tuple[np.ndarray, np.ndarray] | None, tensors: dict[str, np.ndarray], base: float
 ) -> np.ndarray | None:
     """Returns per sample and class the linear head's stated tolerance, or None (no such head).
 
@@ -84,16 +112,10 @@ def linear_tail_tolerance(
     integer graph; one more rounding of the float32 result adds 2^-24 * |logit|. With
     power-of-two scales torch's sums are exact and the bound is only looser than needed.
     """
-    inits = {init.name: init for init in graph.graph.initializer}
-    names = ("head.weight_codes", "head.tail_factor")
-    if any(name not in inits for name in names) or "head.features" not in tensors:
+    if head is None or "head.features" not in tensors:
         return None
-    if any(node.op_type == "Sqrt" for node in graph.graph.node):  # the cosine head: `base`
-        return None
-    weights = np.abs(numpy_helper.to_array(inits[names[0]]).astype(np.float64))
-    factor = numpy_helper.to_array(inits[names[1]]).astype(np.float64)
+    weights, factor = head
     features = np.abs(tensors["head.features"].astype(np.float64))
-    fan_in = weights.shape[0]
-    n_u = (fan_in + 1) * 2.0**-24
+    n_u = (weights.shape[0] + 1) * 2.0**-24
     magnitude = (features @ weights) * factor
     return 2.0 * n_u / (1.0 - n_u) * magnitude + 2.0**-23 * magnitude + base

@@ -148,12 +148,12 @@ def test_float_scales_mismatches_are_explained(recipe: str, backbone: str) -> No
     codes, pre, _ = torch_codes(model, x)
     run = run_int_graph(graph, x)
     candidate = {name: run[name].astype(np.int64) for name in codes}
-    rows, _ = compare_codes(codes, pre, candidate, "int", bounds)
+    rows, _, _ = compare_codes(codes, pre, candidate, "int", bounds)
     assert sum(row["unexplained"] for row in rows) == 0, [r for r in rows if r["mismatches"]]
     # per element (verify's rule): each mismatch's own sum|x w|, tighter than the worst case
-    tight = element_bounds(layers, conv_sources(graph), run)
+    tight = element_bounds(conv_sources(graph, layers), run)
     assert set(tight) == {layer["name"] for layer in layers if layer["kind"] == "conv"}
-    rows, _ = compare_codes(codes, pre, candidate, "int", tight)
+    rows, _, _ = compare_codes(codes, pre, candidate, "int", tight)
     assert len(rows) == CODE_TENSORS[backbone]
     assert sum(row["unexplained"] for row in rows) == 0, [r for r in rows if r["mismatches"]]
     checked = sum(row["checked_values"] for row in rows)

@@ -202,30 +202,30 @@ def test_compare_codes_exact_and_classified() -> None:
     b_codes, b_pre = codes_and_pre((3, 2, 4, 4), seed=1)
     reference = {"a": a_codes, "b": b_codes}
     pre = {"a": a_pre, "b": b_pre}
-    rows, first = compare_codes(reference, pre, {"a": a_codes.copy(), "b": b_codes.copy()}, "x")
+    rows, first, _ = compare_codes(reference, pre, {"a": a_codes.copy(), "b": b_codes.copy()}, "x")
     assert first is None and [r["mismatches"] for r in rows] == [0, 0]
     # a mismatch whose pre-rounding value sits on a tie: explained
     near = {"a": a_codes.copy(), "b": b_codes.copy()}
     pre["a"][1, 1, 2, 3] = np.float32(2.5)
     near["a"][1, 1, 2, 3] = 3 if reference["a"][1, 1, 2, 3] == 2 else 2
     reference["a"][1, 1, 2, 3] = 2 if near["a"][1, 1, 2, 3] == 3 else 3
-    rows, first = compare_codes(reference, pre, near, "x")
+    rows, first, _ = compare_codes(reference, pre, near, "x")
     assert (rows[0]["mismatches"], rows[0]["unexplained"]) == (1, 0)
     assert first["tensor"] == "a" and first["index"] == [1, 1, 2, 3] and first["channel"] == 1
     assert first["distance_ulps"] == 0.0
     # in tensor b, the same image mismatching far from a tie: inherited from a, explained
     near["b"][1, 0, 0, 0] += 1
-    rows, _ = compare_codes(reference, pre, near, "x")
+    rows, _, _ = compare_codes(reference, pre, near, "x")
     assert (rows[1]["mismatches"], rows[1]["unexplained"]) == (1, 0)
     # another image mismatching far from a tie, with nothing upstream: unexplained
     near["b"][2, 0, 0, 0] += 1
-    rows, _ = compare_codes(reference, pre, near, "x")
+    rows, _, _ = compare_codes(reference, pre, near, "x")
     assert (rows[1]["mismatches"], rows[1]["unexplained"]) == (2, 1)
 
 
 def test_compare_codes_shape_mismatch_is_unexplained() -> None:
     codes, pre = codes_and_pre((2, 3))
-    rows, _ = compare_codes({"a": codes}, {"a": pre}, {"a": codes[:1]}, "x")
+    rows, _, _ = compare_codes({"a": codes}, {"a": pre}, {"a": codes[:1]}, "x")
     assert rows[0]["unexplained"] == codes.size and "shape" in rows[0]["error"]
 
 
@@ -236,13 +236,13 @@ def test_compare_codes_float_summation_bound() -> None:
     codes[0, 1, 1, 1] = 4
     moved = codes.copy()
     moved[0, 1, 1, 1] = 5
-    rows, first = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x")
+    rows, first, _ = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x")
     assert (rows[0]["mismatches"], rows[0]["unexplained"]) == (1, 1)
     assert abs(first["distance_steps"] - 0.01) < 1e-6  # float32 4.49 is 4.4899998...
-    rows, first = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.02})
+    rows, first, _ = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.02})
     assert (rows[0]["mismatches"], rows[0]["unexplained"]) == (1, 0)
     assert first["float_error_steps"] == 0.02
-    rows, _ = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.005})
+    rows, _, _ = compare_codes({"a": codes}, {"a": pre}, {"a": moved}, "x", {"a": 0.005})
     assert rows[0]["unexplained"] == 1
 
 
@@ -291,7 +291,7 @@ def test_float_scale_linear_head_tail_within_its_stated_bound(tmp_path) -> None:
     from lowbit.models import build_model
     from lowbit.quant import get_recipe
     from lowbit.runtime import Runtime
-    from lowbit.verify.summation import linear_tail_tolerance
+    from lowbit.verify.summation import linear_head, linear_tail_tolerance
 
     torch.manual_seed(0)
     model = build_model(
@@ -314,13 +314,13 @@ def test_float_scale_linear_head_tail_within_its_stated_bound(tmp_path) -> None:
     assert report["unexplained"] == 0, report["first_mismatch"]
     graph = load_graph(tmp_path / GRAPH_FILES["int"])
     tensors = Runtime(graph).run(inputs["random"], keep_intermediates=True)
-    bound = linear_tail_tolerance(graph, tensors, 0.0)
+    bound = linear_tail_tolerance(linear_head(graph), tensors, 0.0)
     assert bound.shape == tensors["logits"].shape and np.all(bound > 0)
     # far below the logits themselves: a tolerance that could hide a wrong class dot product
     # (one weight code off changes a logit by tail_factor * |f|) would be useless
     assert np.median(bound / np.maximum(np.abs(tensors["logits"]), 1e-6)) < 1e-3
     cosine = load_graph(_cosine_export(tmp_path / "cos") / GRAPH_FILES["int"])
-    assert linear_tail_tolerance(cosine, tensors, 0.0) is None
+    assert linear_tail_tolerance(linear_head(cosine), tensors, 0.0) is None
 
 
 def _cosine_export(out):
