@@ -27,11 +27,15 @@ def threshold_layers(graph: onnx.ModelProto) -> list[tuple[str, str, np.ndarray]
     inits = {init.name: init for init in graph.graph.initializer}
     layers = []
     producers = {out: node for node in graph.graph.node for out in node.output}
+    consumers = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node)  # the first reader
     for node in graph.graph.node:
         if node.op_type != "MultiThreshold" or node.input[1] not in inits:
             continue
         code = node.output[0]
-        consumer = next((n for n in graph.graph.node if code in n.input), None)
+        consumer = consumers.get(code)
         if consumer is not None and consumer.op_type == "Cast":
             code = consumer.output[0]
         accumulator = node.input[0]
@@ -60,11 +64,9 @@ def _first_conv(graph: onnx.ModelProto, input_codes: str):
     return None, None
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return list(attribute.ints)
-    return default
+def ints_attribute(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    """Returns the node's integer-list attribute `name`, or `default`."""
+    return next((list(a.ints) for a in node.attribute if a.name == name), default)
 
 
 def _bezout(a: int, b: int) -> tuple[int, int, int]:
@@ -125,8 +127,8 @@ def boundary_inputs(
     codes = codes.astype(np.int64)
     runtime = Runtime(graph)
     acc = runtime.run((codes * input_scale).astype(np.float32), keep_intermediates=True)[acc_name]
-    pads = _attribute(node, "pads", [0, 0, 0, 0])
-    strides = _attribute(node, "strides", [1, 1])
+    pads = ints_attribute(node, "pads", [0, 0, 0, 0])
+    strides = ints_attribute(node, "strides", [1, 1])
     _, _, kernel_h, kernel_w = weights.shape
     height, width = codes.shape[2:]
     targets = np.zeros((count, 3), dtype=np.int64)

@@ -15,13 +15,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lowbit.verify.boundary import threshold_layers
+from lowbit.verify.boundary import ints_attribute, threshold_layers
 
 Bound = Callable[[np.ndarray], np.ndarray]
-
-
-def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == name), default)
 
 
 def conv_sources(
@@ -46,8 +42,8 @@ def conv_sources(
         if code not in units or not units[code].any():
             continue
         weights = np.abs(numpy_helper.to_array(inits[node.input[1]]).astype(np.int64))
-        pad = _ints(node, "pads", [0])[0]
-        stride = _ints(node, "strides", [1])[0]
+        pad = ints_attribute(node, "pads", [0])[0]
+        stride = ints_attribute(node, "strides", [1])[0]
         sources[code] = (node.input[0], weights, pad, stride, units[code])
     return sources
 
