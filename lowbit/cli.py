@@ -39,7 +39,8 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
 def cmd_data_make(args: argparse.Namespace) -> dict:
     from lowbit.data import write_mvtec
 
-    root = write_mvtec(Path(args.out), seed=args.seed, per_class=args.per_class)
+    per_class = {} if args.per_class is None else {"per_class": args.per_class}
+    root = write_mvtec(Path(args.out), seed=args.seed, **per_class)
     return {"out": str(root)}
 
 
@@ -279,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     make = data_sub.add_parser("make", help="write the built-in defect set in MVTec AD layout")
     make.add_argument("--out", required=True)
     make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--per-class", type=int, default=120)
+    make.add_argument(
+        "--per-class", type=int, default=None, help="images per defect type (default 600)"
+    )
     make.set_defaults(func=cmd_data_make)
 
     train = sub.add_parser("train", help="quantization-aware training into a run directory")

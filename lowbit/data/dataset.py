@@ -175,7 +175,7 @@ def load_splits(
 
     `unknown` names the classes held out as OOD (default: BUILTIN_UNKNOWN for "builtin", none
     for a folder; a comma-separated string is accepted). `per_class` is the number of
-    generated samples per class for "builtin" (default 120) and a cap for a folder.
+    generated samples per class for "builtin" (default DEFAULT_PER_CLASS, 600) and a cap for a folder.
     `prefix_category` names MVTec AD classes "<category>/<defect>" instead of "<defect>".
     """
     _check_options(image_size, val_fraction, test_fraction, per_class)
