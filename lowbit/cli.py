@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="recipe sweep: train, export, verify, measure, report")
     bench.add_argument("--data", default="builtin", help="'builtin' or a data folder")
-    bench.add_argument("--recipes", default="fp32,w8a8,w4a4,w2a4,w2a2,w1a2,w1a1")
+    bench.add_argument(
+        "--recipes", default="fp32,w8a8,w4a4,w2a4,w2a2,w1a2,w1a1", help="comma-separated recipes"
+    )
     bench.add_argument("--heads", default="cosine", help="cosine,linear")
     bench.add_argument("--losses", default="logitnorm", help="ce,logitnorm")
     bench.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
@@ -342,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-n", type=int, default=None, help="real and random verify inputs (default 1000)"
     )
     bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
-    bench.add_argument("--out", default="runs/bench")
+    bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")
     bench.set_defaults(func=cmd_bench)
 
     infer = sub.add_parser("infer", help="run model.int.onnx on a .npy input with the runtime")
