@@ -92,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from lowbit.train.run import splits_for
 
     model, record = load_run(Path(args.run_dir))
-    return evaluate(model, splits_for(record))
+    return evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"))
 
 
 def cmd_export(args: argparse.Namespace) -> dict:

@@ -18,12 +18,17 @@ def train_or_reuse(config, run_dir: Path, progress: bool = True, *, splits=None)
     """Returns run_dir's metrics: reused when finished with this config, else trained (resumed
     from its checkpoint when one exists). `splits` replaces loading config.data."""
     from lowbit.train import train
+    from lowbit.train.loop import load_data
+    from lowbit.train.run import check_same_data
 
     metrics_path = run_dir / "metrics.json"
     config_path = run_dir / "config.json"
     if metrics_path.is_file() and config_path.is_file():
-        saved = json.loads(config_path.read_text()).get("train", {})
-        if saved == config.resolved().to_dict():
+        record = json.loads(config_path.read_text())
+        if record.get("train", {}) == config.resolved().to_dict():
+            if record.get("data_fingerprint") is not None:  # the same config on other data: stop
+                splits = splits if splits is not None else load_data(config.resolved())
+                check_same_data(record, splits, config_path)
             log.info("reusing finished run %s", run_dir)
             return json.loads(metrics_path.read_text())
     resume = (run_dir / "checkpoint.pt").is_file() and config_path.is_file()

@@ -33,7 +33,7 @@ def export_run(
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     model, record = load_run(run_dir)
-    splits = splits_for(record)
+    splits = splits_for(record, run_dir / "config.json")
     # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
     ood = integer_calibration(splits.val.x, ood_score, tpr)
     description = export_model(
@@ -75,9 +75,9 @@ def verify_run(
     model, record = load_run(run_dir)
     real = None
     if n > 0:
-        if data is not None:
-            record = {**record, "data": data}
-        real = splits_for(record).test.x
+        if data is not None:  # other data than the run's own: nothing to match
+            record = {**record, "data": data, "data_fingerprint": None}
+        real = splits_for(record, run_dir / "config.json").test.x
     int_graph = load_graph(export_dir / "model.int.onnx") if ties else None
     inputs = build_inputs(
         description, real, n=n, random=random, ties=ties, seed=seed, int_graph=int_graph

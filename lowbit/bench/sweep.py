@@ -130,14 +130,18 @@ def train_config(options: BenchOptions, config: dict, out: Path):
     )
 
 
-def is_finished(run_dir: Path, train_cfg) -> bool:
-    """True when the run holds metrics.json for `train_cfg` and (quantized) verify.json."""
+def is_finished(run_dir: Path, train_cfg, splits) -> bool:
+    """True when the run holds metrics.json for `train_cfg` and (quantized) verify.json;
+    ConfigError when it was trained with this config on other data than `splits`."""
+    from lowbit.train.run import check_same_data
+
     config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
     if not (config_path.is_file() and metrics_path.is_file()):
         return False
-    saved = json.loads(config_path.read_text()).get("train", {})
-    if saved != train_cfg.resolved().to_dict():
+    record = json.loads(config_path.read_text())
+    if record.get("train", {}) != train_cfg.resolved().to_dict():
         return False
+    check_same_data(record, splits, config_path)
     return train_cfg.recipe == "fp32" or (run_dir / "verify.json").is_file()
 
 
@@ -167,7 +171,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
 
     run_dir = run_dir_of(out, config)
     cfg = train_config(options, config, out)
-    finished = is_finished(run_dir, cfg)
+    finished = is_finished(run_dir, cfg, splits)
     if finished and (row := _cached_row(run_dir, options)) is not None:
         return {**row, "reused": True}
     start = time.perf_counter()

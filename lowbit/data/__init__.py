@@ -3,7 +3,7 @@
 `load_splits(source)` is the entry point; the rest is public for tests, tools and the CLI.
 """
 
-from lowbit.data.dataset import Splits, load_splits, split_indices
+from lowbit.data.dataset import Splits, load_splits, split_indices, splits_fingerprint
 from lowbit.data.images import MAX_PIXELS, read_image, read_mask
 from lowbit.data.loaders import Record, detect_layout, load_folder, scan
 from lowbit.data.preprocess import NORMALIZATION, crop_to_mask, prepare_images, to_tensor_array
@@ -42,6 +42,7 @@ __all__ = [
     "read_mask",
     "scan",
     "split_indices",
+    "splits_fingerprint",
     "to_tensor_array",
     "write_mvtec",
 ]

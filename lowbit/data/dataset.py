@@ -6,6 +6,8 @@ Known classes are split per class (stratified) with a seeded permutation; held-o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,24 @@ class Splits:
     unknown_names: tuple[str, ...]
     ood_types: np.ndarray
     image_size: int
+
+
+def splits_fingerprint(splits) -> str:
+    """Returns a sha256 hex digest of every image, label and class name of `splits`.
+
+    config.json records it, so a run is never reused, resumed or evaluated on data other than
+    its own: another lowbit version's built-in set, or a folder whose files changed.
+    """
+    digest = hashlib.sha256()
+    names = (tuple(splits.class_names), tuple(getattr(splits, "unknown_names", ()) or ()))
+    digest.update(json.dumps(names).encode())
+    for part in ("train", "val", "test", "ood"):
+        arrays = getattr(splits, part, None)
+        for array in () if arrays is None else (arrays.x, arrays.y):
+            array = np.asarray(array)
+            digest.update(f"{part}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def split_indices(
@@ -175,7 +195,8 @@ def load_splits(
 
     `unknown` names the classes held out as OOD (default: BUILTIN_UNKNOWN for "builtin", none
     for a folder; a comma-separated string is accepted). `per_class` is the number of
-    generated samples per class for "builtin" (default DEFAULT_PER_CLASS, 600) and a cap for a folder.
+    generated samples per class for "builtin" (default DEFAULT_PER_CLASS, 600) and a cap for
+    a folder.
     `prefix_category` names MVTec AD classes "<category>/<defect>" instead of "<defect>".
     """
     _check_options(image_size, val_fraction, test_fraction, per_class)

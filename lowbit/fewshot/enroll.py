@@ -153,7 +153,8 @@ def _rebuild(
     record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
     (staging / slot).mkdir(parents=True)
     _save_run(model, record, staging / slot)
-    splits = splits_for(read_json(staging / slot / "config.json"))
+    config_path = staging / slot / "config.json"
+    splits = splits_for(read_json(config_path), config_path)
     ood = description.get("ood") or {}
     old_graph = onnx.load(str(export_dir / description["files"]["int"]))
     new_description = export_model(

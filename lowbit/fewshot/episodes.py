@@ -148,7 +148,7 @@ def novel_pool(run_dir: Path, record: dict, way: int) -> tuple[list[str], np.nda
             f"{novel}, {way}-way episodes need {way}; use {hint}train with "
             "`--unknown a,b,c,d,e` to hold out more"
         )
-    splits = splits_for(record)
+    splits = splits_for(record, run_dir / "config.json")
     return novel, splits.ood.x, np.asarray(splits.ood_types, dtype=np.int64)
 
 

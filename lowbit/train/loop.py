@@ -39,6 +39,7 @@ from lowbit.train.losses import make_loss, with_distillation
 from lowbit.train.run import (
     CONFIG_NAME,
     METRICS_NAME,
+    check_same_data,
     check_version,
     read_json,
     run_record,
@@ -221,7 +222,7 @@ def _check_splits(splits, config: TrainConfig) -> None:
         )
 
 
-def _resume(run_dir: Path, config: TrainConfig, model: nn.Module) -> dict | None:
+def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, splits) -> dict | None:
     """Loads run_dir's checkpoint into `model`; returns it, or None to start from epoch 0.
 
     A run killed before its first checkpoint resumes from the beginning: that is exactly what
@@ -242,6 +243,7 @@ def _resume(run_dir: Path, config: TrainConfig, model: nn.Module) -> dict | None
         raise ConfigError(
             f"{run_dir / CONFIG_NAME}: resume needs the same config; differs in {changed}"
         )
+    check_same_data(record, splits, run_dir / CONFIG_NAME)
     if not path.is_file():
         logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
         return None
@@ -281,7 +283,7 @@ def train(
         cosine_scale=config.cosine_scale,
     )
     model = build_model(recipe, model_config)
-    checkpoint = _resume(run_dir, config, model) if resume else None
+    checkpoint = _resume(run_dir, config, model, splits) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     removed = world.on_main(remove_stale_temps, run_dir)  # a killed run's half-written temp files
     if removed:
@@ -299,8 +301,16 @@ def train(
         if config.init is not None:
             init_from_run(model, Path(config.init))
         unknown_names = list(getattr(splits, "unknown_names", []) or [])
+        from lowbit.data import splits_fingerprint  # heavy: imported when a run starts
+
         record = run_record(
-            config, recipe, model_config, splits.class_names, unknown_names, config.data
+            config,
+            recipe,
+            model_config,
+            splits.class_names,
+            unknown_names,
+            config.data,
+            splits_fingerprint(splits),
         )
         world.on_main(write_json, run_dir / CONFIG_NAME, record)
     data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))

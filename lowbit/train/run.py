@@ -59,6 +59,7 @@ def run_record(
     class_names: Sequence[str],
     unknown_names: Sequence[str],
     data_source: str,
+    data_fingerprint: str | None = None,
 ) -> dict:
     """Returns the contents of config.json: everything needed to rebuild and explain the run."""
     return {
@@ -68,6 +69,7 @@ def run_record(
         "class_names": list(class_names),
         "unknown_names": list(unknown_names),
         "data": data_source,
+        "data_fingerprint": data_fingerprint,  # lowbit.data.splits_fingerprint of its splits
         "seed": config.seed,
         "versions": versions(),
     }
@@ -111,15 +113,34 @@ def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
     return model, record
 
 
-def splits_for(record: dict):
-    """Returns the data splits a run was trained on, rebuilt from its config.json record."""
+def check_same_data(record: dict, splits, where: Path | str) -> None:
+    """Raises ConfigError when `splits` are not the data the run of `record` was trained on.
+
+    Runs written before config.json held a data_fingerprint cannot be checked and pass.
+    """
+    from lowbit.data import splits_fingerprint
+
+    saved = record.get("data_fingerprint")
+    if saved is not None and saved != splits_fingerprint(splits):
+        raise ConfigError(
+            f"{where}: data {record.get('data', 'builtin')!r} differ from the data this run was "
+            "trained on (data_fingerprint): another lowbit version's built-in set, or files "
+            "added, removed or changed in the folder; retrain into a new run directory"
+        )
+
+
+def splits_for(record: dict, where: Path | str = CONFIG_NAME):
+    """Returns the data splits a run was trained on, rebuilt from its config.json record;
+    ConfigError (naming `where`) when the data no longer match the run's data_fingerprint."""
     from lowbit.data import load_splits
 
     train = record.get("train", {})
-    return load_splits(
+    splits = load_splits(
         record.get("data", "builtin"),
         image_size=record["model"]["image_size"],
         crop=train.get("crop", True),
         unknown=train.get("unknown"),
         seed=record.get("seed", 0),
     )
+    check_same_data(record, splits, where)
+    return splits

@@ -6,12 +6,16 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
+import lowbit.data
 import lowbit.train
 import lowbit.workflow
 from lowbit.bench import run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION
 from lowbit.bench.sweep import run_dir_of
 from lowbit.cli import build_parser, cmd_bench
+from lowbit.errors import ConfigError
 
 ROW_KEYS = {
     "recipe", "head", "loss", "seed", "run_dir", "accuracy", "val_accuracy", "ood", "roc",
@@ -116,3 +120,19 @@ def test_partial_run_resumes_from_its_checkpoint(tiny_sweep, monkeypatch):
     assert calls == [("w1a2", True)]
     assert (w1a2 / "verify.json").is_file()
     assert [row["reused"] for row in results["rows"]] == [True, False]
+
+
+def test_finished_runs_on_changed_data_stop_the_sweep(tiny_sweep, monkeypatch):
+    """The same configs on data that changed since: one ConfigError, nothing retrained."""
+    options, out, _ = tiny_sweep
+    real = lowbit.data.load_splits
+
+    def changed(*args, **kwargs):
+        splits = real(*args, **kwargs)
+        splits.test.x[0, 0, 0, 0] += 1.0  # one pixel of one test image
+        return splits
+
+    monkeypatch.setattr(lowbit.data, "load_splits", changed)
+    monkeypatch.setattr(lowbit.train, "train", None)  # calling it would fail differently
+    with pytest.raises(ConfigError, match=r"fp32_pretrain/config\.json: data .* differ"):
+        run_bench(options, out, progress=False)
