@@ -21,6 +21,11 @@ import torch.nn.functional as F
 #   fp32 from scratch, 15 ep acc                0.715         0.833  0.826
 # OOD separation is weak for every setting (MSP AUROC 0.53-0.66) and its differences are within
 # noise, so accuracy decides: 1.0 is never worse than noise and small tau costs up to 0.15.
+# Re-measured on the larger built-in set (600 images per type; fp32 from scratch, 15 epochs,
+# seed 0; test accuracy, MSP FPR95 / AUROC against the 1,200 unknown-type images):
+#   tau 0.1: 0.928, 0.883 / 0.715    tau 1.0: 0.950, 0.775 / 0.813    ce: 0.943, 0.676 / 0.874
+# A smaller tau makes unknown-type detection worse with the cosine head, not better: dividing by
+# the logit norm discards |cos|, the magnitude MSP separates on (README, Results).
 DEFAULT_TAU = 1.0
 LOGITNORM_EPS = 1e-7
 
