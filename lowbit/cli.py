@@ -62,6 +62,7 @@ def _train_config(args: argparse.Namespace, **changes: object):
         data=args.data,
         image_size=args.image_size,
         crop=not args.no_crop,
+        per_class=args.per_class,
         unknown=_csv(args.unknown),
         init=args.init,
         teacher=args.teacher,
@@ -158,11 +159,13 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         verify_n=args.verify_n,
         unknown=_csv(args.unknown),
+        per_class=args.per_class,
         quick=args.quick,
     )
     given = {"--data": args.data, "--recipes": args.recipes, "--heads": args.heads,
              "--losses": args.losses, "--seeds": args.seeds, "--unknown": args.unknown,
-             "--epochs": args.epochs, "--verify-n": args.verify_n, "--out": args.out}  # fmt: skip
+             "--epochs": args.epochs, "--verify-n": args.verify_n, "--per-class": args.per_class,
+             "--out": args.out}  # fmt: skip
     command = " ".join(
         ["lowbit bench", *[f"{k} {v}" for k, v in given.items() if v is not None]]
         + ["--quick"] * args.quick
@@ -251,6 +254,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="builtin", help="'builtin' or a data folder")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--no-crop", action="store_true", help="use whole images, not mask crops")
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="images per class: built-in data generates N (default 600), a folder is capped at N",
+    )
     parser.add_argument(
         "--unknown", default=None, help="classes held out as unknown, comma-separated"
     )
@@ -342,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=None, help="default 15 (1 with --quick)")
     bench.add_argument(
         "--verify-n", type=int, default=None, help="real and random verify inputs (default 1000)"
+    )
+    bench.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="images per class (built-in: default 600, 120 with --quick; folder: a cap)",
     )
     bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
     bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")

@@ -47,7 +47,7 @@ def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> di
     fp32_epochs, qat_epochs = (1, 1) if quick else (FP32_EPOCHS, QAT_EPOCHS)
     common = dict(backbone="conv4", head="cosine", loss="logitnorm", seed=0, data="builtin")
     if quick:
-        common["width"] = 16
+        common.update(width=16, per_class=120)
     fp32_dir, qat_dir = out / "fp32", out / "w1a2"
     fp32 = _train_or_reuse(
         TrainConfig(recipe="fp32", epochs=fp32_epochs, **common), fp32_dir, progress

@@ -49,6 +49,7 @@ class BenchOptions:
     width: int | None = None  # None: conv4's 64, 16 with quick
     image_size: int | None = None  # None: 32, 16 with quick
     fewshot_episodes: int | None = None  # None: 200, 20 with quick
+    per_class: int | None = None  # images per class (TrainConfig.per_class); 120 with quick
     latency_repeats: int | None = None  # None: 5, 2 with quick
     quick: bool = False  # tiny settings for smoke tests: minutes, not tens of minutes
 
@@ -73,6 +74,7 @@ class BenchOptions:
             width=pick(self.width, None, 16),
             image_size=pick(self.image_size, 32, 16),
             fewshot_episodes=pick(self.fewshot_episodes, 200, 20),
+            per_class=pick(self.per_class, None, 120),
             latency_repeats=pick(self.latency_repeats, 5, 2),
         )
 
@@ -126,6 +128,7 @@ def train_config(options: BenchOptions, config: dict, out: Path):
         width=options.width,
         image_size=options.image_size,
         unknown=options.unknown,
+        per_class=options.per_class,
         init=init,
     )
 
@@ -246,6 +249,7 @@ def run_bench(
                 image_size=options.image_size,
                 unknown=list(options.unknown) if options.unknown else None,
                 seed=seed,
+                per_class=options.per_class,
             )
         if config["recipe"] == PRETRAIN:
             from lowbit.pipeline import train_or_reuse

@@ -50,6 +50,8 @@ class TrainConfig:
     data: str = "builtin"  # "builtin" or a data directory, passed to lowbit.data.load_splits
     image_size: int = 32
     crop: bool = True  # crop around the defect mask before resizing
+    # images per class: "builtin" generates this many (None: 600), a folder is capped (None: all)
+    per_class: int | None = None
     unknown: tuple[str, ...] | None = None  # classes held out as OOD; None: the data set's default
     init: str | None = None  # a run directory (usually fp32) whose weights start this run
     # Knowledge distillation (Hinton et al. 2015, arXiv 1503.02531; for low-bit students:
@@ -65,6 +67,10 @@ class TrainConfig:
             raise ConfigError(f"loss={self.loss!r}: choose from {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer={self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+        if self.per_class is not None and (
+            not isinstance(self.per_class, int) or self.per_class < 1
+        ):
+            raise ConfigError(f"per_class={self.per_class!r} must be a positive integer or None")
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")

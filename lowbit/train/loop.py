@@ -192,6 +192,7 @@ def load_data(config: TrainConfig):  # -> lowbit.data.Splits
         crop=config.crop,
         unknown=unknown,
         seed=config.seed,
+        per_class=config.per_class,
     )
 
 

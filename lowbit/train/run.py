@@ -141,6 +141,7 @@ def splits_for(record: dict, where: Path | str = CONFIG_NAME):
         crop=train.get("crop", True),
         unknown=train.get("unknown"),
         seed=record.get("seed", 0),
+        per_class=train.get("per_class"),
     )
     check_same_data(record, splits, where)
     return splits

@@ -11,9 +11,9 @@ import pytest
 import lowbit.data
 import lowbit.train
 import lowbit.workflow
-from lowbit.bench import run_bench
+from lowbit.bench import BenchOptions, run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION
-from lowbit.bench.sweep import run_dir_of
+from lowbit.bench.sweep import run_dir_of, train_config
 from lowbit.cli import build_parser, cmd_bench
 from lowbit.errors import ConfigError
 
@@ -80,6 +80,11 @@ def test_cli_bench_options():
     assert args.func is cmd_bench
     assert (args.recipes, args.seeds, args.verify_n, args.quick) == ("w2a2,w1a2", 2, 8, True)
     assert (args.heads, args.losses, args.out) == ("cosine", "logitnorm", "runs/bench")
+    assert args.per_class is None
+    options = BenchOptions(quick=True).resolved()
+    assert options.per_class == 120 and BenchOptions().resolved().per_class is None
+    assert train_config(BenchOptions(per_class=30).resolved(), {"recipe": "w1a2", "head": "cosine",
+                        "loss": "ce", "seed": 0}, Path("out")).per_class == 30  # fmt: skip
 
 
 def test_resume_trains_nothing_when_finished(tiny_sweep, monkeypatch):

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from lowbit.cli import main
 from lowbit.data import splits_fingerprint
 from lowbit.errors import ConfigError
 from lowbit.pipeline import train_or_reuse
@@ -71,3 +72,17 @@ def test_runs_without_a_fingerprint_pass(splits):
     check_same_data({"data_fingerprint": None}, splits, "x/config.json")
     with pytest.raises(ConfigError, match=r"^x/config\.json: data 'builtin' differ"):
         check_same_data({"data_fingerprint": "0" * 64}, splits, "x/config.json")
+
+
+def test_per_class_is_validated_and_travels_with_the_run(tmp_path, capsys):
+    """A run on a smaller built-in set: eval rebuilds that set (same fingerprint), not 600."""
+    with pytest.raises(ConfigError, match="per_class=0"):
+        tiny_config(per_class=0)
+    run = tmp_path / "run"
+    args = ["--quiet", "train", "--recipe", "w2a2", "--width", "8", "--image-size", "16"]
+    args += ["--epochs", "1", "--per-class", "20", "--out", str(run)]
+    assert main(args) == 0
+    record = json.loads((run / "config.json").read_text())
+    assert record["train"]["per_class"] == 20
+    assert main(["--quiet", "--json", "eval", str(run)]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
