@@ -14,24 +14,34 @@ FP32_EPOCHS = 15
 QAT_EPOCHS = 15
 
 
+def is_trained(run_dir: Path, config, splits=None) -> bool:
+    """True when run_dir holds metrics.json of a finished run with this config; ConfigError
+    (naming its config.json) when that run was trained on other data than `splits` (None:
+    config.data, loaded only when the run records a fingerprint to check)."""
+    from lowbit.train.loop import load_data
+    from lowbit.train.run import check_same_data
+
+    config_path = run_dir / "config.json"
+    if not ((run_dir / "metrics.json").is_file() and config_path.is_file()):
+        return False
+    record = json.loads(config_path.read_text())
+    if record.get("train", {}) != config.resolved().to_dict():
+        return False
+    if record.get("data_fingerprint") is not None:
+        splits = load_data(config.resolved()) if splits is None else splits
+        check_same_data(record, splits, config_path)
+    return True
+
+
 def train_or_reuse(config, run_dir: Path, progress: bool = True, *, splits=None) -> dict:
     """Returns run_dir's metrics: reused when finished with this config, else trained (resumed
     from its checkpoint when one exists). `splits` replaces loading config.data."""
     from lowbit.train import train
-    from lowbit.train.loop import load_data
-    from lowbit.train.run import check_same_data
 
-    metrics_path = run_dir / "metrics.json"
-    config_path = run_dir / "config.json"
-    if metrics_path.is_file() and config_path.is_file():
-        record = json.loads(config_path.read_text())
-        if record.get("train", {}) == config.resolved().to_dict():
-            if record.get("data_fingerprint") is not None:  # the same config on other data: stop
-                splits = splits if splits is not None else load_data(config.resolved())
-                check_same_data(record, splits, config_path)
-            log.info("reusing finished run %s", run_dir)
-            return json.loads(metrics_path.read_text())
-    resume = (run_dir / "checkpoint.pt").is_file() and config_path.is_file()
+    if is_trained(run_dir, config, splits):
+        log.info("reusing finished run %s", run_dir)
+        return json.loads((run_dir / "metrics.json").read_text())
+    resume = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.json").is_file()
     return train(config, run_dir, splits=splits, resume=resume, progress=progress)
 
 

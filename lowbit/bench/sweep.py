@@ -136,15 +136,10 @@ def train_config(options: BenchOptions, config: dict, out: Path):
 def is_finished(run_dir: Path, train_cfg, splits) -> bool:
     """True when the run holds metrics.json for `train_cfg` and (quantized) verify.json;
     ConfigError when it was trained with this config on other data than `splits`."""
-    from lowbit.train.run import check_same_data
+    from lowbit.pipeline import is_trained
 
-    config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.json"
-    if not (config_path.is_file() and metrics_path.is_file()):
+    if not is_trained(run_dir, train_cfg, splits):
         return False
-    record = json.loads(config_path.read_text())
-    if record.get("train", {}) != train_cfg.resolved().to_dict():
-        return False
-    check_same_data(record, splits, config_path)
     return train_cfg.recipe == "fp32" or (run_dir / "verify.json").is_file()
 
 
