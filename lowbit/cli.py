@@ -53,6 +53,8 @@ def _train_config(args: argparse.Namespace, **changes: object):
         backbone=args.backbone,
         head=args.head,
         width=args.width,
+        cosine_scale=args.cosine_scale,
+        learn_scale=args.learn_scale,
         loss=args.loss,
         optimizer=args.optimizer,
         lr=args.lr,
@@ -160,6 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         verify_n=args.verify_n,
         unknown=_csv(args.unknown),
         per_class=args.per_class,
+        learn_scale=args.learn_scale,
         quick=args.quick,
     )
     given = {"--data": args.data, "--recipes": args.recipes, "--heads": args.heads,
@@ -168,6 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
              "--out": args.out}  # fmt: skip
     command = " ".join(
         ["lowbit bench", *[f"{k} {v}" for k, v in given.items() if v is not None]]
+        + ["--learn-scale"] * args.learn_scale
         + ["--quick"] * args.quick
     )
     results = run_bench(options, Path(args.out), progress=not args.quiet, command=command)
@@ -238,6 +242,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="w1a2", help="fp32, w8a8, w4a4, w2a4, w2a2, w1a2, w1a1")
     parser.add_argument("--backbone", default="conv4", choices=["conv4", "resnet8"])
     parser.add_argument("--head", default="cosine", choices=["cosine", "linear"])
+    parser.add_argument(
+        "--cosine-scale", type=float, default=10.0, help="cosine head's logit scale (default 10)"
+    )
+    parser.add_argument(
+        "--learn-scale",
+        action="store_true",
+        help="train the cosine scale, starting at --cosine-scale (ignored by logitnorm)",
+    )
     parser.add_argument("--loss", default="logitnorm", choices=["ce", "logitnorm"])
     parser.add_argument("--tau", type=float, default=None, help="LogitNorm temperature")
     parser.add_argument("--width", type=int, default=None)
@@ -357,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="images per class (built-in: default 600, 120 with --quick; folder: a cap)",
+    )
+    bench.add_argument(
+        "--learn-scale", action="store_true", help="train the cosine heads' scale (see train)"
     )
     bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
     bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")

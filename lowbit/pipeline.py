@@ -18,6 +18,7 @@ def is_trained(run_dir: Path, config, splits=None) -> bool:
     """True when run_dir holds metrics.json of a finished run with this config; ConfigError
     (naming its config.json) when that run was trained on other data than `splits` (None:
     config.data, loaded only when the run records a fingerprint to check)."""
+    from lowbit.train import TrainConfig
     from lowbit.train.loop import load_data
     from lowbit.train.run import check_same_data
 
@@ -25,7 +26,10 @@ def is_trained(run_dir: Path, config, splits=None) -> bool:
     if not ((run_dir / "metrics.json").is_file() and config_path.is_file()):
         return False
     record = json.loads(config_path.read_text())
-    if record.get("train", {}) != config.resolved().to_dict():
+    saved = record.get("train")
+    if not isinstance(saved, dict):
+        return False
+    if TrainConfig.with_defaults(saved) != config.resolved().to_dict():
         return False
     if record.get("data_fingerprint") is not None:
         splits = load_data(config.resolved()) if splits is None else splits

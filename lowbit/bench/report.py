@@ -216,12 +216,14 @@ def anchor_text(results: dict) -> str:
 def markdown(results: dict, plots: dict[str, str], command: str | None = None) -> str:
     """Returns report.md: options, summary table, anchor gap, plots."""
     options = results["options"]
+    learned = ", cosine scale learned" if options.get("learn_scale") else ""
     parts = ["# lowbit bench", ""]
     if command:
         parts += [f"`{command}`", ""]
     parts += [
         f"Data `{options['data']}`, {options['epochs']} epochs, {options['seeds']} seed(s), "
-        f"image size {options['image_size']}; wall time {results['wall_seconds'] / 60:.1f} min "
+        f"image size {options['image_size']}{learned}; wall time "
+        f"{results['wall_seconds'] / 60:.1f} min "
         f"on {results['machine']['cpu_count']} CPU cores.",
         "",
         summary_table(results),

@@ -51,6 +51,7 @@ class BenchOptions:
     fewshot_episodes: int | None = None  # None: 200, 20 with quick
     per_class: int | None = None  # images per class (TrainConfig.per_class); 120 with quick
     latency_repeats: int | None = None  # None: 5, 2 with quick
+    learn_scale: bool = False  # cosine heads train their scale (TrainConfig.learn_scale)
     quick: bool = False  # tiny settings for smoke tests: minutes, not tens of minutes
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ def train_config(options: BenchOptions, config: dict, out: Path):
         image_size=options.image_size,
         unknown=options.unknown,
         per_class=options.per_class,
+        learn_scale=options.learn_scale and config["head"] == "cosine",
         init=init,
     )
 

@@ -35,7 +35,10 @@ class TrainConfig:
     backbone: str = "conv4"
     head: str = "cosine"
     width: int | None = None  # None: the backbone's default width
-    cosine_scale: float = 10.0
+    cosine_scale: float = 10.0  # the cosine head's logit scale (its start value if learned)
+    # learn the cosine scale (Baseline++'s "fixed or learnable" scalar). LogitNorm's loss is
+    # invariant to it, so with loss "logitnorm" and no teacher it stays at cosine_scale.
+    learn_scale: bool = False
     loss: str = "logitnorm"  # LogitNorm: better MSP-based OOD rejection at equal accuracy
     tau: float = DEFAULT_TAU  # LogitNorm temperature; ignored by "ce"
     optimizer: str = "auto"  # "auto": AdamW for 1-bit weights, else SGD (Nesterov); see above
@@ -77,6 +80,10 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
+        if not self.cosine_scale > 0:  # also rejects NaN
+            raise ConfigError(f"cosine_scale={self.cosine_scale} must be positive")
+        if self.learn_scale and self.head != "cosine":
+            raise ConfigError(f"learn_scale needs head='cosine' (head={self.head!r} has no scale)")
         if self.tau <= 0:
             raise ConfigError(f"tau={self.tau} must be positive")
         if self.lr is not None and self.lr <= 0:
@@ -101,6 +108,12 @@ class TrainConfig:
         data = asdict(self)
         data["unknown"] = list(self.unknown) if self.unknown is not None else None
         return data
+
+    @classmethod
+    def with_defaults(cls, saved: dict) -> dict:
+        """Returns a saved config dict with fields added after it was written at their defaults,
+        so a run from an older lowbit compares equal to the same run configured today."""
+        return {**cls().to_dict(), **saved}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -50,6 +50,8 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "head": model.config.head,
         "loss": config.loss if config else None,
         "tau": config.tau if config and config.loss == "logitnorm" else None,
+        # the cosine head's logit scale as trained (learned with --learn-scale); None: linear
+        "cosine_scale": float(model.head.scale) if model.config.head == "cosine" else None,
         "epochs": config.epochs if config else None,
         "seed": config.seed if config else None,
         "model_bits": int(model_bits(model)),

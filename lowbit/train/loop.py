@@ -35,7 +35,7 @@ from lowbit.train.checkpoint import (
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import SINGLE, World, current_world
 from lowbit.train.evaluate import evaluate, split_accuracy
-from lowbit.train.losses import make_loss, with_distillation
+from lowbit.train.losses import SCALE_INVARIANT_LOSSES, make_loss, with_distillation
 from lowbit.train.run import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -96,6 +96,25 @@ def deterministic_algorithms() -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def learns_scale(config: TrainConfig) -> bool:
+    """True when the run's cosine scale is a trained parameter.
+
+    `learn_scale` with a scale-invariant loss (LogitNorm) and no teacher keeps the scale fixed:
+    its true gradient is 0, and AdamW would turn the float rounding noise left in its place into
+    steps of a full learning rate. config.json's "model" records what was built.
+    """
+    if not config.learn_scale:
+        return False
+    if config.loss in SCALE_INVARIANT_LOSSES and config.teacher is None:
+        logger.warning(
+            "learn_scale: loss %r does not depend on the cosine scale; it stays at %g",
+            config.loss,
+            config.cosine_scale,
+        )
+        return False
+    return True
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -237,7 +256,7 @@ def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, splits) -> dic
         return None
     record = read_json(run_dir / CONFIG_NAME)
     check_version(record, run_dir / CONFIG_NAME)
-    saved = record.get("train") or {}
+    saved = TrainConfig.with_defaults(record.get("train") or {})
     current = config.to_dict()
     changed = sorted(key for key in current if saved.get(key) != current[key])
     if changed:
@@ -282,6 +301,7 @@ def train(
         width=config.width,
         image_size=config.image_size,
         cosine_scale=config.cosine_scale,
+        learn_scale=learns_scale(config),
     )
     model = build_model(recipe, model_config)
     checkpoint = _resume(run_dir, config, model, splits) if resume else None

@@ -73,6 +73,8 @@ def with_distillation(
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce": cross_entropy, "logitnorm": logitnorm_loss}
 TAU_LOSSES = ("logitnorm",)  # losses that take a temperature
+# losses with loss(c * logits) == loss(logits) for c > 0: a cosine head's scale gets no gradient
+SCALE_INVARIANT_LOSSES = ("logitnorm",)
 
 
 def make_loss(name: str, tau: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

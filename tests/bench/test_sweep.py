@@ -12,7 +12,7 @@ import lowbit.data
 import lowbit.train
 import lowbit.workflow
 from lowbit.bench import BenchOptions, run_bench
-from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION
+from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
 from lowbit.cli import build_parser, cmd_bench
 from lowbit.errors import ConfigError
@@ -85,6 +85,16 @@ def test_cli_bench_options():
     assert options.per_class == 120 and BenchOptions().resolved().per_class is None
     assert train_config(BenchOptions(per_class=30).resolved(), {"recipe": "w1a2", "head": "cosine",
                         "loss": "ce", "seed": 0}, Path("out")).per_class == 30  # fmt: skip
+    assert not args.learn_scale
+    assert build_parser().parse_args(["bench", "--learn-scale"]).learn_scale
+    learned = BenchOptions(learn_scale=True).resolved()
+    for head, learns in (("cosine", True), ("linear", False)):  # a linear head has no scale
+        config = {"recipe": "w1a2", "head": head, "loss": "ce", "seed": 0}
+        assert train_config(learned, config, Path("out")).learn_scale is learns
+    assert "cosine scale learned" in markdown(
+        {"options": learned.to_dict(), "wall_seconds": 60, "machine": {"cpu_count": 2},
+         "summary": [], "anchor": {"reference": {}, "ours": []}}, {}
+    )  # fmt: skip
 
 
 def test_resume_trains_nothing_when_finished(tiny_sweep, monkeypatch):
