@@ -55,7 +55,7 @@ def test_ce_trains_the_scale_and_export_carries_it(learned_run):
     export_dir, _ = export_run(learned_run)
     head = json.loads((export_dir / "model.json").read_text())["head"]
     assert head["cosine_scale"] == learned  # the float32 value, exactly
-    report = verify_run(export_dir, n=16, random=16, executors=("runtime",), progress=False)
+    report = verify_run(export_dir, n=16, random=16, progress=False)  # all four executors
     assert report["unexplained"] == 0 and report["checked_values"] > 0
 
 
