@@ -44,8 +44,8 @@ def write_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def tiny_run(out: Path, data: Path, recipe: str, **overrides: object) -> Path:
-    torch.set_num_threads(1)
+def tiny_config(data: Path, recipe: str, **overrides: object) -> TrainConfig:
+    """Returns the config of a conv4-8 run on the folder `data` that trains in seconds."""
     fields = dict(
         recipe=recipe,
         width=8,
@@ -58,7 +58,12 @@ def tiny_run(out: Path, data: Path, recipe: str, **overrides: object) -> Path:
         unknown=NOVEL,
         crop=False,
     )
-    train(TrainConfig(**{**fields, **overrides}), out, progress=False)
+    return TrainConfig(**{**fields, **overrides})
+
+
+def tiny_run(out: Path, data: Path, recipe: str, **overrides: object) -> Path:
+    torch.set_num_threads(1)
+    train(tiny_config(data, recipe, **overrides), out, progress=False)
     return out
 
 

@@ -15,26 +15,12 @@ from lowbit.pipeline import is_trained
 from lowbit.train import TrainConfig, load_run, train
 from lowbit.workflow import export_run, verify_run
 
-from .conftest import NOVEL, SIZE
+from .conftest import tiny_config
 
 
 def config(data, **overrides) -> TrainConfig:
-    fields = dict(
-        recipe="w2a2",
-        width=8,
-        image_size=SIZE,
-        epochs=4,
-        batch_size=8,
-        warmup_steps=2,
-        lr=0.05,
-        data=str(data),
-        unknown=NOVEL,
-        crop=False,
-        loss="ce",
-        learn_scale=True,
-        cosine_scale=8.0,
-    )
-    return TrainConfig(**{**fields, **overrides})
+    fields = dict(epochs=4, loss="ce", learn_scale=True, cosine_scale=8.0)
+    return tiny_config(data, "w2a2", **{**fields, **overrides})
 
 
 @pytest.fixture(scope="module")
