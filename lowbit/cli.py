@@ -73,6 +73,11 @@ def _train_config(args: argparse.Namespace, **changes: object):
         fields["distill_weight"] = args.distill_weight
     if args.tau is not None:
         fields["tau"] = args.tau
+    for name in ("oe_weight", "oe_fraction"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.oe_kinds is not None:
+        fields["oe_kinds"] = _csv(args.oe_kinds) or ()
     fields.update(changes)
     return TrainConfig(**fields)
 
@@ -91,11 +96,26 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from lowbit.train import evaluate, load_run
+    from lowbit.train import TrainConfig, evaluate, load_run
     from lowbit.train.run import splits_for
 
     model, record = load_run(Path(args.run_dir))
-    return evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"))
+    config = None
+    if isinstance(record.get("train"), dict):
+        config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
+    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"), config=config)
+    if not args.json and metrics.get("ood"):
+        print(ood_table(metrics))
+    return metrics
+
+
+def ood_table(metrics: dict) -> str:
+    """Returns the unknown-type table of metrics.json: every score, the deployed one marked."""
+    lines = [f"{'unknown-type score':<22} {'AUROC':>6} {'FPR95':>6}"]
+    for name, entry in metrics["ood"].items():
+        mark = " (deployed)" if name == metrics.get("ood_default") else ""
+        lines.append(f"{name + mark:<22} {entry['auroc']:6.3f} {entry['fpr95']:6.3f}")
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
@@ -104,7 +124,9 @@ def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.workflow import export_run
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
-    out_dir, description = export_run(args.run_dir, args.out, batch=parse_batch(args.batch))
+    out_dir, description = export_run(
+        args.run_dir, args.out, batch=parse_batch(args.batch), ood_score=args.ood_score
+    )
     return {
         "out": str(out_dir),
         "model_bits": description["model_bits"]["total"],
@@ -163,12 +185,13 @@ def cmd_bench(args: argparse.Namespace) -> dict:
         unknown=_csv(args.unknown),
         per_class=args.per_class,
         learn_scale=args.learn_scale,
+        oe_weight=args.oe_weight,
         quick=args.quick,
     )
     given = {"--data": args.data, "--recipes": args.recipes, "--heads": args.heads,
              "--losses": args.losses, "--seeds": args.seeds, "--unknown": args.unknown,
              "--epochs": args.epochs, "--verify-n": args.verify_n, "--per-class": args.per_class,
-             "--out": args.out}  # fmt: skip
+             "--oe-weight": args.oe_weight, "--out": args.out}  # fmt: skip
     command = " ".join(
         ["lowbit bench", *[f"{k} {v}" for k, v in given.items() if v is not None]]
         + ["--learn-scale"] * args.learn_scale
@@ -282,6 +305,18 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill-weight", type=float, default=None, help="weight of the distillation term"
     )
+    parser.add_argument(
+        "--oe-weight",
+        type=float,
+        default=None,
+        help="outlier exposure from known crops: weight of the flat-distribution term (0: off)",
+    )
+    parser.add_argument(
+        "--oe-kinds", default=None, help="synthetic outlier kinds: cutmix,mixup,shuffle,erase"
+    )
+    parser.add_argument(
+        "--oe-fraction", type=float, default=None, help="outliers per batch, x batch size"
+    )
     parser.add_argument("--input-bits", type=int, default=None)
     parser.add_argument("--first-bits", type=int, default=None, help="first conv weight bits")
     parser.add_argument("--head-bits", type=int, default=None, help="head weight bits")
@@ -328,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="comma list of targets in lowbit/export/targets.py (onnx, c, ...); onnx always runs",
     )
+    export.add_argument(
+        "--ood-score",
+        default=None,
+        help="deployed unknown-type score: msp, max_logit, energy, prototype, mahalanobis, "
+        "rel_mahalanobis (default: lowbit's selected one)",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = sub.add_parser("verify", help="compare every quantized tensor across executors")
@@ -372,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--learn-scale", action="store_true", help="train the cosine heads' scale (see train)"
+    )
+    bench.add_argument(
+        "--oe-weight",
+        type=float,
+        default=None,
+        help="outlier exposure weight for every run (default: train's; 0: off)",
     )
     bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
     bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")

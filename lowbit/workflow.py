@@ -22,10 +22,12 @@ def export_run(
     out_dir: str | Path | None = None,
     *,
     batch: int | None = None,
-    ood_score: str = "msp",
+    ood_score: str | None = None,
     tpr: float = 0.95,
 ) -> tuple[Path, dict]:
-    """Exports a trained run; calibrates the OOD threshold on its validation split."""
+    """Exports a trained run: fits the feature-score statistics on its training split and
+    calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split."""
+    from lowbit.core.scores import DEFAULT_OOD_SCORE
     from lowbit.data import NORMALIZATION
     from lowbit.fewshot.openset import integer_calibration
     from lowbit.train import load_run
@@ -35,7 +37,8 @@ def export_run(
     model, record = load_run(run_dir)
     splits = splits_for(record, run_dir / "config.json")
     # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
-    ood = integer_calibration(splits.val.x, ood_score, tpr)
+    fit = (splits.train.x, splits.train.y, len(record["class_names"]))
+    ood = integer_calibration(splits.val.x, ood_score or DEFAULT_OOD_SCORE, tpr, fit=fit)
     description = export_model(
         model,
         out_dir,

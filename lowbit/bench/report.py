@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from lowbit.core.scores import SCORES
 from lowbit.io import atomic_write_bytes, atomic_write_json
 
 SCHEMA_VERSION = 1
-OOD_SCORES = ("msp", "max_logit", "energy")
+OOD_SCORES = SCORES
 # Brevitas BNN-PYNQ CNV on CIFAR-10 (brevitas_examples/bnn_pynq README): top-1 accuracy.
 ANCHOR = {
     "source": "Brevitas BNN-PYNQ CNV, CIFAR-10 (brevitas_examples/bnn_pynq)",
@@ -61,6 +62,11 @@ def summarize(rows: list[dict]) -> list[dict]:
             for metric in ("auroc", "fpr95"):
                 m, s = _mean_std([_get(r, "ood", score, metric) for r in group])
                 entry[f"{score}_{metric}_mean"], entry[f"{score}_{metric}_std"] = m, s
+        deployed = group[0].get("ood_default") or "msp"
+        entry["ood_default"] = deployed
+        for metric in ("auroc", "fpr95"):
+            m, s = _mean_std([_get(r, "ood", deployed, metric) for r in group])
+            entry[f"deployed_{metric}_mean"], entry[f"deployed_{metric}_std"] = m, s
         for shot in ("1", "5"):
             m, s = _mean_std([_get(r, "fewshot", "shots", shot, "mean") for r in group])
             entry[f"fewshot_{shot}shot_mean"], entry[f"fewshot_{shot}shot_std"] = m, s
@@ -174,10 +180,11 @@ def summary_table(results: dict) -> str:
     way = next((e["fewshot_way"] for e in results["summary"] if e["fewshot_way"]), None)
     shot = f"{way}-way " if way else ""
     lines = [
-        "| recipe | head | loss | accuracy % | MSP AUROC | MSP FPR95 | energy FPR95 | "
+        "| recipe | head | loss | accuracy % | MSP AUROC | MSP FPR95 | deployed score | "
+        "deployed AUROC | deployed FPR95 | "
         f"{shot}1-shot % | {shot}5-shot % | model bits | BOPs (M) | accumulator bits | "
         "runtime ms (b1 / b64) | verify |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in results["summary"]:
         acc = "–" if not e["accumulator_bits"] else "/".join(map(str, e["accumulator_bits"]))
@@ -190,7 +197,9 @@ def summary_table(results: dict) -> str:
             f"{_pm(e['accuracy_mean'], e['accuracy_std'], 100)} | "
             f"{_pm(e['msp_auroc_mean'], e['msp_auroc_std'], digits=3)} | "
             f"{_pm(e['msp_fpr95_mean'], e['msp_fpr95_std'], digits=3)} | "
-            f"{_pm(e['energy_fpr95_mean'], e['energy_fpr95_std'], digits=3)} | "
+            f"{e.get('ood_default') or '–'} | "
+            f"{_pm(e.get('deployed_auroc_mean'), e.get('deployed_auroc_std'), digits=3)} | "
+            f"{_pm(e.get('deployed_fpr95_mean'), e.get('deployed_fpr95_std'), digits=3)} | "
             f"{_pm(e['fewshot_1shot_mean'], e['fewshot_1shot_std'], 100)} | "
             f"{_pm(e['fewshot_5shot_mean'], e['fewshot_5shot_std'], 100)} | "
             f"{e['model_bits']:,} | {e['bops'] / 1e6:,.1f} | {acc} | {lat} | {verify} |"

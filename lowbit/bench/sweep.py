@@ -52,6 +52,7 @@ class BenchOptions:
     per_class: int | None = None  # images per class (TrainConfig.per_class); 120 with quick
     latency_repeats: int | None = None  # None: 5, 2 with quick
     learn_scale: bool = False  # cosine heads train their scale (TrainConfig.learn_scale)
+    oe_weight: float | None = None  # outlier exposure weight; None: TrainConfig's default
     quick: bool = False  # tiny settings for smoke tests: minutes, not tens of minutes
 
     def __post_init__(self) -> None:
@@ -132,6 +133,7 @@ def train_config(options: BenchOptions, config: dict, out: Path):
         per_class=options.per_class,
         learn_scale=options.learn_scale and config["head"] == "cosine",
         init=init,
+        **({} if options.oe_weight is None else {"oe_weight": options.oe_weight}),
     )
 
 
@@ -195,6 +197,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
         "accuracy": metrics["accuracy"],
         "val_accuracy": metrics.get("val_accuracy"),
         "ood": metrics.get("ood"),
+        "ood_default": metrics.get("ood_default"),
         "roc": collect.ood_roc(model, splits),
         "fewshot": collect.fewshot(run_dir, splits, options.fewshot_episodes, config["seed"]),
         "model_bits": collect.size_bits(model, description),

@@ -19,7 +19,7 @@ from lowbit.data.images import read_pair
 from lowbit.data.loaders import class_names_of, labels_of, scan
 from lowbit.data.preprocess import DEFAULT_IMAGE_SIZE, prepare_images, to_tensor_array
 from lowbit.data.sets import ArraySet
-from lowbit.data.synth import BUILTIN_UNKNOWN, DEFAULT_PER_CLASS, generate_builtin
+from lowbit.data.synth import BUILTIN_CLASSES, BUILTIN_UNKNOWN, DEFAULT_PER_CLASS, generate_builtin
 from lowbit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,16 @@ class _Source:
 
 
 def _open_source(
-    source: str | Path, seed: int, per_class: int | None, prefix_category: bool
+    source: str | Path,
+    seed: int,
+    per_class: int | None,
+    prefix_category: bool,
+    exclude: tuple[str, ...] = (),
 ) -> _Source:
+    """Opens `source` without reading (or generating) any image of the `exclude` classes."""
     if isinstance(source, str) and source == BUILTIN:
-        raw = generate_builtin(seed, per_class or DEFAULT_PER_CLASS)
+        classes = [name for name in BUILTIN_CLASSES if name not in exclude]
+        raw = generate_builtin(seed, per_class or DEFAULT_PER_CLASS, classes=classes)
         return _Source(
             raw.class_names,
             raw.labels,
@@ -159,6 +165,7 @@ def _open_source(
             "of the built-in set ",
         )
     records = scan(Path(source), prefix_category=prefix_category)
+    records = [r for r in records if r.class_name not in exclude]
     class_names = class_names_of(records)
     kept = _cap_per_class(labels_of(records, class_names), per_class, seed)
     records = [records[i] for i in kept]
@@ -190,6 +197,7 @@ def load_splits(
     test_fraction: float = 0.25,
     per_class: int | None = None,
     prefix_category: bool = False,
+    exclude: Sequence[str] = (),
 ) -> Splits:
     """Return the seeded, stratified splits of `source` ("builtin" or a data folder).
 
@@ -198,9 +206,12 @@ def load_splits(
     generated samples per class for "builtin" (default DEFAULT_PER_CLASS, 600) and a cap for
     a folder.
     `prefix_category` names MVTec AD classes "<category>/<defect>" instead of "<defect>".
+    `exclude` names classes left out altogether: none of their images is read or generated
+    (leave-one-type-out validation keeps the real held-out types out of reach this way).
     """
     _check_options(image_size, val_fraction, test_fraction, per_class)
-    data = _open_source(source, seed, per_class, prefix_category)
+    exclude = _parse_unknown(exclude, ())
+    data = _open_source(source, seed, per_class, prefix_category, exclude)
     unknown_names = _parse_unknown(unknown, data.default_unknown)
     missing = [name for name in unknown_names if name not in data.class_names]
     if missing:

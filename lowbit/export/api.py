@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import onnx
 
 import lowbit
+from lowbit.core.feature_scores import STATS_FILE, STATS_VERSION, stats_to_bytes
 from lowbit.errors import ConfigError
 from lowbit.export.lower import lower_model
 from lowbit.export.qcdq import quant_to_qcdq
@@ -131,6 +133,16 @@ def export_model(
     graphs, layers, head = build_graphs(model)
     if callable(ood):
         ood = ood(graphs["int"])
+    stats_blob = None
+    if ood is not None and "stats_arrays" in ood:
+        ood = dict(ood)
+        stats_blob = stats_to_bytes(ood.pop("stats_arrays"))
+        ood["stats"] = {
+            **ood.get("stats", {}),
+            "file": STATS_FILE,
+            "sha256": hashlib.sha256(stats_blob).hexdigest(),
+            "version": STATS_VERSION,
+        }
     description = model_description(
         model, layers, head, class_names=class_names, normalization=normalization, ood=ood
     )
@@ -147,6 +159,8 @@ def export_model(
     # every graph is built and checked before the first file is replaced
     for kind, blob in blobs.items():
         atomic_write_bytes(out_dir / GRAPH_FILES[kind], blob)
+    if stats_blob is not None:
+        atomic_write_bytes(out_dir / STATS_FILE, stats_blob)
     atomic_write_json(out_dir / "model.json", description)
     log.info("exported %s to %s", ", ".join(GRAPH_FILES.values()), out_dir)
     return description

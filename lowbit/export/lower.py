@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from lowbit.core.feature_scores import FEATURE_TENSOR
 from lowbit.errors import ConfigError
 from lowbit.export.float_error import float_error_per_unit
 from lowbit.export.graph import (
@@ -301,7 +302,7 @@ def lower_model(model: LowbitModel) -> tuple[onnx.ModelProto, list[dict], dict]:
     if isinstance(backbone, Conv4):
         for index, block in enumerate(backbone.blocks):
             codes = low.conv_block(f"backbone.blocks.{index}", block, codes)
-        features = low.g.node("Flatten", [codes.name], "backbone.features", axis=1)
+        features = low.g.node("Flatten", [codes.name], FEATURE_TENSOR, axis=1)
     elif isinstance(backbone, ResNet8):
         codes = low.conv_block("backbone.stem", backbone.stem, codes)
         for index, block in enumerate(backbone.blocks):
@@ -310,7 +311,7 @@ def lower_model(model: LowbitModel) -> tuple[onnx.ModelProto, list[dict], dict]:
         features = low.g.node(
             "ReduceSum",
             [wide, low.g.const("axes_23", np.array([2, 3], np.int64))],
-            "backbone.features",
+            FEATURE_TENSOR,
             keepdims=0,
         )
     else:

@@ -16,12 +16,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from lowbit.core.feature_scores import add_class, load_export_stats
+from lowbit.core.feature_scores import drop_class as drop_class_stats
 from lowbit.errors import ConfigError, ModelFileError, VerifyError
 from lowbit.fewshot.features import prototype, runtime_features
 from lowbit.fewshot.images import load_images
@@ -118,7 +120,9 @@ def _deploy(staging: Path, export_dir: Path, slot: str, description: dict) -> No
     os.replace(staging / slot, run_dir)
     previous = run_dir / "previous"
     previous.mkdir()
-    names = [description["files"][kind] for kind in GRAPH_KINDS] + ["verify.json", "model.json"]
+    names = [description["files"][kind] for kind in GRAPH_KINDS]
+    stats = (description.get("ood") or {}).get("stats")
+    names += ([stats["file"]] if stats else []) + ["verify.json", "model.json"]
     for name in names:
         if (export_dir / name).is_file():
             shutil.copy2(export_dir / name, previous / name)
@@ -138,8 +142,12 @@ def _rebuild(
     verify_n: int,
     verify_random: int,
     progress: bool,
+    refit: Callable[[dict], dict],
 ) -> dict:
-    """Exports `model` into staging, verifies it there, then deploys it (see module docstring)."""
+    """Exports `model` into staging, verifies it there, then deploys it (see module docstring).
+
+    `refit` turns the export's feature-score statistics into the changed model's (one class
+    more or less); an export without statistics stays without."""
     from lowbit.export.api import export_model
     from lowbit.train.run import read_json, splits_for
     from lowbit.verify.api import build_inputs, verify_export
@@ -156,13 +164,19 @@ def _rebuild(
     config_path = staging / slot / "config.json"
     splits = splits_for(read_json(config_path), config_path)
     ood = description.get("ood") or {}
+    stats = load_export_stats(export_dir, description)
     old_graph = onnx.load(str(export_dir / description["files"]["int"]))
     new_description = export_model(
         model,
         staging,
         class_names=change["class_names"],
         normalization=description["input"]["normalization"],
-        ood=integer_calibration(splits.val.x, ood.get("score", "msp"), ood.get("tpr") or 0.95),
+        ood=integer_calibration(
+            splits.val.x,
+            ood.get("score", "msp"),
+            ood.get("tpr") or 0.95,
+            stats=refit(stats) if stats is not None else None,
+        ),
         batch=_fixed_batch(old_graph),
         source_run=slot,
     )
@@ -229,7 +243,8 @@ def enroll_class(
     size = description["model"]["image_size"]
     x = load_images(images, size, description["input"]["normalization"])
     runtime = Runtime(export_dir / description["files"]["int"])
-    row = prototype(runtime_features(runtime, x))
+    support = runtime_features(runtime, x)
+    row = prototype(support)
     timing["features_s"] = time.perf_counter() - start
     start = time.perf_counter()
     model, record = _load_source(export_dir, description)
@@ -247,6 +262,7 @@ def enroll_class(
         verify_n=verify_n,
         verify_random=verify_random,
         progress=progress,
+        refit=lambda stats: add_class(stats, support),
     )
     timing["total_s"] = time.perf_counter() - total
     log.info("enrolled %r from %d images into %s", name, len(x), export_dir)
@@ -286,6 +302,7 @@ def remove_class(
         verify_n=verify_n,
         verify_random=verify_random,
         progress=progress,
+        refit=lambda stats: drop_class_stats(stats, names.index(name)),
     )
     timing["total_s"] = time.perf_counter() - total
     return {**report, "class": name, "timing": _rounded(timing)}

@@ -12,32 +12,24 @@ from __future__ import annotations
 
 import numpy as np
 
-FEATURE_TENSOR = "backbone.features"  # the integer graph's feature codes (lowbit/export/lower.py)
+from lowbit.core.feature_scores import FEATURE_TENSOR  # noqa: F401  re-exported
 
 
 def model_features(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Returns int64 feature codes [N, F] of a quantized model, float32 features of an fp32 one."""
-    import torch
+    from lowbit.train.evaluate import feature_codes
 
-    from lowbit.models.backbones import Conv4
-    from lowbit.quant.layers import quant_scale
+    return feature_codes(model, x, batch_size)
 
-    model.eval()
-    scale = None
-    if not model.recipe.is_float:
-        last = model.backbone.blocks[-1]
-        scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            features = model.features(torch.from_numpy(x[start : start + batch_size]))
-            if scale is None:
-                parts.append(features.numpy())
-            else:
-                parts.append(torch.round(features / scale).numpy().astype(np.int64))
-    if not parts:
-        return np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
-    return np.concatenate(parts)
+
+def runtime_outputs(runtime, x: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (float64 logits [N, K], int64 feature codes [N, F]) from a Runtime."""
+    logits, features = [], []
+    for start in range(0, len(x), batch_size):
+        out = runtime.run(x[start : start + batch_size], keep_intermediates=True)
+        logits.append(out["logits"])
+        features.append(out[FEATURE_TENSOR].astype(np.int64))
+    return np.concatenate(logits), np.concatenate(features)
 
 
 def runtime_features(runtime, x: np.ndarray, batch_size: int = 128) -> np.ndarray:

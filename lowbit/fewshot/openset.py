@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from lowbit.core import scores as score_lib
+from lowbit.core.scores import SCORES
 from lowbit.errors import ConfigError
 
-SCORES = ("msp", "max_logit", "energy")
 
-
-def ood_score(logits: np.ndarray, score: str) -> np.ndarray:
-    """Returns the per-sample score (higher = more in-distribution) in the head's own units."""
-    logits = np.asarray(logits, dtype=np.float64)
-    top = logits.max(axis=1)
-    if score == "max_logit":
-        return top
-    lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-    if score == "energy":
-        return lse  # negative free energy, T = 1
-    if score == "msp":
-        return np.exp(top - lse)
-    raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
+def ood_score(
+    logits: np.ndarray,
+    score: str,
+    features: np.ndarray | None = None,
+    stats: dict | None = None,
+) -> np.ndarray:
+    """Returns the per-sample score (higher = more in-distribution) in the head's own units;
+    feature scores (lowbit.core.feature_scores) need the feature codes and fitted stats."""
+    if score not in SCORES:
+        raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
+    try:
+        return score_lib.score(score, logits, features, stats)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def calibrate_threshold(scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -34,35 +36,70 @@ def calibrate_threshold(scores: np.ndarray, tpr: float = 0.95) -> float:
     return float(ordered[max(keep, 1) - 1])
 
 
-def is_known(logits: np.ndarray, score: str, threshold: float) -> np.ndarray:
+def is_known(
+    logits: np.ndarray,
+    score: str,
+    threshold: float,
+    features: np.ndarray | None = None,
+    stats: dict | None = None,
+) -> np.ndarray:
     """Returns a boolean per sample: score >= threshold (known) or not (unknown)."""
-    return ood_score(logits, score) >= threshold
+    return ood_score(logits, score, features, stats) >= threshold
 
 
 def integer_calibration(
-    x_val: np.ndarray, score: str = "msp", tpr: float = 0.95, calibrated_on: str = "val"
+    x_val: np.ndarray,
+    score: str = "msp",
+    tpr: float = 0.95,
+    calibrated_on: str = "val",
+    *,
+    fit: tuple[np.ndarray, np.ndarray, int] | None = None,
+    stats: dict | None = None,
 ):
-    """Returns graph -> model.json's "ood" entry, calibrated on that integer graph's logits.
+    """Returns graph -> model.json's "ood" entry, calibrated on that integer graph's outputs.
 
     The threshold is in the units the integer graph's float64 tail produces (for the cosine head
-    scale * d_c / (sqrt(n) * |w_c|) from exact integers d_c, n), so the runtime, and any consumer
-    computing the same tail, keeps exactly the target TPR of the calibration images. The torch
-    float model's logits agree within the tail tolerance of lowbit/verify/compare.py.
+    scale * d_c / (sqrt(n) * |w_c|) from exact integers d_c, n; for a feature score, the score of
+    the exact feature codes), so the runtime, and any consumer computing the same tail, keeps
+    exactly the target TPR of the calibration images. Feature statistics are fitted on the
+    graph's own feature codes of `fit` = (x_train, y_train, classes), or taken from `stats`; the
+    entry then carries them under "stats_arrays" (export_model writes them to model.ood.npz).
     """
+    from lowbit.core.feature_scores import FEATURE_SCORES, fit_feature_stats
+
+    if score in FEATURE_SCORES and fit is None and stats is None:
+        raise ConfigError(f"OOD score {score!r} needs feature statistics: fit them on train")
 
     def calibrate(int_graph) -> dict:
+        from lowbit.fewshot.features import FEATURE_TENSOR, runtime_outputs
         from lowbit.runtime import Runtime
 
-        logits = Runtime(int_graph).run(x_val)["logits"]
-        threshold = calibrate_threshold(ood_score(logits, score), tpr)
-        return {
+        runtime = Runtime(int_graph)
+        fitted, fitted_images = stats, None
+        if fit is not None:
+            x_train, y_train, classes = fit
+            train_logits, train_features = runtime_outputs(runtime, x_train)
+            fitted = fit_feature_stats(train_features, y_train, classes, train_logits)
+            fitted_images = int(len(x_train))
+        logits, features = runtime_outputs(runtime, x_val)
+        scores = ood_score(logits, score, features, fitted)
+        entry = {
             "score": score,
-            "threshold": threshold,
+            "threshold": calibrate_threshold(scores, tpr),
             "tpr": tpr,
             "calibrated_on": calibrated_on,
             "calibration_images": int(len(x_val)),
-            "units": "score of model.int.onnx's logits",
+            "units": f"{score} of model.int.onnx's outputs",
         }
+        if fitted is not None:
+            entry["stats"] = {
+                "fitted_on": "train" if fit is not None else "previous export + support images",
+                "fitted_images": fitted_images,
+                "feature_tensor": FEATURE_TENSOR,
+            }
+            entry["stats_arrays"] = fitted
+        return entry
 
-    ood_score(np.zeros((1, 2)), score)  # an unknown score name fails before any export work
+    if score not in SCORES:  # fails before any export work
+        raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
     return calibrate

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import ood_score
@@ -41,11 +42,24 @@ def load_export(export_dir: str | Path) -> tuple[dict, object]:
     return description, Runtime(export_dir / files["int"])
 
 
-def decide(logits: np.ndarray, class_names: Sequence[str], ood: dict | None) -> list[dict]:
+def needs_features(ood: dict | None) -> bool:
+    """True when the deployed score reads the backbone's feature codes."""
+    from lowbit.core.scores import is_feature_score
+
+    return is_feature_score((ood or {}).get("score") or "msp")
+
+
+def decide(
+    logits: np.ndarray,
+    class_names: Sequence[str],
+    ood: dict | None,
+    features: np.ndarray | None = None,
+    stats: dict | None = None,
+) -> list[dict]:
     """Returns per row: class (argmax), score, known (score >= threshold) and label."""
     ood = ood or {}
     score_name = ood.get("score") or "msp"
-    scores = ood_score(logits, score_name)
+    scores = ood_score(logits, score_name, features, stats)
     threshold = ood.get("threshold")
     known = scores >= threshold if threshold is not None else np.ones(len(scores), bool)
     rows = []
@@ -69,6 +83,9 @@ def predict(export_dir: str | Path, images: Sequence[str | Path]) -> list[dict]:
     x = load_images(
         images, description["model"]["image_size"], description["input"]["normalization"]
     )
-    logits = runtime.run(x)["logits"]
-    rows = decide(logits, description["class_names"], description.get("ood"))
+    ood = description.get("ood")
+    stats = load_export_stats(export_dir, description) if needs_features(ood) else None
+    outputs = runtime.run(x, keep_intermediates=stats is not None)
+    features = outputs[FEATURE_TENSOR] if stats is not None else None
+    rows = decide(outputs["logits"], description["class_names"], ood, features, stats)
     return [{"image": str(path), **row} for path, row in zip(images, rows)]

@@ -8,6 +8,7 @@ from lowbit.errors import ConfigError
 from lowbit.quant.layers import ACT_STATS_STEPS
 from lowbit.quant.recipes import get_recipe
 from lowbit.train.losses import DEFAULT_TAU, LOSSES
+from lowbit.train.outliers import OUTLIER_KINDS
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
@@ -24,6 +25,11 @@ def auto_optimizer(recipe: str, overrides: dict) -> str:
     weights gain.
     """
     return "adamw" if get_recipe(recipe, **overrides).weight_bits == 1 else "sgd"
+
+
+# Fields added after lowbit first saved configs, with the value that reproduces a run saved
+# without them: a changed default must not relabel older runs as trained with it.
+ABSENT_MEANS = {"oe_weight": 0.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +71,12 @@ class TrainConfig:
     distill_weight: float = 0.5  # loss = (1 - w) * task loss + w * T^2 * KL(teacher || student)
     distill_temperature: float = 4.0  # T: softens both distributions (the paper's usual 2..8)
     augment: bool = True  # random horizontal flips and shifts of up to image_size/16 pixels
+    # Outlier exposure from known data only (lowbit/train/outliers.py): every batch gets
+    # oe_fraction x batch_size synthetic outliers built from its own crops, and the loss adds
+    # oe_weight x CE(outlier logits, uniform). 0: off.
+    oe_weight: float = 0.0
+    oe_kinds: tuple[str, ...] = OUTLIER_KINDS
+    oe_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -94,6 +106,16 @@ class TrainConfig:
             raise ConfigError("weight_decay must be >= 0 and momentum in [0, 1)")
         if self.unknown is not None and not isinstance(self.unknown, tuple):
             object.__setattr__(self, "unknown", tuple(self.unknown))  # JSON lists come back here
+        if not isinstance(self.oe_kinds, tuple):
+            object.__setattr__(self, "oe_kinds", tuple(self.oe_kinds))
+        bad = [kind for kind in self.oe_kinds if kind not in OUTLIER_KINDS]
+        if bad or not self.oe_kinds:
+            raise ConfigError(
+                f"oe_kinds={list(self.oe_kinds)!r}: "
+                f"choose one or more of {', '.join(OUTLIER_KINDS)}"
+            )
+        if not self.oe_weight >= 0 or not 0 < self.oe_fraction <= 4:
+            raise ConfigError("oe_weight must be >= 0 and oe_fraction in (0, 4]")
         get_recipe(self.recipe, **self.recipe_overrides)  # fails early on a bad recipe
 
     def resolved(self) -> TrainConfig:
@@ -107,13 +129,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["unknown"] = list(self.unknown) if self.unknown is not None else None
+        data["oe_kinds"] = list(self.oe_kinds)
         return data
 
     @classmethod
     def with_defaults(cls, saved: dict) -> dict:
-        """Returns a saved config dict with fields added after it was written at their defaults,
-        so a run from an older lowbit compares equal to the same run configured today."""
-        return {**cls().to_dict(), **saved}
+        """Returns a saved config dict with fields added after it was written filled in with
+        what such a run did (ABSENT_MEANS, else the default), so a run from an older lowbit
+        compares equal to the same run configured today, and never to a run it was not."""
+        return {**cls().to_dict(), **ABSENT_MEANS, **saved}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -2,7 +2,9 @@
 
 metrics.json keys (stable, snake_case): recipe, head, loss, tau, epochs, seed, model_bits,
 accuracy, val_accuracy, per_class_accuracy, confusion_matrix, class_names, num_test, num_ood,
-ood ({msp, max_logit, energy} x {auroc, fpr95}, or null without OOD samples).
+ood ({score} x {auroc, fpr95} for every score of lowbit.core.scores.SCORES, or null without OOD
+samples) and ood_default (the score an export deploys by default). Feature scores are fitted on
+the training split's feature codes, exactly as an export fits them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lowbit.core.feature_scores import fit_feature_stats
+from lowbit.core.scores import DEFAULT_OOD_SCORE
 from lowbit.models import LowbitModel
 from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import accuracy, confusion_matrix, ood_metrics, per_class_accuracy
@@ -32,6 +36,55 @@ def predict_logits(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> 
     return np.concatenate(outputs)
 
 
+def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Returns int64 feature codes [N, F] of a quantized model, float32 features of an fp32 one.
+
+    A quantized backbone's features are codes x scale exactly, so value / scale rounds to the
+    integer graph's `backbone.features` (conv4: the last block's pooled codes, flattened;
+    resnet8: their spatial sum).
+    """
+    from lowbit.models.backbones import Conv4
+    from lowbit.quant.layers import quant_scale
+
+    model.eval()
+    scale = None
+    if not model.recipe.is_float:
+        last = model.backbone.blocks[-1]
+        scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            features = model.features(torch.from_numpy(x[start : start + batch_size]))
+            if scale is None:
+                parts.append(features.numpy())
+            else:
+                parts.append(torch.round(features / scale).numpy().astype(np.int64))
+    if not parts:
+        return np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
+    return np.concatenate(parts)
+
+
+def ood_evaluation(model: LowbitModel, splits, logits_in: np.ndarray) -> dict | None:
+    """Returns metrics.json's "ood": every score's AUROC and FPR95, splits.test vs splits.ood."""
+    ood = getattr(splits, "ood", None)
+    if ood is None or len(ood.x) == 0 or len(logits_in) == 0:
+        return None
+    train = splits.train
+    stats = fit_feature_stats(
+        feature_codes(model, train.x),
+        train.y,
+        len(splits.class_names),
+        predict_logits(model, train.x),
+    )
+    return ood_metrics(
+        logits_in,
+        predict_logits(model, ood.x),
+        feature_codes(model, splits.test.x),
+        feature_codes(model, ood.x),
+        stats,
+    )
+
+
 def split_accuracy(model: LowbitModel, split) -> float | None:
     if split is None or len(split.y) == 0:
         return None
@@ -44,7 +97,6 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
     logits = predict_logits(model, splits.test.x)
     pred = logits.argmax(1)
     ood = getattr(splits, "ood", None)
-    has_ood = ood is not None and len(ood.x) > 0 and len(logits) > 0
     return {
         "recipe": model.recipe.name,
         "head": model.config.head,
@@ -62,5 +114,6 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "class_names": class_names,
         "num_test": int(len(pred)),
         "num_ood": int(len(ood.x)) if ood is not None else 0,
-        "ood": ood_metrics(logits, predict_logits(model, ood.x)) if has_ood else None,
+        "ood": ood_evaluation(model, splits, logits),
+        "ood_default": DEFAULT_OOD_SCORE,
     }

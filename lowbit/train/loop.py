@@ -36,6 +36,7 @@ from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import SINGLE, World, current_world
 from lowbit.train.evaluate import evaluate, split_accuracy
 from lowbit.train.losses import SCALE_INVARIANT_LOSSES, make_loss, with_distillation
+from lowbit.train.outliers import make_outliers, uniform_loss
 from lowbit.train.run import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -180,13 +181,23 @@ def train_epoch(
         x, y = world.shard(x), world.shard(y)  # this rank's slice of the global batch
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, total_steps, config.lr, config.warmup_steps)
-        logits = model(x)
+        outliers = None
+        if config.oe_weight > 0:
+            count = max(1, round(config.oe_fraction * len(y)))
+            outliers = make_outliers(x, y, config.oe_kinds, count, generator)
+            # one forward pass: BatchNorm and the quantizers' statistics see both, as in OE
+            logits_all = model(torch.cat([x, outliers]))
+            logits, outlier_logits = logits_all[: len(y)], logits_all[len(y) :]
+        else:
+            logits = model(x)
         if teacher is None:
             loss = loss_fn(logits, y)
         else:
             with torch.no_grad():
                 teacher_logits = teacher(x)
             loss = loss_fn(logits, y, teacher_logits)
+        if outliers is not None:
+            loss = loss + config.oe_weight * uniform_loss(outlier_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

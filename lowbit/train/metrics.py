@@ -11,6 +11,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lowbit.core.scores import LOGIT_SCORES, all_scores, energy, max_logit, msp
+
+__all__ = ["energy", "max_logit", "msp"]
+
 
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """Returns the fraction of `pred` equal to `y`."""
@@ -37,28 +41,6 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.nd
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     counts = np.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
-
-
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-
-
-def msp(logits: np.ndarray) -> np.ndarray:
-    """Returns the maximum softmax probability per row (Hendrycks & Gimpel 2017), float64."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(logits.max(axis=1) - _logsumexp(logits))
-
-
-def max_logit(logits: np.ndarray) -> np.ndarray:
-    """Returns the largest logit per row (Hendrycks et al. 2022, MaxLogit), float64."""
-    return np.asarray(logits, dtype=np.float64).max(axis=1)
-
-
-def energy(logits: np.ndarray) -> np.ndarray:
-    """Returns the negative free energy logsumexp(logits) at T = 1 (Liu et al. 2020), float64."""
-    return _logsumexp(logits)
 
 
 def _check_scores(scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,20 +86,24 @@ def fpr_at_95_tpr(scores_in: np.ndarray, scores_out: np.ndarray, tpr: float = 0.
     return float(np.mean(scores_out >= threshold))
 
 
-OOD_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "msp": msp,
-    "max_logit": max_logit,
-    "energy": energy,
-}
+OOD_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = LOGIT_SCORES
 
 
-def ood_metrics(logits_in: np.ndarray, logits_out: np.ndarray) -> dict[str, dict[str, float]]:
-    """Returns {score name: {"auroc": ..., "fpr95": ...}} for every score in OOD_SCORES."""
-    result = {}
-    for name, score in OOD_SCORES.items():
-        scores_in, scores_out = score(logits_in), score(logits_out)
-        result[name] = {
-            "auroc": auroc(scores_in, scores_out),
-            "fpr95": fpr_at_95_tpr(scores_in, scores_out),
+def ood_metrics(
+    logits_in: np.ndarray,
+    logits_out: np.ndarray,
+    features_in: np.ndarray | None = None,
+    features_out: np.ndarray | None = None,
+    stats: dict | None = None,
+) -> dict[str, dict[str, float]]:
+    """Returns {score name: {"auroc": ..., "fpr95": ...}} for every logit score, and for every
+    feature score when feature codes and their fitted statistics are given."""
+    scores_in = all_scores(logits_in, features_in, stats)
+    scores_out = all_scores(logits_out, features_out, stats)
+    return {
+        name: {
+            "auroc": auroc(scores_in[name], scores_out[name]),
+            "fpr95": fpr_at_95_tpr(scores_in[name], scores_out[name]),
         }
-    return result
+        for name in scores_in
+    }

@@ -10,13 +10,20 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.export.api import GRAPH_FILES
 from lowbit.io import atomic_write_json
 from lowbit.models.build import LowbitModel
 from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
-from lowbit.verify.compare import compare_codes, compare_tail, tail_tolerance
+from lowbit.verify.compare import (
+    SCORE_ROUNDING,
+    compare_codes,
+    compare_decisions,
+    compare_tail,
+    tail_tolerance,
+)
 from lowbit.verify.inputs import random_inputs, tie_inputs
 from lowbit.verify.summation import (
     conv_sources,
@@ -163,8 +170,11 @@ def verify_export(
         for i in range(0, len(data), batch_size)
     ]
     qcdq = None
+    detector = _Detector(export_dir, description)
+    decisions: dict[str, dict] = {}
     for _set_name, x in tqdm(batches, desc="verify", disable=not progress, unit="batch"):
         ref, pre, ref_logits = torch_codes(model, x)
+        ref_scores = detector.reference_scores(model, x, ref_logits)
         names = list(ref)
         runs = {}
         bounds = dict(error_steps)  # layer worst cases; per element where runtime codes exist
@@ -198,8 +208,18 @@ def verify_export(
                 executor, {"max_abs_diff": 0.0, "tolerance": tail["tolerance"], "ok": True}
             )
             seen["tolerance"] = max(seen["tolerance"], tail["tolerance"])
-            seen["max_abs_diff"] = max(seen["max_abs_diff"], tail["max_abs_diff"] or np.inf)
+            # None: shapes differ, nothing comparable; 0.0 is an exact match and stays 0.0
+            worst = np.inf if tail["max_abs_diff"] is None else tail["max_abs_diff"]
+            seen["max_abs_diff"] = max(seen["max_abs_diff"], worst)
             seen["ok"] = seen["ok"] and tail["ok"]
+            if detector.active and (executor == "runtime" or not detector.feature_score):
+                features = tensors.get(FEATURE_TENSOR) if executor == "runtime" else None
+                scores = detector.scores(logits, features)
+                stated_score = detector.tolerance(stated)
+                row = compare_decisions(
+                    ref_scores, scores, detector.threshold, stated_score, skip=differs
+                )
+                _accumulate(decisions, executor, row, stated_score)
     layers = list(totals.values())
     for row in layers:  # accumulator values exactly on a threshold: the boundary coverage
         if row["executor"] == "runtime" and row["tensor"] in on_threshold:
@@ -223,15 +243,68 @@ def verify_export(
         "checked_values": sum(r["checked_values"] for r in layers),
         "mismatches": sum(r["mismatches"] for r in layers),
         "unexplained": sum(r["unexplained"] for r in layers)
-        + sum(0 if t["ok"] else 1 for t in tails.values()),
+        + sum(0 if t["ok"] else 1 for t in tails.values())
+        + sum(d["unexplained"] + d["score_out_of_tolerance"] for d in decisions.values()),
         "tail_tolerance": tolerance,
         "executors": per_executor,
+        "decisions": {"score": detector.name, "threshold": detector.threshold, **decisions}
+        if detector.active
+        else None,
         "layers": layers,
         "first_mismatch": first,
     }
     if write:
         atomic_write_json(export_dir / "verify.json", report)
     return report
+
+
+class _Detector:
+    """The export's deployed unknown-type score, computed from each executor's outputs.
+
+    A feature score reads exact integer feature codes: equal codes give bit-identical float64
+    scores (one numpy function), so its tolerance is 0. A logit score moves by at most the logit
+    tail's tolerance (lowbit/verify/compare.py).
+    """
+
+    def __init__(self, export_dir: Path, description: dict) -> None:
+        from lowbit.core.scores import is_feature_score
+
+        ood = description.get("ood") or {}
+        self.name = ood.get("score") or "msp"
+        self.threshold = ood.get("threshold")
+        self.active = self.threshold is not None
+        self.feature_score = is_feature_score(self.name)
+        self.stats = load_export_stats(export_dir, description) if self.feature_score else None
+
+    def scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        from lowbit.core.scores import score
+
+        return score(self.name, logits, features, self.stats)
+
+    def reference_scores(self, model: LowbitModel, x: np.ndarray, logits: np.ndarray):
+        if not self.active:
+            return None
+        features = None
+        if self.feature_score:
+            from lowbit.train.evaluate import feature_codes
+
+            features = feature_codes(model, x)
+        return self.scores(logits, features)
+
+    def tolerance(self, logit_tolerance: float | np.ndarray) -> float:
+        if self.feature_score:
+            return 0.0
+        return float(np.max(logit_tolerance)) + SCORE_ROUNDING
+
+
+def _accumulate(decisions: dict, executor: str, row: dict, tolerance: float) -> None:
+    seen = decisions.setdefault(
+        executor,
+        {key: 0 for key in row if key != "max_abs_diff"} | {"max_abs_diff": 0.0},
+    )
+    for key, value in row.items():
+        seen[key] = max(seen[key], value) if key == "max_abs_diff" else seen[key] + value
+    seen["tolerance"] = tolerance
 
 
 def format_report(report: dict) -> str:

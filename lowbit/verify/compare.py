@@ -136,3 +136,41 @@ def compare_tail(
         "ok": bool(np.all(difference <= limit)),
         "argmax_agree": float((reference.argmax(1) == candidate.argmax(1)).mean()),
     }
+
+
+# Every logit score lowbit deploys (msp, max_logit, energy) moves by at most max_c |d logit_c|
+# when the logits move: the gradients of energy and max_logit have L1 norm 1, msp's at most
+# 2 p (1 - p) <= 1/2. So the logit tail's tolerance bounds the score's. The float64 score
+# computation adds rounding of order 1e-15 of its inputs: SCORE_ROUNDING covers it.
+SCORE_ROUNDING = 1e-12
+
+
+def compare_decisions(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    threshold: float,
+    tolerance: float,
+    skip: np.ndarray | None = None,
+) -> dict:
+    """Returns counts of equal scores and of known/unknown decisions that differ.
+
+    A decision that differs is explained when the reference score lies within `tolerance` of
+    the threshold (the two executors' scores may then fall either side), or when the sample's
+    codes already (explainedly) differ (`skip`); any other difference is unexplained.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    flips = (reference >= threshold) != (candidate >= threshold)
+    near = np.abs(reference - threshold) <= tolerance
+    if skip is not None:
+        near = near | skip
+    keep = slice(None) if skip is None else ~skip
+    difference = np.abs(reference[keep] - candidate[keep])
+    return {
+        "checked": int(len(reference)),
+        "scores_equal": int(np.sum(reference == candidate)),
+        "max_abs_diff": float(difference.max(initial=0.0)),
+        "decisions_differ": int(flips.sum()),
+        "unexplained": int(np.sum(flips & ~near)),
+        "score_out_of_tolerance": int(np.sum(difference > tolerance)),
+    }

@@ -15,12 +15,13 @@ from lowbit.bench import BenchOptions, run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
 from lowbit.cli import build_parser, cmd_bench
+from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
 from lowbit.errors import ConfigError
 
 ROW_KEYS = {
     "recipe", "head", "loss", "seed", "run_dir", "accuracy", "val_accuracy", "ood", "roc",
     "fewshot", "model_bits", "bops", "layers", "latency_ms", "verify", "confusion_matrix",
-    "class_names", "train_seconds", "seconds", "reused",
+    "class_names", "train_seconds", "seconds", "reused", "ood_default",
 }  # fmt: skip
 
 
@@ -40,7 +41,8 @@ def test_results_json_schema(tiny_sweep):
     for row in saved["rows"]:
         assert set(row) == ROW_KEYS
         assert 0.0 <= row["accuracy"] <= 1.0
-        assert set(row["ood"]) == {"msp", "max_logit", "energy"}
+        assert set(row["ood"]) == set(SCORES)
+        assert row["ood_default"] == DEFAULT_OOD_SCORE
         assert row["roc"]["fpr"][0] == 0.0 and row["roc"]["tpr"][-1] == 1.0
         assert row["model_bits"]["total"] == (
             row["model_bits"]["weights"] + row["model_bits"]["thresholds"]
@@ -67,6 +69,7 @@ def test_csv_and_markdown(tiny_sweep):
     assert [line["recipe"] for line in lines] == ["w2a2", "w1a2"]
     report = (out / "report.md").read_text()
     assert "| w1a2 | cosine | logitnorm |" in report and "pytest tiny sweep" in report
+    assert "deployed FPR95" in report and f"| {DEFAULT_OOD_SCORE} |" in report
     assert "![accuracy vs model bits](accuracy_vs_bits.png)" in report
     section = (out / "readme_section.md").read_text()
     assert section.startswith("### Recipe sweep") and "`pytest tiny sweep`" in section

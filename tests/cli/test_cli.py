@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lowbit.cli import main
+from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
 
 
 @pytest.mark.slow
@@ -46,15 +47,20 @@ def test_train_export_verify_eval(tmp_path, capsys):
         "seed",
     ):
         assert key in metrics
-    assert set(metrics["ood"]) == {"msp", "max_logit", "energy"}
+    assert set(metrics["ood"]) == set(SCORES) and metrics["ood_default"] == DEFAULT_OOD_SCORE
     assert main(["--quiet", "export", str(run), "--batch", "4"]) == 0
     for name in ("model.qonnx.onnx", "model.qcdq.onnx", "model.int.onnx", "model.json"):
         assert (run / name).is_file()
+    assert (run / "model.ood.npz").is_file()
     assert main(["--quiet", "verify", str(run), "--n", "40", "--random", "16"]) == 0
     report = json.loads((run / "verify.json").read_text())
     assert report["unexplained"] == 0 and report["mismatches"] == 0
     assert main(["--quiet", "--json", "eval", str(run)]) == 0
     assert '"accuracy"' in capsys.readouterr().out
+    assert main(["--quiet", "eval", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert f"{DEFAULT_OOD_SCORE} (deployed)" in text and "rel_mahalanobis" in text
+    assert "loss: logitnorm" in text and "None" not in text
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lowbit.core.scores import LOGIT_SCORES
 from lowbit.errors import ConfigError
-from lowbit.fewshot.openset import SCORES, calibrate_threshold, is_known, ood_score
+from lowbit.fewshot.openset import calibrate_threshold, is_known, ood_score
 
 
 def kept(scores: np.ndarray, threshold: float) -> float:
@@ -80,7 +81,7 @@ def by_hand(row: np.ndarray) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", LOGIT_SCORES)
 def test_scores_by_hand(score: str) -> None:
     got = ood_score(LOGITS, score)
     expected = [by_hand(row)[score] for row in LOGITS.tolist()]
@@ -100,7 +101,7 @@ def test_scores_stable_for_large_logits() -> None:
 def test_higher_means_more_known() -> None:
     confident = np.array([[10.0, 0.0, 0.0]])
     unsure = np.array([[1.0, 1.0, 1.0]])
-    for score in SCORES:
+    for score in LOGIT_SCORES:
         assert ood_score(confident, score)[0] > ood_score(unsure, score)[0], score
 
 

@@ -1,0 +1,1 @@
+"""Torch-free numerics shared by training, export, the runtime side and the benchmarks."""

@@ -1,0 +1,142 @@
+"""A feature-score detector deployed in an export: fitted at export, used by predict, verify and
+enroll, identical from the fake-quant model and from the integer runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from lowbit.core.feature_scores import load_export_stats, normalize_rows
+from lowbit.core.scores import score
+from lowbit.errors import ModelFileError
+from lowbit.fewshot import calibrate_threshold, enroll_class, predict, remove_class, save_images
+from lowbit.fewshot.features import runtime_features, runtime_outputs
+from lowbit.runtime import Runtime
+from lowbit.train import load_run
+from lowbit.train.evaluate import feature_codes, predict_logits
+from lowbit.train.run import splits_for
+from lowbit.workflow import export_run, verify_run
+from tests.fewshot.conftest import NOVEL
+
+SCORE = "rel_mahalanobis"
+FAST = {"verify_n": 16, "verify_random": 16}
+
+
+@pytest.fixture
+def feature_export(copy_export):
+    export_run(copy_export, ood_score=SCORE)
+    return copy_export
+
+
+def test_export_fits_on_train_and_calibrates_on_val(feature_export, tmp_path):
+    description = json.loads((feature_export / "model.json").read_text())
+    ood = description["ood"]
+    assert ood["score"] == SCORE and ood["calibrated_on"] == "val"
+    stats_file = feature_export / ood["stats"]["file"]
+    assert ood["stats"]["sha256"] == hashlib.sha256(stats_file.read_bytes()).hexdigest()
+    _, record = load_run(feature_export)
+    splits = splits_for(record)
+    assert ood["stats"]["fitted_images"] == len(splits.train.y)
+    # the threshold is the calibration's on the runtime's own val scores: exactly 95 % kept
+    stats = load_export_stats(feature_export, description)
+    logits, features = runtime_outputs(Runtime(feature_export / "model.int.onnx"), splits.val.x)
+    scores = score(SCORE, logits, features, stats)
+    assert ood["threshold"] == calibrate_threshold(scores, 0.95)
+    rows = predict(feature_export, save_images(splits.val.x, tmp_path / "val"))
+    known = np.array([row["known"] for row in rows])
+    assert np.array_equal(known, scores >= ood["threshold"])
+    assert known.mean() >= 0.95 and rows[0]["score_name"] == SCORE
+    assert [row["score"] for row in rows] == scores.tolist()
+
+
+def test_fake_quant_and_runtime_give_the_same_scores(feature_export):
+    """Exact integer features from both, so bit-identical float64 scores (>= 1,000 inputs)."""
+    model, record = load_run(feature_export)
+    splits = splits_for(record)
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            splits.val.x,
+            splits.test.x,
+            splits.ood.x,
+            rng.normal(0, 1, (1000, *splits.val.x.shape[1:])),
+        ]
+    ).astype(np.float32)[:1200]
+    assert len(x) >= 1000
+    description = json.loads((feature_export / "model.json").read_text())
+    stats = load_export_stats(feature_export, description)
+    torch_features = feature_codes(model, x)
+    logits, runtime_feats = runtime_outputs(Runtime(feature_export / "model.int.onnx"), x)
+    assert np.array_equal(torch_features, runtime_feats)
+    for name in ("prototype", "mahalanobis", "rel_mahalanobis", "residual"):
+        assert np.array_equal(
+            score(name, None, torch_features, stats), score(name, None, runtime_feats, stats)
+        ), name
+    # vim adds the logit tail: equal within the tail's stated tolerance, not bit for bit
+    np.testing.assert_allclose(predict_logits(model, x), logits, rtol=0, atol=1e-3)
+
+
+def test_verify_checks_the_deployed_decision(feature_export):
+    report = verify_run(feature_export, n=32, random=32, executors=("runtime",), progress=False)
+    decisions = report["decisions"]
+    assert decisions["score"] == SCORE
+    runtime = decisions["runtime"]
+    assert runtime["checked"] == runtime["scores_equal"] > 0
+    assert runtime["decisions_differ"] == runtime["unexplained"] == 0
+    assert report["unexplained"] == 0
+
+
+def test_enroll_refits_and_remove_restores_the_statistics(feature_export, tmp_path):
+    before = load_export_stats(
+        feature_export, json.loads((feature_export / "model.json").read_text())
+    )
+    _, record = load_run(feature_export)
+    splits = splits_for(record)
+    novel = splits.ood.x[splits.ood_types == list(splits.unknown_names).index(NOVEL[0])][:5]
+    enroll_class(feature_export, NOVEL[0], save_images(novel, tmp_path / "novel"), **FAST)
+    description = json.loads((feature_export / "model.json").read_text())
+    after = load_export_stats(feature_export, description)
+    assert after["prototypes"].shape[0] == before["prototypes"].shape[0] + 1
+    support = runtime_features(Runtime(feature_export / "model.int.onnx"), novel)
+    mean = normalize_rows(support).mean(axis=0)
+    assert np.array_equal(after["prototypes"][-1], normalize_rows(mean[None])[0])
+    assert np.array_equal(after["class_whitening"], before["class_whitening"])
+    assert (
+        feature_export / "enrolled/001/previous" / description["ood"]["stats"]["file"]
+    ).is_file()
+    # the new class's own images now score as known more often than before enrollment
+    assert description["ood"]["score"] == SCORE
+    remove_class(feature_export, NOVEL[0], **FAST)
+    again = load_export_stats(
+        feature_export, json.loads((feature_export / "model.json").read_text())
+    )
+    for name in before:
+        assert np.array_equal(again[name], before[name]), name
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), "sha256"),
+        (lambda path: path.unlink(), "cannot read"),
+    ],
+)
+def test_damaged_statistics_are_refused_with_one_line(feature_export, tmp_path, damage, message):
+    description = json.loads((feature_export / "model.json").read_text())
+    damage(feature_export / description["ood"]["stats"]["file"])
+    _, record = load_run(feature_export)
+    paths = save_images(splits_for(record).val.x[:2], tmp_path / "val")
+    with pytest.raises(ModelFileError, match=message):
+        predict(feature_export, paths)
+
+
+def test_stats_file_name_cannot_leave_the_export(feature_export, tmp_path):
+    path = feature_export / "model.json"
+    description = json.loads(path.read_text())
+    description["ood"]["stats"]["file"] = "../model.json"
+    path.write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="file name in the export folder"):
+        load_export_stats(feature_export, description)
