@@ -220,7 +220,7 @@ def matmul(plan: CPlan, node: onnx.NodeProto) -> None:
         f"matmul_{names[0]}_i64", T.MATMUL, x=names[0], y="i64", X=c_type(x.dtype), Y="int64_t"
     )
     out = plan.buffer(node.output[0], np.int64, (1, weights.shape[1]))
-    plan.class_dots = out
+    plan.head_input, plan.class_dots = x, out
     plan.emit(
         f"    {fn}({x.var}, {weights.shape[0]}, {weights.shape[1]}, {var}, {bits}u, {out.var});\n",
         out,

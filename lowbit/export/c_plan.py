@@ -70,6 +70,7 @@ class CPlan:
         dims = self.input.type.tensor_type.shape.dim
         self.input_shape = (1, *(d.dim_value for d in dims[1:]))
         self.output_name = graph.output[0].name
+        self.head_input: Tensor | None = None  # the MatMul's integer features f
         self.class_dots: Tensor | None = None
         self.feature_sq: Tensor | None = None
         self.logits: Tensor | None = None

@@ -1,8 +1,9 @@
 """Compile the C target with the system compiler and run it through ctypes (tests, benchmarks).
 
 `compile_c_target` builds a shared library from `<prefix>_model.c`; `CModel` loads it and runs
-a float32 batch image by image, returning the head's integers, the logits and the argmax, and
-with `keep_intermediates` every tensor the C code computed (its debug tap), by graph name.
+a float32 batch image by image, returning the head's integers, the logits, the argmax, the
+unknown-type score and decision, and with `keep_intermediates` every tensor the C code computed
+(its debug tap), by graph name.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class CModel:
                 ("feature_sq", ctypes.c_int64),
                 ("logits", ctypes.c_double * classes),
                 ("argmax", ctypes.c_int),
+                ("ood_score", ctypes.c_double),
+                ("known", ctypes.c_int),
             ]
 
         self.result = Result()
@@ -114,7 +117,8 @@ class CModel:
         return callback_type(tap)  # kept in self._tap_fn while the library may call it
 
     def run(self, x: np.ndarray, *, keep_intermediates: bool = False) -> dict[str, np.ndarray]:
-        """Per image of a float32 [N, C, H, W] batch: class_dots, feature_sq, logits, argmax.
+        """Per image of a float32 [N, C, H, W] batch: class_dots, feature_sq, logits, argmax,
+        ood_score (float64) and known (bool).
 
         With keep_intermediates (a library compiled with `tap=True`), also `tensors`: {graph
         tensor name: [N, elements]} of every tensor the C code computed.
@@ -133,6 +137,8 @@ class CModel:
             "feature_sq": np.zeros(n, np.int64),
             "logits": np.zeros((n, self.classes), np.float64),
             "argmax": np.zeros(n, np.int64),
+            "ood_score": np.zeros(n, np.float64),
+            "known": np.zeros(n, bool),
         }
         for i in range(n):
             returned = self.infer(x[i].ctypes.data, ctypes.byref(self.result), self.scratch)
@@ -140,6 +146,8 @@ class CModel:
             out["feature_sq"][i] = self.result.feature_sq
             out["logits"][i] = self.result.logits[:]
             out["argmax"][i] = returned
+            out["ood_score"][i] = self.result.ood_score
+            out["known"][i] = self.result.known != 0
         if keep_intermediates:
             out["tensors"] = {name: np.stack(values) for name, values in self._taps.items()}
         return out

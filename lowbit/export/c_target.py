@@ -4,8 +4,9 @@
 (c_pack.layout_pools) and fills the file frames (c_templates.py). The generated API (see the
 header): `<prefix>_quantize_input` (float32 normalized image -> input codes, the graph's Div +
 Quant), `<prefix>_infer_codes` (integer body and head on input codes) and `<prefix>_infer`
-(both); each fills a `<prefix>_result` with the head's integers d_c and n, the float64 logits
-and their argmax. `<prefix>_model_sizes` lists each layer's weight and threshold bytes.
+(both); each fills a `<prefix>_result` with the head's integers d_c and n, the float64 logits,
+their argmax, and the deployed unknown-type score with its known/unknown decision (c_ood.py).
+`<prefix>_model_sizes` lists each layer's weight and threshold bytes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import numpy as np
 import onnx
 
 import lowbit
+from lowbit.core.feature_scores import load_export_stats
+from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.export import c_templates as T
+from lowbit.export.c_ood import LEGACY_SCORE, OodProgram, header_defines, plan_ood
 from lowbit.export.c_ops import build_plan
 from lowbit.export.c_pack import C_SIZES, Slot, c_number, c_type, layout_pools
 from lowbit.export.c_plan import CPlan
@@ -36,7 +40,7 @@ def file_names(prefix: str) -> tuple[str, str]:
     return f"{prefix}_model.h", f"{prefix}_model.c"
 
 
-def _layout(plan: CPlan) -> tuple[dict[str, int], dict[str, Slot]]:
+def _layout(plan: CPlan, ood: OodProgram) -> tuple[dict[str, int], dict[str, Slot]]:
     """Scratch pools (elements per C type) and each buffer's slot, from the steps' liveness."""
     slots: dict[str, Slot] = {}
     for index, step in enumerate(plan.steps):
@@ -47,10 +51,12 @@ def _layout(plan: CPlan) -> tuple[dict[str, int], dict[str, Slot]]:
             )
         for root in step.uses:
             slots[root].last = max(slots[root].last, index)
-    end = len(plan.steps)  # the result copy reads the head's tensors
-    for tensor in (plan.class_dots, plan.feature_sq, plan.logits):
+    end = len(plan.steps)  # the result copy and the unknown-type score read the head's tensors
+    for tensor in (plan.class_dots, plan.feature_sq, plan.logits, *ood.reads):
         if tensor is not None and tensor.root is not None:
             slots[tensor.root].last = end
+    for tensor in ood.buffers:
+        slots[tensor.root] = Slot(tensor.root, c_type(tensor.dtype), tensor.size, end, end)
     return layout_pools(list(slots.values())), slots
 
 
@@ -89,12 +95,18 @@ def generate_c(
     *,
     prefix: str = "lowbit",
     label: str = "model.int.onnx",
+    stats: dict | None = None,
 ) -> dict[str, str]:
-    """Returns {file name: text} of the C99 header and source for an integer graph."""
+    """Returns {file name: text} of the C99 header and source for an integer graph.
+
+    `stats`: the feature statistics (lowbit.core.feature_scores.load_export_stats) that
+    model.json's "ood" score needs when it is a feature score.
+    """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise ConfigError(f"C target: prefix {prefix!r} is not a C identifier")
     plan = build_plan(model, description, label)
-    pools, slots = _layout(plan)
+    ood = plan_ood(plan, description.get("ood"), stats, prefix)
+    pools, slots = _layout(plan, ood)
     classes = plan.logits.size
     header_name, source_name = file_names(prefix)
     declarations = "".join(
@@ -102,7 +114,7 @@ def generate_c(
         f" + {slot.offset};\n"
         for key, slot in slots.items()
     )
-    body = "".join(step.code for step in plan.steps) + _result_code(plan, classes)
+    body = "".join(step.code for step in plan.steps) + _result_code(plan, classes) + ood.code
     size_rows = "".join(
         f'    {{"{layer}", {_sizeof(parts, "weights")}, {_sizeof(parts, "thresholds")}}},\n'
         for layer, parts in plan.sizes.items()
@@ -129,8 +141,10 @@ def generate_c(
         input_shape="x".join(str(d) for d in plan.input_shape[1:]),
         weight_bytes=sum(p.get("weights", ("", 0))[1] for p in plan.sizes.values()),
         threshold_bytes=sum(p.get("thresholds", ("", 0))[1] for p in plan.sizes.values()),
+        ood_bytes=ood.stats_bytes,
         scratch_bytes=scratch_bytes,
         size_comment=_size_comment(plan, description),
+        ood_defines=header_defines(ood, description.get("ood"), prefix),
         channels=channels,
         height=height,
         width=width,
@@ -145,10 +159,10 @@ def generate_c(
     )
     source = T.SOURCE.substitute(
         fields,
-        constants="\n".join(plan.constants),
+        constants="\n".join(plan.constants + ood.constants),
         size_rows=size_rows,
         size_count=len(plan.sizes),
-        kernels="\n".join(plan.kernels.values()),
+        kernels="\n".join({**plan.kernels, **ood.kernels}.values()),
         quantize_body=plan.quantize_body,
         declarations=declarations,
         body=body,
@@ -159,13 +173,26 @@ def generate_c(
 def write_c_target(
     export_dir: str | Path, description: dict, *, prefix: str = "lowbit"
 ) -> list[Path]:
-    """Writes `<export_dir>/c/<prefix>_model.{h,c}` from model.int.onnx; returns their paths."""
+    """Writes `<export_dir>/c/<prefix>_model.{h,c}` from model.int.onnx; returns their paths.
+
+    A feature score in model.json's "ood" reads its statistics (model.ood.npz) here;
+    ModelFileError names the file when they are missing or altered.
+    """
     export_dir = Path(export_dir)
     graph_path = export_dir / "model.int.onnx"
     if not graph_path.is_file():
         raise ModelFileError(f"{graph_path}: missing; run `lowbit export` first")
+    ood = description.get("ood") or {}
+    stats = None
+    if is_feature_score(ood.get("score") or LEGACY_SCORE):
+        stats = load_export_stats(export_dir, description)
+        if stats is None:
+            raise ModelFileError(
+                f"{export_dir / 'model.json'}: ood.score {ood['score']!r} needs ood.stats "
+                "(the feature statistics file); re-export the model with them"
+            )
     files = generate_c(
-        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path)
+        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path), stats=stats
     )
     paths = [
         atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()

@@ -22,11 +22,13 @@ from hypothesis import strategies as st
 
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.export.api import export_model
+from lowbit.export.c_ood import score_tolerance
 from lowbit.export.c_pack import Slot, layout_pools, pack_codes, packed_bytes, unpack_codes
 from lowbit.export.c_run import CFLAGS, CModel, compile_c_target, find_compiler
 from lowbit.export.c_target import C_DIR, file_names, generate_c, write_c_target
 from lowbit.export.c_templates import WEIGHT_READER
 from lowbit.export.targets import parse_targets, write_targets
+from lowbit.fewshot.predict import decide
 from lowbit.runtime import Runtime
 
 from .helpers import (
@@ -103,6 +105,22 @@ def test_head_outputs_and_argmax(built) -> None:
     assert np.array_equal(got["logits"], expected["logits"])
     assert np.array_equal(got["argmax"], np.argmax(expected["logits"], axis=1))
     assert len(np.unique(got["logits"], axis=0)) > n // 2  # inputs really differ downstream
+
+
+@needs_cc
+def test_without_threshold_every_image_is_known(built) -> None:
+    """The default export has "threshold": null: msp is still computed, known is always 1."""
+    out, description, _, expected, got = built
+    assert description["ood"]["threshold"] is None
+    rows = decide(expected["logits"], list("abcd"), description["ood"])
+    scores = np.array([row["score"] for row in rows])
+    tolerance = score_tolerance("msp", scores, expected["logits"])  # lowbit/export/c_ood.py
+    assert np.all(np.abs(got["ood_score"] - scores) <= tolerance)
+    assert got["known"].all() and all(row["known"] for row in rows)
+    header = (out / C_DIR / file_names("lowbit")[0]).read_text()
+    assert '#define LOWBIT_OOD_SCORE "msp"' in header
+    assert "#define LOWBIT_OOD_HAS_THRESHOLD 0" in header
+    assert "#define LOWBIT_OOD_THRESHOLD" not in header
 
 
 @needs_cc

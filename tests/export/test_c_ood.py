@@ -1,0 +1,216 @@
+"""The C target's unknown-type score and decision equal `lowbit predict`'s (the numpy runtime).
+
+Differential tests: models exported with a rel_mahalanobis detector fitted on class-structured
+images (each of the 4 classes a colour plus noise); on 256 inputs (the 64 calibration images, 64
+fresh images of the same classes, 96 seeded random images, 32 input-quantizer ties) the compiled
+C `known` equals lowbit.fewshot.predict.decide on the runtime's logits and feature codes, and
+|score_C - score_numpy| stays within the tolerance stated in lowbit/export/c_ood.py. Models:
+conv4 w2a2 (cosine head: n from the head), conv4 w8a8 with a linear head (n computed for the
+score), resnet8 w2a2 (int32 summed features).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lowbit.core.feature_scores import FEATURE_TENSOR, STATS_FILE, drop_class, load_export_stats
+from lowbit.errors import ModelFileError
+from lowbit.export.api import export_model
+from lowbit.export.c_ood import compare_scores, score_tolerance
+from lowbit.export.c_run import CModel, compile_c_target, find_compiler
+from lowbit.export.c_target import C_DIR, file_names, generate_c, write_c_target
+from lowbit.fewshot.openset import calibrate_threshold, integer_calibration, ood_score
+from lowbit.fewshot.predict import decide
+from lowbit.runtime import Runtime
+
+from .helpers import IMAGE_SIZE, NUM_CLASSES, calibrated, make_calibrated, sample_inputs
+
+NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
+CLASS_NAMES = list("abcd")[:NUM_CLASSES]
+needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc, clang)")
+
+MODELS = {
+    "w2a2-conv4": lambda: calibrated("w2a2", "conv4"),
+    "w8a8-conv4-linear": lambda: make_calibrated("w8a8", "conv4", head="linear"),
+    "w2a2-resnet8": lambda: calibrated("w2a2", "resnet8"),
+}
+CASES = [
+    *[("w2a2-conv4", s) for s in ("msp", "max_logit", "energy", "prototype", "mahalanobis")],
+    ("w8a8-conv4-linear", "msp"),
+    ("w8a8-conv4-linear", "prototype"),
+    ("w2a2-resnet8", "prototype"),
+]
+
+
+def class_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images, labels): class c is one fixed colour plus seeded noise, normalized."""
+    labels = np.arange(count) % NUM_CLASSES
+    colours = np.random.default_rng(99).uniform(-1.5, 1.5, (NUM_CLASSES, 3))
+    noise = np.random.default_rng(seed).normal(0.0, 0.5, (count, 3, IMAGE_SIZE, IMAGE_SIZE))
+    return np.clip(colours[labels][:, :, None, None] + noise, -2, 2).astype(np.float32), labels
+
+
+def deploy(name: str, out) -> tuple:
+    """(export dir, model.json, 256 inputs, runtime outputs) of model `name` with its detector."""
+    torch.set_num_threads(1)
+    model = MODELS[name]()
+    x_train, y_train = class_images(64, seed=1)
+    x_val, _ = class_images(64, seed=2)
+    ood = integer_calibration(x_val, "rel_mahalanobis", 0.95, fit=(x_train, y_train, NUM_CLASSES))
+    description = export_model(
+        model, out, class_names=CLASS_NAMES, normalization=NORMALIZATION, ood=ood
+    )
+    inputs = [x_val, class_images(64, seed=3)[0], sample_inputs(model, random=96, ties=32)]
+    x = np.concatenate(inputs)
+    return out, description, x, Runtime(out / "model.int.onnx").run(x, keep_intermediates=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """deployed(name): the export of `deploy`, built once per module."""
+    exports: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in exports:
+            exports[name] = deploy(name, tmp_path_factory.mktemp(name))
+        return exports[name]
+
+    return get
+
+
+def compiled(out, name: str) -> CModel:
+    library = compile_c_target(out, out / f"{name}.so")
+    return CModel(library, NUM_CLASSES)
+
+
+def check_against_numpy(description: dict, stats, x, outputs, c_model: CModel) -> dict:
+    """Runs the C model; asserts it agrees with decide() on the runtime; returns the counts."""
+    ood = description["ood"]
+    rows = decide(outputs["logits"], CLASS_NAMES, ood, outputs[FEATURE_TENSOR], stats)
+    scores = np.array([row["score"] for row in rows])
+    known = np.array([row["known"] for row in rows])
+    got = c_model.run(x)
+    assert np.array_equal(got["argmax"], outputs["logits"].argmax(axis=1))
+    tolerance = score_tolerance(
+        ood["score"], scores, outputs["logits"], outputs[FEATURE_TENSOR], stats
+    )
+    counts = compare_scores(
+        got["ood_score"], got["known"], scores, known, tolerance, ood["threshold"]
+    )
+    assert counts["checked"] == len(x) == 256
+    assert counts["out_of_tolerance"] == 0, counts
+    assert counts["unexplained"] == 0, counts
+    # Explained flips need numpy's score within the tolerance (<= 1e-7 here) of the threshold:
+    # only the calibration image that sets the threshold sits there, exactly on it.
+    near = int(np.sum(np.abs(scores - ood["threshold"]) <= tolerance))
+    assert counts["explained"] <= near <= 1, (counts, near)
+    assert 0 < known.sum() < len(known)  # both decisions occur
+    return counts
+
+
+@needs_cc
+@pytest.mark.parametrize("name", list(MODELS))
+def test_deployed_rel_mahalanobis_decides_like_predict(deployed, name) -> None:
+    """write_c_target reads model.ood.npz; the C decision is `lowbit predict`'s."""
+    out, description, x, outputs = deployed(name)
+    assert description["ood"]["score"] == "rel_mahalanobis"
+    write_c_target(out, description)
+    stats = load_export_stats(out, description)
+    check_against_numpy(description, stats, x, outputs, compiled(out / C_DIR, "deployed"))
+
+
+@needs_cc
+@pytest.mark.parametrize("name, score", CASES)
+def test_every_score_decides_like_numpy(deployed, name, score, tmp_path) -> None:
+    """Each score, its threshold calibrated on the runtime's val outputs, given to generate_c."""
+    out, description, x, outputs = deployed(name)
+    stats = load_export_stats(out, description)
+    val = slice(0, 64)  # x starts with the calibration images
+    val_scores = ood_score(outputs["logits"][val], score, outputs[FEATURE_TENSOR][val], stats)
+    ood = {**description["ood"], "score": score, "threshold": calibrate_threshold(val_scores)}
+    description = {**description, "ood": ood}
+    graph = onnx.load(str(out / "model.int.onnx"))
+    for file, text in generate_c(graph, description, stats=stats).items():
+        (tmp_path / file).write_text(text)
+    check_against_numpy(description, stats, x, outputs, compiled(tmp_path, score))
+
+
+@needs_cc
+def test_header_states_score_and_exact_threshold(deployed) -> None:
+    out, description, _, _ = deployed("w2a2-conv4")
+    write_c_target(out, description)
+    header = (out / C_DIR / file_names("lowbit")[0]).read_text()
+    assert '#define LOWBIT_OOD_SCORE "rel_mahalanobis"' in header
+    assert "#define LOWBIT_OOD_HAS_THRESHOLD 1" in header
+    literal = re.search(r"#define LOWBIT_OOD_THRESHOLD \((\S+)\)", header).group(1)
+    assert float.fromhex(literal) == description["ood"]["threshold"]
+
+
+@pytest.fixture
+def export_copy(deployed, tmp_path):
+    """A private copy of the conv4 w2a2 export folder and its model.json."""
+    out, description, _, _ = deployed("w2a2-conv4")
+    target = tmp_path / "export"
+    shutil.copytree(out, target)
+    return target, description
+
+
+def test_missing_statistics_name_the_file(export_copy) -> None:
+    out, description = export_copy
+    (out / STATS_FILE).unlink()
+    with pytest.raises(ModelFileError, match=re.escape(str(out / STATS_FILE))):
+        write_c_target(out, description)
+
+
+def test_altered_statistics_name_the_file(export_copy) -> None:
+    out, description = export_copy
+    blob = bytearray((out / STATS_FILE).read_bytes())
+    blob[-1] ^= 1
+    (out / STATS_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match=f"{re.escape(str(out / STATS_FILE))}: sha256"):
+        write_c_target(out, description)
+
+
+def test_feature_score_without_statistics_names_model_json(export_copy) -> None:
+    out, description = export_copy
+    ood = {k: v for k, v in description["ood"].items() if k != "stats"}
+    with pytest.raises(ModelFileError, match=re.escape(str(out / "model.json"))) as error:
+        write_c_target(out, {**description, "ood": ood})
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_statistics_of_another_model_are_refused(export_copy) -> None:
+    out, description = export_copy
+    stats = drop_class(load_export_stats(out, description), 0)  # 3 classes, the graph has 4
+    graph = onnx.load(str(out / "model.int.onnx"))
+    with pytest.raises(ModelFileError, match="class_means_white"):
+        generate_c(graph, description, stats=stats)
+    with pytest.raises(ModelFileError, match="needs its feature statistics"):
+        generate_c(graph, description)
+
+
+def test_compare_scores_explains_only_flips_near_the_threshold() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 2.0 + 1e-13])
+    known = scores >= 2.0
+    c_scores = np.array([1.0, 2.0 - 1e-15, 3.0, 2.0 - 1e-15])
+    c_known = c_scores >= 2.0
+    tolerance = np.full(4, 1e-12)
+    counts = compare_scores(c_scores, c_known, scores, known, tolerance, 2.0)
+    assert counts == {
+        "checked": 4,
+        "max_abs_diff": float(np.abs(c_scores - scores).max()),
+        "out_of_tolerance": 0,
+        "decisions_differ": 2,
+        "explained": 2,
+        "unexplained": 0,
+    }
+    c_known[2] = False  # a far-from-threshold flip is a bug
+    assert compare_scores(c_scores, c_known, scores, known, tolerance, 2.0)["unexplained"] == 1
+    far = compare_scores(scores + 1e-9, known, scores, known, tolerance, 2.0)
+    assert far["out_of_tolerance"] == 4
