@@ -59,6 +59,28 @@ def load_input(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: cannot read array ({error})") from None
 
 
+def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None]:
+    """Returns (model.json's "ood" entry, feature statistics) of an export folder whose
+    detector is calibrated; (None, None) for a bare graph file or an uncalibrated export."""
+    if export_dir is None or not (export_dir / "model.json").is_file():
+        return None, None
+    import json
+
+    from lowbit.core.feature_scores import load_export_stats
+    from lowbit.core.scores import is_feature_score
+
+    path = export_dir / "model.json"
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
+    ood = description.get("ood") if isinstance(description, dict) else None
+    if not isinstance(ood, dict) or ood.get("threshold") is None:
+        return None, None
+    stats = load_export_stats(export_dir, description) if is_feature_score(ood["score"]) else None
+    return ood, stats
+
+
 def infer_file(
     model: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -68,23 +90,38 @@ def infer_file(
 ) -> dict:
     """Runs the integer graph (a file, or an export folder's model.int.onnx) on the input file.
 
-    Writes every graph output to `out_path` (.npz) only after the whole run succeeded; returns
-    a summary (sample count, output shapes, predicted class counts for a 2-D first output).
+    Writes every graph output to `out_path` (.npz) only after the whole run succeeded, and for
+    an export folder with a calibrated detector also `ood_score` and `known` per sample (the
+    decision `lowbit predict` makes); returns a summary (sample count, output shapes, predicted
+    class counts for a 2-D first output).
     """
     from lowbit.runtime import Runtime
     from lowbit.runtime.runtime import DEFAULT_BATCH_SIZE
 
     model = Path(model)
+    export_dir = model if model.is_dir() else None
     if model.is_dir():
         model = model / INT_GRAPH
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
     runtime = Runtime(model)
+    ood, stats = _detector(export_dir)
     x = load_input(input_path)
     try:
-        outputs = runtime.run(x, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        outputs = runtime.run(
+            x, batch_size=batch_size or DEFAULT_BATCH_SIZE, keep_intermediates=stats is not None
+        )
     except InputError as error:  # the runtime names the tensor; the user needs the file too
         raise InputError(f"{input_path}: {error}") from None
+    if ood is not None:
+        from lowbit.core.feature_scores import FEATURE_TENSOR
+        from lowbit.core.scores import score
+
+        features = outputs.get(FEATURE_TENSOR)
+        scores = score(ood["score"], outputs["logits"], features, stats)
+        outputs = {name: outputs[name] for name in runtime.output_names}
+        outputs["ood_score"] = scores
+        outputs["known"] = scores >= ood["threshold"]
     buffer = io.BytesIO()
     np.savez(buffer, **outputs)
     atomic_write_bytes(out_path, buffer.getvalue())

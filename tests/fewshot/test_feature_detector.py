@@ -140,3 +140,21 @@ def test_stats_file_name_cannot_leave_the_export(feature_export, tmp_path):
     path.write_text(json.dumps(description))
     with pytest.raises(ModelFileError, match="file name in the export folder"):
         load_export_stats(feature_export, description)
+
+
+def test_infer_on_an_export_folder_writes_the_decision(feature_export, tmp_path):
+    from lowbit.infer import infer_file
+
+    _, record = load_run(feature_export)
+    x = splits_for(record).val.x[:40]
+    np.save(tmp_path / "x.npy", x)
+    infer_file(feature_export, tmp_path / "x.npy", tmp_path / "y.npz")
+    with np.load(tmp_path / "y.npz") as saved:
+        outputs = dict(saved)
+    rows = predict(feature_export, save_images(x, tmp_path / "img"))
+    assert np.array_equal(outputs["known"], [row["known"] for row in rows])
+    assert outputs["ood_score"].tolist() == [row["score"] for row in rows]
+    # a bare graph file has no detector: the graph's outputs only
+    infer_file(feature_export / "model.int.onnx", tmp_path / "x.npy", tmp_path / "z.npz")
+    with np.load(tmp_path / "z.npz") as saved:
+        assert "known" not in saved.files
