@@ -5,9 +5,10 @@ threshold; the generated C computes the same float64 formula after the head and 
 `result->ood_score` and `result->known = ood_score >= <PREFIX>_OOD_THRESHOLD`:
 - logit scores (msp, max_logit, energy) from the float64 logits, the largest logit subtracted
   before exp (`lb_logsumexp`);
-- feature scores (prototype, mahalanobis, rel_mahalanobis) from the head's integer input f (the
-  feature codes `backbone.features`): z = f / sqrt(n) with the exact integer n = sum f^2, then
-  dot products with the fitted statistics of model.ood.npz, emitted as exact double literals.
+- feature scores (prototype, mahalanobis, rel_mahalanobis, residual, vim) from the head's
+  integer input f (the feature codes `backbone.features`): z = f / sqrt(n) with the exact
+  integer n = sum f^2, then dot products with the fitted statistics of model.ood.npz, emitted as
+  exact double literals; vim adds the logits' energy.
 
 The invariant that makes the tolerance small: every input of the score is bit-identical in C and
 numpy (the logits: the C tail repeats the graph's float64 ops; z: n < 2^53 is exact and sqrt and
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit.core.feature_scores import FEATURE_SCORES, STATS_FILE, normalize_rows
+from lowbit.core.feature_scores import FEATURE_SCORES, STATS_FILE, normalize_rows, residual_norm
 from lowbit.core.scores import LOGIT_SCORES, SCORES
 from lowbit.errors import ModelFileError
 from lowbit.export import c_templates as T
@@ -38,6 +39,8 @@ STATS_USED = {
         "background_whitening",
         "background_mean_white",
     ),
+    "residual": ("global_mean", "principal_complement"),
+    "vim": ("global_mean", "principal_complement", "vim_alpha"),
 }
 
 
@@ -60,9 +63,9 @@ def _check_stats(stats: dict, name: str, features: int, classes: int, where: str
     missing = [key for key in STATS_USED[name] if key not in stats]
     if missing:
         raise ModelFileError(f"{where}: score {name!r} needs arrays {missing}; re-export")
-    rows = {
-        key: np.shape(stats.get(key, np.zeros((0, features))))[0]
-        for key in ("class_whitening", "background_whitening")
+    rows = {  # free row counts; a 0-d array has none and fails the shape check below
+        key: (np.shape(stats.get(key, ())) or (0,))[0]
+        for key in ("class_whitening", "background_whitening", "principal_complement")
     }
     expected = {
         "prototypes": (classes, features),
@@ -70,6 +73,9 @@ def _check_stats(stats: dict, name: str, features: int, classes: int, where: str
         "class_means_white": (classes, rows["class_whitening"]),
         "background_whitening": (rows["background_whitening"], features),
         "background_mean_white": (rows["background_whitening"],),
+        "global_mean": (features,),
+        "principal_complement": (rows["principal_complement"], features),
+        "vim_alpha": (),
     }
     for key in STATS_USED[name]:
         if np.shape(stats[key]) != expected[key]:
@@ -119,6 +125,22 @@ def _feature_code(plan: CPlan, name: str, arrays: dict[str, str], stats: dict) -
             f"        result->ood_score = lb_prototype_score({z.var}, {features}, "
             f"{arrays['prototypes']}, {classes});\n    }}\n"
         )
+        return "".join(lines), [z]
+    if name in ("residual", "vim"):
+        rows = np.shape(stats["principal_complement"])[0]
+        residual = (
+            f"lb_residual_norm({z.var}, {features}, {arrays['global_mean']}, "
+            f"{arrays['principal_complement']}, {rows})"
+        )
+        if name == "residual":
+            lines.append(f"        result->ood_score = -{residual};\n    }}\n")
+        else:  # energy - alpha |z - P z| (Wang et al. 2022, eq. 5-7; feature_scores.py)
+            lines.append(
+                "        {\n"
+                f"            double top, lse = lb_logsumexp(result->logits, {classes}, &top);\n"
+                f"            result->ood_score = lse - {arrays['vim_alpha']}[0] * {residual};\n"
+                "        }\n    }\n"
+            )
         return "".join(lines), [z]
     background = name == "rel_mahalanobis"
     distances = plan.buffer("ood.distances", np.float64, (classes + background,))
@@ -184,6 +206,10 @@ def plan_ood(plan: CPlan, ood: dict | None, stats: dict | None, prefix: str) -> 
         )
         if name == "prototype":
             kernels["prototype_score"] = T.PROTOTYPE
+        elif name in ("residual", "vim"):
+            kernels["residual_norm"] = T.RESIDUAL_NORM
+            if name == "vim":
+                kernels["logsumexp"] = T.LOGSUMEXP
         else:
             kernels["white_distances"] = T.WHITE_DISTANCES
         code, buffers = _feature_code(plan, name, arrays, stats)
@@ -197,6 +223,8 @@ def header_defines(program: OodProgram, ood: dict | None, prefix: str) -> str:
     """The header's `<PREFIX>_OOD_*` macros with a comment on where the threshold comes from."""
     ood, upper = ood or {}, prefix.upper()
     kind = "the head's integer features" if program.score in FEATURE_SCORES else "the logits"
+    if program.score == "vim":
+        kind = "the logits and the head's integer features"
     lines = [
         '/* Unknown-type detector (model.json "ood", lowbit/core/scores.py): ood_score is',
         f"   {program.score} of {kind}, higher = more like a known class. */",
@@ -231,6 +259,17 @@ def header_defines(program: OodProgram, ood: dict | None, prefix: str) -> str:
 #   D. To first order D is off by at most gamma_{F+2} (D + 2 sum_r |d_r| A_r): its "terms". A
 #   prototype cosine is one dot product: terms sum_i |z_i p_i|. min/max are 1-Lipschitz and the
 #   final subtraction MD_c - MD_0 rounds once (the |score| term).
+# - residual = -norm(p), p_r = o . c_r with o = z - mu (one rounding, the same in both): p_r is
+#   off by gamma_F A_r, A_r = |o|.|c_r|. A norm is 1-Lipschitz, |norm(p^) - norm(p)| <=
+#   norm(p^ - p) <= gamma_F norm(A), and the R <= F squares, their sum and the correctly rounded
+#   sqrt add gamma_{R+1} norm(p^): terms norm(A) beside the |score| term. This holds at a zero
+#   residual too, where both executors give at most gamma_F norm(A). Propagating the sum of
+#   squares s through sqrt instead (|sqrt(s + e) - sqrt(s)| <= e / (2 sqrt(s)) for s > 0,
+#   sqrt(e) at s = 0) reaches the same size by Cauchy-Schwarz, but its first form is first
+#   order only (false for s ~ e) and its second needs e's second-order terms gamma_F^2 A_r^2.
+# - vim = energy - alpha r, r = |z - P z|: the energy's terms plus |alpha| (r + norm(A)), the
+#   residual's bound with its |score| term r (which also covers rounding alpha r); the final
+#   subtraction rounds once (the |score| term).
 # - logit scores: max is exact; exp and log are within a few ulps in glibc, musl and numpy and
 #   the K exponentials are positive and sum to s in [1, K]: a few u (K + |top| + |lse|), far
 #   below the terms sum_c |logit_c| + K.
@@ -258,6 +297,14 @@ def score_terms(
     z = normalize_rows(features)
     if name == "prototype":
         return (np.abs(z) @ np.abs(stats["prototypes"]).T).max(axis=1)
+    if name in ("residual", "vim"):
+        offset = z - stats["global_mean"]
+        complement = stats["principal_complement"]
+        spread = np.linalg.norm(np.abs(offset) @ np.abs(complement).T, axis=1)  # |A|
+        if name == "residual":
+            return spread
+        alpha = abs(float(stats["vim_alpha"]))
+        return score_terms("energy", logits) + alpha * (residual_norm(features, stats) + spread)
     terms = _distance_terms(z, stats["class_whitening"], stats["class_means_white"]).max(axis=1)
     if name == "rel_mahalanobis":
         center = stats["background_mean_white"][None, :]

@@ -239,6 +239,27 @@ static void lb_white_distances(const double *z, long features, const double *whi
 }
 """
 
+RESIDUAL_NORM = """\
+/* sqrt(sum_r ((z - mean) . complement[r])^2) for an orthonormal basis complement
+   [rows][features] of the directions outside the training features' principal subspace: the
+   norm of z's centered part outside it (lowbit/core/feature_scores.py: residual_norm).
+   Overwrites z with z - mean, rounded as numpy's subtraction. */
+static double lb_residual_norm(double *z, long features, const double *mean,
+                               const double *complement, long rows)
+{
+    double sum = 0.0;
+    long r, i;
+    for (i = 0; i < features; ++i) z[i] -= mean[i];
+    for (r = 0; r < rows; ++r) {
+        const double *c = complement + r * features;
+        double projection = 0.0;
+        for (i = 0; i < features; ++i) projection += z[i] * c[i];
+        sum += projection * projection;
+    }
+    return sqrt(sum);
+}
+"""
+
 PROTOTYPE = """\
 /* max_c z . prototypes[c] for unit prototypes [count][features]: the cosine to the nearest
    class prototype (lowbit/core/feature_scores.py: prototype_score). */

@@ -19,7 +19,14 @@ import onnx
 import pytest
 import torch
 
-from lowbit.core.feature_scores import FEATURE_TENSOR, STATS_FILE, drop_class, load_export_stats
+from lowbit.core.feature_scores import (
+    FEATURE_TENSOR,
+    STATS_FILE,
+    drop_class,
+    load_export_stats,
+    normalize_rows,
+    residual_score,
+)
 from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
 from lowbit.export.c_ood import compare_scores, score_tolerance
@@ -40,11 +47,14 @@ MODELS = {
     "w8a8-conv4-linear": lambda: make_calibrated("w8a8", "conv4", head="linear"),
     "w2a2-resnet8": lambda: calibrated("w2a2", "resnet8"),
 }
+CONV4_SCORES = ("msp", "max_logit", "energy", "prototype", "mahalanobis", "residual", "vim")
 CASES = [
-    *[("w2a2-conv4", s) for s in ("msp", "max_logit", "energy", "prototype", "mahalanobis")],
+    *[("w2a2-conv4", s) for s in CONV4_SCORES],
     ("w8a8-conv4-linear", "msp"),
     ("w8a8-conv4-linear", "prototype"),
+    ("w8a8-conv4-linear", "vim"),
     ("w2a2-resnet8", "prototype"),
+    ("w2a2-resnet8", "residual"),
 ]
 
 
@@ -195,6 +205,19 @@ def test_statistics_of_another_model_are_refused(export_copy) -> None:
         generate_c(graph, description)
 
 
+def test_residual_statistics_of_another_width_are_refused(export_copy) -> None:
+    out, description = export_copy
+    stats = load_export_stats(out, description)
+    graph = onnx.load(str(out / "model.int.onnx"))
+    ood = {**description["ood"], "score": "vim"}
+    narrow = {**stats, "principal_complement": stats["principal_complement"][:, 1:]}
+    with pytest.raises(ModelFileError, match="principal_complement"):
+        generate_c(graph, {**description, "ood": ood}, stats=narrow)
+    without_alpha = {k: v for k, v in stats.items() if k != "vim_alpha"}
+    with pytest.raises(ModelFileError, match="vim_alpha"):
+        generate_c(graph, {**description, "ood": ood}, stats=without_alpha)
+
+
 def test_compare_scores_explains_only_flips_near_the_threshold() -> None:
     scores = np.array([1.0, 2.0, 3.0, 2.0 + 1e-13])
     known = scores >= 2.0
@@ -214,3 +237,32 @@ def test_compare_scores_explains_only_flips_near_the_threshold() -> None:
     assert compare_scores(c_scores, c_known, scores, known, tolerance, 2.0)["unexplained"] == 1
     far = compare_scores(scores + 1e-9, known, scores, known, tolerance, 2.0)
     assert far["out_of_tolerance"] == 4
+
+
+def test_residual_tolerance_is_tight_at_a_zero_residual() -> None:
+    """A centered feature inside the principal subspace has residual 0 in exact arithmetic and
+    ~1e-17 in float64: the C kernel's summation order stays within the tolerance, and the
+    tolerance stays ~1e-12 (sqrt of a 1e-12-sized error of the sum of squares would be 1e-6)."""
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.normal(size=(16, 16)))[0].T  # orthonormal rows
+    principal, complement = basis[:4], basis[4:]
+    features = rng.integers(0, 4, (32, 16))
+    features[0] = 0  # all-zero codes: z = 0
+    mean = normalize_rows(features)[1] - rng.normal(size=4) @ principal
+    stats = {"global_mean": mean, "principal_complement": complement}
+
+    def c_kernel(offset: np.ndarray) -> float:  # lb_residual_norm's loops, in Python floats
+        sum_of_squares = 0.0
+        for row in complement.tolist():
+            projection = 0.0
+            for o, c in zip(offset.tolist(), row, strict=True):
+                projection += o * c
+            sum_of_squares += projection * projection
+        return float(np.sqrt(sum_of_squares))
+
+    c_scores = -np.array([c_kernel(o) for o in normalize_rows(features) - mean])
+    scores = residual_score(features, stats)
+    tolerance = score_tolerance("residual", scores, np.zeros((32, 4)), features, stats)
+    assert abs(scores[1]) < 1e-15  # row 1's offset lies in the principal subspace
+    assert np.all(np.abs(c_scores - scores) <= tolerance)
+    assert tolerance[1] < 1e-11
