@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
     )
     return {
         "out": str(out_dir),
-        "model_bits": description["model_bits"]["total"],
+        "deployed_bits": description["deployed_bits"]["total"],
         "ood": description["ood"],
         "layers": len(description["layers"]),
         "targets": write_targets(targets, out_dir, description),
@@ -251,13 +251,18 @@ def cmd_enroll(args: argparse.Namespace) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
-    from lowbit.fewshot import predict
+    from lowbit.fewshot.predict import format_predictions, predict
+    from lowbit.fewshot.regions import boxes_from_args, masks_from_args
 
-    rows = predict(args.dir, args.images)
+    rows = predict(
+        args.dir,
+        args.images,
+        masks=masks_from_args(args.mask) if args.mask else None,
+        boxes=boxes_from_args(args.box) if args.box else None,
+        whole_image=args.whole_image,
+    )
     if not args.json:
-        for row in rows:
-            state = "known" if row["known"] else "unknown"
-            print(f"{row['image']}\t{row['label']}\t{row['class']}\t{row['score']:.4f}\t{state}")
+        print(format_predictions(rows))
     return {"predictions": rows}
 
 
@@ -450,9 +455,37 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--verify-n", type=int, default=200, help="real and random verify inputs")
     enroll.set_defaults(func=cmd_enroll)
 
-    predict = sub.add_parser("predict", help="class, score and known/unknown per image")
+    predict = sub.add_parser(
+        "predict",
+        help="class, score and known/unknown per image, cut around the detector's mask or box",
+        description="Classify defects a detector found: each image is cut around its mask or "
+        "box exactly as the training images were (docs/predict.md).",
+    )
     predict.add_argument("dir", help="export folder (holds model.json)")
-    predict.add_argument("images", nargs="+", help="image files (crops around the defect)")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "--mask",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="MASK",
+        help="the detector's mask of each image (non-zero = defect), in the images' order; "
+        "or a .json/.csv list of mask files",
+    )
+    predict.add_argument(
+        "--box",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="the detector's box of each image in pixels (end-exclusive), in the images' order; "
+        "or a .json/.csv list of boxes",
+    )
+    predict.add_argument(
+        "--whole-image",
+        action="store_true",
+        help="the images already are crops around the defect: use each one whole",
+    )
     predict.set_defaults(func=cmd_predict)
     return parser
 

@@ -65,6 +65,7 @@ def ood_summary(metrics: dict) -> str:
 
 def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> dict:
     """Trains fp32 then w1a2 (conv4, cosine, LogitNorm), exports, verifies; prints a summary."""
+    from lowbit.artifacts import deployed_bits_of
     from lowbit.train import TrainConfig
     from lowbit.verify.api import format_report
     from lowbit.workflow import export_run, verify_run
@@ -90,10 +91,8 @@ def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> di
     ]
     if qat.get("ood"):
         lines.append(f"  w1a2 unknown-defect detection: {ood_summary(qat)}")
-    lines.append(
-        f"  deployed model: {description['model_bits']['total']:,} bits "
-        f"({description['model_bits']['total'] / 8 / 1024:.1f} KiB)"
-    )
+    deployed = deployed_bits_of(description)["total"]
+    lines.append(f"  deployed model: {deployed:,} bits ({deployed / 8 / 1024:.1f} KiB)")
     lines.append(format_report(report))
     print("\n".join(lines), file=sys.stdout)
     return {

@@ -44,7 +44,7 @@ def _label(entry: dict) -> str:
 
 
 def plot_pareto(summary: list[dict], path: Path) -> None:
-    points = [(e["model_bits"], 100 * e["accuracy_mean"]) for e in summary]
+    points = [(e["deployed_bits"], 100 * e["accuracy_mean"]) for e in summary]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, entry in enumerate(summary):
@@ -61,7 +61,7 @@ def plot_pareto(summary: list[dict], path: Path) -> None:
             label="Pareto front")  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
-    ax.set_xlabel("model bits (weights + thresholds)")
+    ax.set_xlabel("deployed bits (weights + thresholds)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs model size")
     ax.legend(loc="best")
@@ -151,7 +151,7 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     out = Path(out)
     written = {}
     plot_pareto(results["summary"], out / "accuracy_vs_bits.png")
-    written["accuracy vs model bits"] = "accuracy_vs_bits.png"
+    written["accuracy vs deployed bits"] = "accuracy_vs_bits.png"
     if plot_roc(results["rows"], out / "ood_roc.png"):
         written["OOD ROC curves"] = "ood_roc.png"
     if plot_confusion(results["rows"], out / "confusion_matrix.png"):

@@ -42,7 +42,7 @@ def test_train_export_verify_eval(tmp_path, capsys):
         "loss",
         "accuracy",
         "per_class_accuracy",
-        "model_bits",
+        "parameter_bits",
         "epochs",
         "seed",
     ):
