@@ -16,7 +16,7 @@ from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
 # subcommands that print their own human-readable result (all print JSON with --json)
-PRINTS_OWN_RESULT = ("verify", "run", "bench", "fewshot", "enroll", "predict")
+PRINTS_OWN_RESULT = ("eval", "verify", "run", "bench", "fewshot", "enroll", "predict")
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -97,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
 
 def cmd_eval(args: argparse.Namespace) -> dict:
     from lowbit.train import TrainConfig, evaluate, load_run
+    from lowbit.train.report import eval_report
     from lowbit.train.run import splits_for
 
     model, record = load_run(Path(args.run_dir))
@@ -104,18 +105,19 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if isinstance(record.get("train"), dict):
         config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
     metrics = evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"), config=config)
-    if not args.json and metrics.get("ood"):
-        print(ood_table(metrics))
+    if not args.json:
+        print(eval_report(metrics, record, own_export(Path(args.run_dir)), args.run_dir))
     return metrics
 
 
-def ood_table(metrics: dict) -> str:
-    """Returns the unknown-type table of metrics.json: every score, the deployed one marked."""
-    lines = [f"{'unknown-type score':<22} {'AUROC':>6} {'FPR95':>6}"]
-    for name, entry in metrics["ood"].items():
-        mark = " (deployed)" if name == metrics.get("ood_default") else ""
-        lines.append(f"{name + mark:<22} {entry['auroc']:6.3f} {entry['fpr95']:6.3f}")
-    return "\n".join(lines)
+def own_export(run_dir: Path) -> dict | None:
+    """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
+    from lowbit.verify.api import read_description
+
+    if not (run_dir / "model.json").is_file():
+        return None
+    description = read_description(run_dir)
+    return description if description.get("source_run", ".") == "." else None
 
 
 def cmd_export(args: argparse.Namespace) -> dict:

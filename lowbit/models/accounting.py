@@ -20,7 +20,7 @@ from lowbit.models.heads import CosineHead, LinearHead
 from lowbit.quant.layers import is_quant_conv, weight_codes
 
 FLOAT_BITS = 32
-PARAMETER_BITS_RULE = "parameters x their bit width, BatchNorm as two 32-bit floats per channel"
+PARAMETER_BITS_RULE = "each parameter at its bit width, BatchNorm as two 32-bit floats"
 
 
 def parameter_bits_by_layer(model: nn.Module) -> list[dict]:
