@@ -1,7 +1,9 @@
 """`lowbit ...`: argparse subcommands, each a thin wrapper over one library function.
 
-Results go to stdout (`--json` for machine-readable output), progress and logs to stderr.
-A LowbitError becomes one line on stderr and its exit code; `--debug` shows the traceback.
+Results go to stdout (`--json` for machine-readable output), progress and logs to stderr;
+`--quiet` leaves only results and errors. A LowbitError becomes one line on stderr and its exit
+code; `--debug` shows the traceback. Python warnings go through logging, so they follow the
+same verbosity, and those of dependencies that tell a lowbit user nothing are dropped.
 """
 
 from __future__ import annotations
@@ -10,11 +12,20 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
+# (message regex, category, module regex) of dependency warnings a lowbit user cannot act on
+IGNORED_WARNINGS = (
+    # brevitas.graph.equalize, imported by brevitas' ONNX export: a CUDA kernel for Hadamard
+    # rotations, which lowbit never applies
+    (r"fast_hadamard_transform package not found", UserWarning, r"brevitas\."),
+    # brevitas.graph.base, same import: brevitas' own modules use brevitas.fx, lowbit does not
+    (r"brevitas\.fx is deprecated", DeprecationWarning, r"brevitas\."),
+)
 # subcommands that print their own human-readable result (all print JSON with --json)
 PRINTS_OWN_RESULT = ("eval", "verify", "run", "bench", "fewshot", "enroll", "predict")
 
@@ -167,9 +178,13 @@ def cmd_infer(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from lowbit.pipeline import run_main_job
+    from lowbit.pipeline import main_job_text, run_main_job
 
-    return run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+    result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+    if not args.json:
+        report = json.loads((Path(args.out) / "w1a2" / "verify.json").read_text())
+        print(main_job_text(result, report))
+    return result
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
@@ -335,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only results and errors: no logs, no progress"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="built-in data set")
@@ -492,14 +509,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_output(quiet: bool) -> None:
+    """Logs (and Python warnings, through logging) to stderr: INFO and up, ERROR with --quiet.
+
+    Dependency warnings in IGNORED_WARNINGS are dropped; call inside warnings.catch_warnings()
+    so that a caller of `main` in the same process keeps its own filters.
+    """
+    level = logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger().setLevel(level)
+    logging.captureWarnings(True)
+    for message, category, module in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    root_level = logging.getLogger().level
+    with warnings.catch_warnings():
+        configure_output(args.quiet)
+        try:
+            return _run(args)
+        finally:  # leave the process as it was: `main` may be called from Python
+            logging.captureWarnings(False)
+            logging.getLogger().setLevel(root_level)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args.func(args)
     except LowbitError as error:
@@ -512,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result is None:  # nothing to print (a torchrun process other than rank 0)
         return 0
+    sys.stderr.flush()  # the last log lines before the results, not among them
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     elif args.command not in PRINTS_OWN_RESULT and isinstance(result, dict):
