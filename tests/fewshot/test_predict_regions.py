@@ -145,3 +145,12 @@ def test_format_1_model_json_reads_like_format_2() -> None:
     assert crop_rule_of(old) == crop_rule()  # format 1 exported only the default crops
     new = {"input": {"crop": None}, "deployed_bits": {"total": 96, "layers": layers}}
     assert deployed_bits_of(new)["total"] == 96 and crop_rule_of(new) is None
+
+
+def test_docs_python_example_runs(crop_run, training_images, capsys) -> None:
+    docs = Path(__file__).parents[2] / "docs" / "predict.md"
+    example = docs.read_text().split("```python\n")[1].split("```")[0]
+    image_path, mask_path, _ = training_images[0]
+    exec(example, {"export_dir": crop_run, "image_path": image_path, "mask_path": mask_path})
+    printed = capsys.readouterr().out  # label class score [x0, y0, x1, y1]
+    assert printed.strip().endswith("[12, 20, 40, 30]") and len(printed.split()) == 7
