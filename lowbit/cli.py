@@ -1,7 +1,9 @@
 """`lowbit ...`: argparse subcommands, each a thin wrapper over one library function.
 
-Results go to stdout (`--json` for machine-readable output), progress and logs to stderr.
-A LowbitError becomes one line on stderr and its exit code; `--debug` shows the traceback.
+Results go to stdout (`--json` for machine-readable output), progress and logs to stderr;
+`--quiet` leaves only results and errors. A LowbitError becomes one line on stderr and its exit
+code; `--debug` shows the traceback. Python warnings go through logging, so they follow the
+same verbosity, and those of dependencies that tell a lowbit user nothing are dropped.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
+# (message regex, category, module regex) of dependency warnings a lowbit user cannot act on
+IGNORED_WARNINGS = (
+    # brevitas.graph.equalize, imported by brevitas' ONNX export: a CUDA kernel for Hadamard
+    # rotations, which lowbit never applies
+    (r"fast_hadamard_transform package not found", UserWarning, r"brevitas\."),
+    # brevitas.graph.base, same import: brevitas' own modules use brevitas.fx, lowbit does not
+    (r"brevitas\.fx is deprecated", DeprecationWarning, r"brevitas\."),
+)
 # subcommands that print their own human-readable result (all print JSON with --json)
-PRINTS_OWN_RESULT = ("verify", "run", "bench", "fewshot", "enroll", "predict")
+PRINTS_OWN_RESULT = ("eval", "verify", "run", "bench", "fewshot", "enroll", "predict")
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -97,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
 
 def cmd_eval(args: argparse.Namespace) -> dict:
     from lowbit.train import TrainConfig, evaluate, load_run
+    from lowbit.train.report import eval_report
     from lowbit.train.run import splits_for
 
     model, record = load_run(Path(args.run_dir))
@@ -104,18 +116,19 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     if isinstance(record.get("train"), dict):
         config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
     metrics = evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"), config=config)
-    if not args.json and metrics.get("ood"):
-        print(ood_table(metrics))
+    if not args.json:
+        print(eval_report(metrics, record, own_export(Path(args.run_dir)), args.run_dir))
     return metrics
 
 
-def ood_table(metrics: dict) -> str:
-    """Returns the unknown-type table of metrics.json: every score, the deployed one marked."""
-    lines = [f"{'unknown-type score':<22} {'AUROC':>6} {'FPR95':>6}"]
-    for name, entry in metrics["ood"].items():
-        mark = " (deployed)" if name == metrics.get("ood_default") else ""
-        lines.append(f"{name + mark:<22} {entry['auroc']:6.3f} {entry['fpr95']:6.3f}")
-    return "\n".join(lines)
+def own_export(run_dir: Path) -> dict | None:
+    """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
+    from lowbit.verify.api import read_description
+
+    if not (run_dir / "model.json").is_file():
+        return None
+    description = read_description(run_dir)
+    return description if description.get("source_run", ".") == "." else None
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
@@ -129,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
     )
     return {
         "out": str(out_dir),
-        "model_bits": description["model_bits"]["total"],
+        "deployed_bits": description["deployed_bits"]["total"],
         "ood": description["ood"],
         "layers": len(description["layers"]),
         "targets": write_targets(targets, out_dir, description),
@@ -165,9 +178,13 @@ def cmd_infer(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from lowbit.pipeline import run_main_job
+    from lowbit.pipeline import main_job_text, run_main_job
 
-    return run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+    result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+    if not args.json:
+        report = json.loads((Path(args.out) / "w1a2" / "verify.json").read_text())
+        print(main_job_text(result, report))
+    return result
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
@@ -251,13 +268,18 @@ def cmd_enroll(args: argparse.Namespace) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict:
-    from lowbit.fewshot import predict
+    from lowbit.fewshot.predict import format_predictions, predict
+    from lowbit.fewshot.regions import boxes_from_args, masks_from_args
 
-    rows = predict(args.dir, args.images)
+    rows = predict(
+        args.dir,
+        args.images,
+        masks=masks_from_args(args.mask) if args.mask else None,
+        boxes=boxes_from_args(args.box) if args.box else None,
+        whole_image=args.whole_image,
+    )
     if not args.json:
-        for row in rows:
-            state = "known" if row["known"] else "unknown"
-            print(f"{row['image']}\t{row['label']}\t{row['class']}\t{row['score']:.4f}\t{state}")
+        print(format_predictions(rows))
     return {"predictions": rows}
 
 
@@ -328,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only results and errors: no logs, no progress"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="built-in data set")
@@ -450,21 +474,71 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--verify-n", type=int, default=200, help="real and random verify inputs")
     enroll.set_defaults(func=cmd_enroll)
 
-    predict = sub.add_parser("predict", help="class, score and known/unknown per image")
+    predict = sub.add_parser(
+        "predict",
+        help="class, score and known/unknown per image, cut around the detector's mask or box",
+        description="Classify defects a detector found: each image is cut around its mask or "
+        "box exactly as the training images were (docs/predict.md).",
+    )
     predict.add_argument("dir", help="export folder (holds model.json)")
-    predict.add_argument("images", nargs="+", help="image files (crops around the defect)")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "--mask",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="MASK",
+        help="the detector's mask of each image (non-zero = defect), in the images' order; "
+        "or a .json/.csv list of mask files",
+    )
+    predict.add_argument(
+        "--box",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="X0,Y0,X1,Y1",
+        help="the detector's box of each image in pixels (end-exclusive), in the images' order; "
+        "or a .json/.csv list of boxes",
+    )
+    predict.add_argument(
+        "--whole-image",
+        action="store_true",
+        help="the images already are crops around the defect: use each one whole",
+    )
     predict.set_defaults(func=cmd_predict)
     return parser
+
+
+def configure_output(quiet: bool) -> None:
+    """Logs (and Python warnings, through logging) to stderr: INFO and up, ERROR with --quiet.
+
+    Dependency warnings in IGNORED_WARNINGS are dropped; call inside warnings.catch_warnings()
+    so that a caller of `main` in the same process keeps its own filters.
+    """
+    level = logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger().setLevel(level)
+    logging.captureWarnings(True)
+    for message, category, module in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    root_level = logging.getLogger().level
+    with warnings.catch_warnings():
+        configure_output(args.quiet)
+        try:
+            return _run(args)
+        finally:  # leave the process as it was: `main` may be called from Python
+            logging.captureWarnings(False)
+            logging.getLogger().setLevel(root_level)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = args.func(args)
     except LowbitError as error:
@@ -477,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result is None:  # nothing to print (a torchrun process other than rank 0)
         return 0
+    sys.stderr.flush()  # the last log lines before the results, not among them
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     elif args.command not in PRINTS_OWN_RESULT and isinstance(result, dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,11 @@ def ood_summary(metrics: dict) -> str:
 
 
 def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> dict:
-    """Trains fp32 then w1a2 (conv4, cosine, LogitNorm), exports, verifies; prints a summary."""
+    """Trains fp32 then w1a2 (conv4, cosine, LogitNorm), exports, verifies; returns both runs'
+    metrics, the deployed size and verify's counts (`main_job_text` words them; the full
+    verify report is <out>/w1a2/verify.json)."""
+    from lowbit.artifacts import deployed_bits_of
     from lowbit.train import TrainConfig
-    from lowbit.verify.api import format_report
     from lowbit.workflow import export_run, verify_run
 
     fp32_epochs, qat_epochs = (1, 1) if quick else (FP32_EPOCHS, QAT_EPOCHS)
@@ -83,23 +84,31 @@ def run_main_job(out: Path, *, quick: bool = False, progress: bool = True) -> di
     report = verify_run(
         qat_dir, n=200 if quick else 1000, random=64 if quick else 1000, progress=progress
     )
-    lines = [
-        f"lowbit run: conv4 cosine head, LogitNorm, built-in defect data ({out})",
-        f"  fp32 pre-training ({fp32_epochs} epochs) accuracy {fp32['accuracy']:.3f}; "
-        f"w1a2 after {qat_epochs} more epochs of QAT: {qat['accuracy']:.3f}",
-    ]
-    if qat.get("ood"):
-        lines.append(f"  w1a2 unknown-defect detection: {ood_summary(qat)}")
-    lines.append(
-        f"  deployed model: {description['model_bits']['total']:,} bits "
-        f"({description['model_bits']['total'] / 8 / 1024:.1f} KiB)"
-    )
-    lines.append(format_report(report))
-    print("\n".join(lines), file=sys.stdout)
     return {
+        "out": str(out),
+        "epochs": {"fp32": fp32_epochs, "w1a2": qat_epochs},
         "fp32": fp32,
         "w1a2": qat,
+        "deployed_bits": deployed_bits_of(description)["total"],
         "verify": {
             k: report[k] for k in ("checked_tensors", "checked_values", "mismatches", "unexplained")
         },
     }
+
+
+def main_job_text(result: dict, verify_report: dict) -> str:
+    """Returns `lowbit run`'s summary of `run_main_job`'s result and the full verify report."""
+    from lowbit.verify.api import format_report
+
+    fp32, qat, epochs = result["fp32"], result["w1a2"], result["epochs"]
+    lines = [
+        f"lowbit run: conv4 cosine head, LogitNorm, built-in defect data ({result['out']})",
+        f"  fp32 pre-training ({epochs['fp32']} epochs) accuracy {fp32['accuracy']:.3f}; "
+        f"w1a2 after {epochs['w1a2']} more epochs of QAT: {qat['accuracy']:.3f}",
+    ]
+    if qat.get("ood"):
+        lines.append(f"  w1a2 unknown-defect detection: {ood_summary(qat)}")
+    bits = result["deployed_bits"]
+    lines.append(f"  deployed model: {bits:,} bits ({bits / 8 / 1024:.1f} KiB)")
+    lines.append(format_report(verify_report))
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ def export_run(
     """Exports a trained run: fits the feature-score statistics on its training split and
     calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split."""
     from lowbit.core.scores import DEFAULT_OOD_SCORE
-    from lowbit.data import NORMALIZATION
+    from lowbit.data import NORMALIZATION, crop_rule
     from lowbit.fewshot.openset import integer_calibration
     from lowbit.train import load_run
 
@@ -47,6 +47,7 @@ def export_run(
         ood=ood,
         batch=batch,
         source_run=os.path.relpath(run_dir.resolve(), out_dir.resolve()),
+        crop=crop_rule() if splits.mask_crops else None,
     )
     return out_dir, description
 

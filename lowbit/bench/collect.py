@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import deployed_bits_of
 from lowbit.errors import LowbitError
 from lowbit.models import LowbitModel
-from lowbit.train.accounting import layer_bits
+from lowbit.models.accounting import parameter_bits_by_layer
 from lowbit.train.metrics import msp
 
 log = logging.getLogger(__name__)
@@ -23,15 +24,15 @@ log = logging.getLogger(__name__)
 ROC_POINTS = 200  # enough for a smooth plot, small enough for results.json
 
 
-def size_bits(model: LowbitModel, description: dict | None) -> dict:
-    """Returns {"total", "weights", "thresholds", "source"}: the stored model size in bits.
+def deployed_size(model: LowbitModel, description: dict | None) -> dict:
+    """Returns {"total", "weights", "thresholds", "source"}: the deployed model size in bits.
 
     Quantized: model.json's deployed count (weight codes at their width, thresholds at their
     layer's accumulator width, head rows). fp32 has no export: 32-bit weights, and the BatchNorm
     (slope, offset) floats that thresholds replace in a quantized model count as "thresholds".
     """
     if description is not None:
-        rows = description["model_bits"]["layers"]
+        rows = deployed_bits_of(description)["layers"]
         weights = sum(row["weight_bits"] for row in rows)
         thresholds = sum(row["threshold_bits"] for row in rows)
         return {
@@ -40,7 +41,7 @@ def size_bits(model: LowbitModel, description: dict | None) -> dict:
             "thresholds": thresholds,
             "source": "model.json",
         }
-    rows = layer_bits(model)
+    rows = parameter_bits_by_layer(model)
     # BatchNorm modules are named bn, bn1, bn2, bn_sc by the backbones
     batchnorm = sum(r["bits"] for r in rows if r["name"].rsplit(".", 1)[-1].startswith("bn"))
     total = sum(row["bits"] for row in rows)
@@ -54,7 +55,7 @@ def size_bits(model: LowbitModel, description: dict | None) -> dict:
 
 def layer_chart_rows(description: dict) -> list[dict]:
     """Returns per model.json layer {name, weight_bits, act_bits, accumulator_bits, stored_bits}."""
-    stored = {row["name"]: row for row in description["model_bits"]["layers"]}
+    stored = {row["name"]: row for row in deployed_bits_of(description)["layers"]}
     rows = []
     for layer in description["layers"]:
         bits = stored.get(layer["name"], {})

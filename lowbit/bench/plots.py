@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from lowbit.io import atomic_write_bytes  # noqa: E402
@@ -43,29 +44,124 @@ def _label(entry: dict) -> str:
     return f"{entry['recipe']} {entry['head']} {entry['loss']}"
 
 
-def plot_pareto(summary: list[dict], path: Path) -> None:
-    points = [(e["model_bits"], 100 * e["accuracy_mean"]) for e in summary]
+# label offsets from a point, in typographic points: nearest first, then further out
+LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1.4), (0, -1.4), (1.4, 0), (-1.4, 0))
+LABEL_RADII = (5, 12, 20, 30, 42)
+MARKER_HALF_PX = 5  # half the side of the square a marker covers, in pixels
+
+
+def point_labels(summary: list[dict]) -> list[str]:
+    """Returns one label per entry: the recipe, with head and loss only where they vary."""
+    varies = [len({entry[key] for entry in summary}) > 1 for key in ("head", "loss")]
+    return [
+        " ".join([entry["recipe"]] + [entry[k] for k, v in zip(("head", "loss"), varies) if v])
+        for entry in summary
+    ]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def place_labels(
+    ax,
+    texts: list[str],
+    points: list[tuple[float, float]],
+    y_errors: list[float] | None = None,
+    line: list[tuple[float, float]] = (),
+) -> list:
+    """Annotates each point with its text at the nearest offset whose box overlaps no other
+    label, marker, error bar or the polyline `line`, and stays inside the axes; returns the
+    annotations.
+
+    Greedy over LABEL_RADII x LABEL_DIRECTIONS, measured with the renderer's text extents (the
+    idea of adjustText, without its iterations); where every offset collides, the one with the
+    least overlapping area is kept.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and transforms before anything is measured
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    y_errors = y_errors or [0.0] * len(points)
+    markers = []
+    for (x, y), error in zip(points, y_errors):
+        (px, low), (_, high) = ax.transData.transform([(x, y - error), (x, y + error)])
+        half = MARKER_HALF_PX
+        markers.append(Bbox.from_extents(px - half, min(low, high) - half, px + half,
+                                         max(low, high) + half))  # fmt: skip
+    vertices = ax.transData.transform(line) if len(line) else np.zeros((0, 2))
+    for start, end in zip(vertices[:-1], vertices[1:]):  # the line as 2-pixel boxes, every 3 px
+        steps = max(2, int(np.hypot(*(end - start)) / 3))
+        for x, y in np.linspace(start, end, steps):
+            markers.append(Bbox.from_extents(x - 1, y - 1, x + 1, y + 1))
+    placed, annotations = [], []
+    for text, point in zip(texts, points):
+        annotation = ax.annotate(text, point, xytext=(0, 0), textcoords="offset points", size=7)
+        best = None
+        for radius in LABEL_RADII:
+            for dx, dy in LABEL_DIRECTIONS:
+                annotation.xyann = (dx * radius, dy * radius)
+                annotation.set_ha("left" if dx > 0 else "right" if dx < 0 else "center")
+                annotation.set_va("bottom" if dy > 0 else "top" if dy < 0 else "center")
+                box = annotation.get_window_extent(renderer)
+                crowd = sum(_area(box, other) for other in placed + markers)
+                outside = not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and
+                               frame.y0 <= box.y0 and box.y1 <= frame.y1)  # fmt: skip
+                cost = (outside, crowd)
+                if best is None or cost < best[0]:
+                    best = (cost, annotation.xyann, annotation.get_ha(), annotation.get_va())
+                if cost == (False, 0.0):
+                    break
+            if best[0] == (False, 0.0):
+                break
+        _, annotation.xyann, horizontal, vertical = best
+        annotation.set_ha(horizontal)
+        annotation.set_va(vertical)
+        placed.append(annotation.get_window_extent(renderer))
+        annotations.append(annotation)
+    return annotations
+
+
+def _area(a, b) -> float:
+    """Returns the area two boxes share (0 when they only touch)."""
+    if not _overlap(a, b):
+        return 0.0
+    return (min(a.x1, b.x1) - max(a.x0, b.x0)) * (min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def pareto_figure(summary: list[dict]):
+    """Returns (figure, axes) of accuracy vs deployed bits, the Pareto front and point labels."""
+    points = [(e["deployed_bits"], 100 * e["accuracy_mean"]) for e in summary]
+    errors = [100 * (e["accuracy_std"] or 0.0) for e in summary]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, entry in enumerate(summary):
+    for i, (bits, accuracy) in enumerate(points):
         ax.errorbar(
-            points[i][0],
-            points[i][1],
-            yerr=100 * (entry["accuracy_std"] or 0.0),
+            bits,
+            accuracy,
+            yerr=errors[i],
             fmt="o",
             color="tab:blue" if i in front else "tab:gray",
             capsize=3,
         )
-        ax.annotate(_label(entry), points[i], textcoords="offset points", xytext=(4, 4), size=7)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:blue",
             label="Pareto front")  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
-    ax.set_xlabel("model bits (weights + thresholds)")
+    ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
+    ax.set_xlabel("deployed bits (weights + thresholds)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs model size")
-    ax.legend(loc="best")
     ax.grid(alpha=0.3)
+    place_labels(ax, point_labels(summary), points, errors, [points[i] for i in front])
+    ax.legend(loc="best")  # after the labels: "best" avoids them too
+    return fig, ax
+
+
+def plot_pareto(summary: list[dict], path: Path) -> None:
+    fig, _ = pareto_figure(summary)
     _save(fig, path)
 
 
@@ -151,7 +247,7 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     out = Path(out)
     written = {}
     plot_pareto(results["summary"], out / "accuracy_vs_bits.png")
-    written["accuracy vs model bits"] = "accuracy_vs_bits.png"
+    written["accuracy vs deployed bits"] = "accuracy_vs_bits.png"
     if plot_roc(results["rows"], out / "ood_roc.png"):
         written["OOD ROC curves"] = "ood_roc.png"
     if plot_confusion(results["rows"], out / "confusion_matrix.png"):

@@ -20,7 +20,8 @@ import torch
 from lowbit.core.scores import SCORES
 from lowbit.io import atomic_write_bytes, atomic_write_json
 
-SCHEMA_VERSION = 1
+# 2: a row's and a summary entry's `model_bits` renamed `deployed_bits`
+SCHEMA_VERSION = 2
 OOD_SCORES = SCORES
 # Brevitas BNN-PYNQ CNV on CIFAR-10 (brevitas_examples/bnn_pynq README): top-1 accuracy.
 ANCHOR = {
@@ -71,7 +72,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             m, s = _mean_std([_get(r, "fewshot", "shots", shot, "mean") for r in group])
             entry[f"fewshot_{shot}shot_mean"], entry[f"fewshot_{shot}shot_std"] = m, s
         entry["fewshot_way"] = _get(group[0], "fewshot", "way")
-        entry["model_bits"] = group[0]["model_bits"]["total"]
+        entry["deployed_bits"] = group[0]["deployed_bits"]["total"]
         entry["bops"] = group[0]["bops"]["total"]
         layers = group[0].get("layers") or []
         widths = [layer["accumulator_bits"] for layer in layers if layer["accumulator_bits"]]
@@ -134,7 +135,7 @@ def build_results(options, rows: list[dict], *, wall_seconds: float) -> dict:
 CSV_COLUMNS = [
     "recipe", "head", "loss", "seed", "accuracy",
     *[f"{s}_{m}" for s in OOD_SCORES for m in ("auroc", "fpr95")],
-    "fewshot_way", "fewshot_1shot", "fewshot_5shot", "model_bits", "weight_bits_total",
+    "fewshot_way", "fewshot_1shot", "fewshot_5shot", "deployed_bits", "weight_bits_total",
     "threshold_bits_total", "bops", "max_accumulator_bits", "latency_ms_batch1",
     "latency_ms_batch64", "verify_unexplained", "train_seconds",
 ]  # fmt: skip
@@ -155,9 +156,9 @@ def csv_text(rows: list[dict]) -> str:
         line["fewshot_way"] = _get(row, "fewshot", "way")
         for shot in ("1", "5"):
             line[f"fewshot_{shot}shot"] = _get(row, "fewshot", "shots", shot, "mean")
-        line["model_bits"] = row["model_bits"]["total"]
-        line["weight_bits_total"] = row["model_bits"]["weights"]
-        line["threshold_bits_total"] = row["model_bits"]["thresholds"]
+        line["deployed_bits"] = row["deployed_bits"]["total"]
+        line["weight_bits_total"] = row["deployed_bits"]["weights"]
+        line["threshold_bits_total"] = row["deployed_bits"]["thresholds"]
         line["bops"] = row["bops"]["total"]
         line["max_accumulator_bits"] = max(widths) if widths else None
         line["latency_ms_batch1"] = _get(row, "latency_ms", "1")
@@ -182,7 +183,7 @@ def summary_table(results: dict) -> str:
     lines = [
         "| recipe | head | loss | accuracy % | MSP AUROC | MSP FPR95 | deployed score | "
         "deployed AUROC | deployed FPR95 | "
-        f"{shot}1-shot % | {shot}5-shot % | model bits | BOPs (M) | accumulator bits | "
+        f"{shot}1-shot % | {shot}5-shot % | deployed bits | BOPs (M) | accumulator bits | "
         "runtime ms (b1 / b64) | verify |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -202,7 +203,7 @@ def summary_table(results: dict) -> str:
             f"{_pm(e.get('deployed_fpr95_mean'), e.get('deployed_fpr95_std'), digits=3)} | "
             f"{_pm(e['fewshot_1shot_mean'], e['fewshot_1shot_std'], 100)} | "
             f"{_pm(e['fewshot_5shot_mean'], e['fewshot_5shot_std'], 100)} | "
-            f"{e['model_bits']:,} | {e['bops'] / 1e6:,.1f} | {acc} | {lat} | {verify} |"
+            f"{e['deployed_bits']:,} | {e['bops'] / 1e6:,.1f} | {acc} | {lat} | {verify} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -236,9 +237,9 @@ def markdown(results: dict, plots: dict[str, str], command: str | None = None) -
         f"on {results['machine']['cpu_count']} CPU cores.",
         "",
         summary_table(results),
-        "Accuracy: mean ± sample std over seeds. Model bits: weights + thresholds (model.json); "
-        "BOPs: MACs × weight bits × activation bits per inference; accumulator bits per conv; "
-        "runtime: lowbit integer runtime, median wall time.",
+        "Accuracy: mean ± sample std over seeds. Deployed bits: weights + thresholds as stored "
+        "(model.json); BOPs: MACs × weight bits × activation bits per inference; accumulator "
+        "bits per conv; runtime: lowbit integer runtime, median wall time.",
         "",
         anchor_text(results),
         "",
@@ -268,8 +269,8 @@ def readme_section(results: dict, command: str | None = None) -> str:
             "",
             summary_table(results),
             "Accuracy: mean ± sample std over seeds. Few-shot: imprinted prototypes on the "
-            "held-out classes (N-way, mean over episodes). Model bits: weights + thresholds as "
-            "deployed (model.json); fp32: 32-bit weights + BatchNorm. BOPs: MACs × weight bits × "
+            "held-out classes (N-way, mean over episodes). Deployed bits: weights + thresholds "
+            "as stored (model.json); fp32: 32-bit weights + BatchNorm. BOPs: MACs × weight bits × "
             "activation bits (Baskin et al. 2021; van Baalen et al. 2020). Accumulator bits per "
             "conv layer. Runtime: lowbit's numpy integer runtime, median wall time per call.",
             "",

@@ -161,7 +161,12 @@ def _cached_row(run_dir: Path, options: BenchOptions) -> dict | None:
     if not path.is_file():
         return None
     cached = json.loads(path.read_text())
-    return cached["row"] if cached.get("key") == _measure_key(options) else None
+    if cached.get("key") != _measure_key(options):
+        return None
+    row = cached["row"]
+    if "model_bits" in row and "deployed_bits" not in row:  # a row cached before the rename
+        row["deployed_bits"] = row.pop("model_bits")
+    return row
 
 
 def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progress: bool) -> dict:
@@ -200,7 +205,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
         "ood_default": metrics.get("ood_default"),
         "roc": collect.ood_roc(model, splits),
         "fewshot": collect.fewshot(run_dir, splits, options.fewshot_episodes, config["seed"]),
-        "model_bits": collect.size_bits(model, description),
+        "deployed_bits": collect.deployed_size(model, description),
         "bops": model_bops(model),
         "layers": collect.layer_chart_rows(description) if description else None,
         "latency_ms": None,

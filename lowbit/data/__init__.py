@@ -6,7 +6,15 @@
 from lowbit.data.dataset import Splits, load_splits, split_indices, splits_fingerprint
 from lowbit.data.images import MAX_PIXELS, read_image, read_mask
 from lowbit.data.loaders import Record, detect_layout, load_folder, scan
-from lowbit.data.preprocess import NORMALIZATION, crop_to_mask, prepare_images, to_tensor_array
+from lowbit.data.preprocess import (
+    NORMALIZATION,
+    box_mask,
+    crop_rule,
+    crop_to_mask,
+    prepare_image,
+    prepare_images,
+    to_tensor_array,
+)
 from lowbit.data.sets import ArraySet, RawSet
 from lowbit.data.synth import (
     BUILTIN_CLASSES,
@@ -28,6 +36,8 @@ __all__ = [
     "RawSet",
     "Record",
     "Splits",
+    "box_mask",
+    "crop_rule",
     "crop_to_mask",
     "detect_layout",
     "generate_builtin",
@@ -36,6 +46,7 @@ __all__ = [
     "load_splits",
     "load_texture",
     "paint_defect",
+    "prepare_image",
     "prepare_images",
     "random_crop",
     "read_image",

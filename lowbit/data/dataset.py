@@ -32,7 +32,8 @@ class Splits:
     """Train/val/test over the known classes and the OOD set of the held-out ones.
 
     Labels in train/val/test index `class_names`; `ood.y` is all -1 and `ood_types` indexes
-    `unknown_names` for each OOD sample.
+    `unknown_names` for each OOD sample. `mask_crops`: the inputs are crops around each image's
+    mask (lowbit.data.preprocess), not whole images; an export records it for `predict`.
     """
 
     train: ArraySet
@@ -43,6 +44,7 @@ class Splits:
     unknown_names: tuple[str, ...]
     ood_types: np.ndarray
     image_size: int
+    mask_crops: bool = False
 
 
 def splits_fingerprint(splits) -> str:
@@ -143,6 +145,7 @@ class _Source:
     pairs: Callable[[], Iterable[tuple[np.ndarray, np.ndarray | None]]]
     default_unknown: tuple[str, ...]
     where: str  # completes "class 'x' ...has 2 images"
+    has_masks: bool
 
 
 def _open_source(
@@ -163,6 +166,7 @@ def _open_source(
             lambda: zip(raw.images, raw.masks),
             BUILTIN_UNKNOWN,
             "of the built-in set ",
+            has_masks=True,
         )
     records = scan(Path(source), prefix_category=prefix_category)
     records = [r for r in records if r.class_name not in exclude]
@@ -176,6 +180,7 @@ def _open_source(
         lambda: (read_pair(r.image_path, r.mask_path) for r in records),
         (),
         f"in {source} ",
+        has_masks=any(r.mask_path is not None for r in records),
     )
 
 
@@ -243,6 +248,7 @@ def load_splits(
         unknown_names=unknown_names,
         ood_types=-1 - labels[ood],
         image_size=image_size,
+        mask_crops=crop and data.has_masks,
     )
     log.info(
         "%s: %d classes, train/val/test %d/%d/%d, %d OOD samples of %s",

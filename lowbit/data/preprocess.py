@@ -3,7 +3,9 @@
 The classifier sees a square crop centred on the mask's bounding box, `margin` times its
 longer side (at least `min_crop_fraction` of the image's shorter side, so a speck keeps some
 context), reflect-padded where it runs past the border, resized to `image_size` with PIL's
-antialiased bilinear filter.
+antialiased bilinear filter. `prepare_image` is that rule, and the one function every path
+into the model calls: the data loaders for training and evaluation, and `predict` for a mask or
+box from a detector (a box (x0, y0, x1, y1) is the mask filled over [x0, x1) x [y0, y1)).
 """
 
 from __future__ import annotations
@@ -32,6 +34,25 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if len(rows) == 0:
         return None
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def box_mask(box: tuple[int, int, int, int], image_shape: tuple[int, int]) -> np.ndarray:
+    """Return the bool mask of `box` = (x0, y0, x1, y1): True on rows [y0, y1), columns [x0, x1).
+
+    Pixel-edge coordinates, end-exclusive: mask_bbox(box_mask(box)) == (y0, x0, y1, x1), so a
+    box crops exactly like any mask with that bounding box.
+    """
+    x0, y0, x1, y1 = box
+    mask = np.zeros(image_shape[:2], dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def crop_rule(
+    margin: float = DEFAULT_MARGIN, min_crop_fraction: float = DEFAULT_MIN_CROP_FRACTION
+) -> dict[str, float]:
+    """Return model.json's `input.crop`: the parameters `prepare_image` cuts training crops by."""
+    return {"margin": margin, "min_crop_fraction": min_crop_fraction}
 
 
 def reflect_indices(indices: np.ndarray, length: int) -> np.ndarray:
@@ -86,6 +107,22 @@ def resize_square(image: np.ndarray, image_size: int) -> np.ndarray:
     return np.asarray(pil_image.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
+def prepare_image(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    crop: bool = True,
+    margin: float = DEFAULT_MARGIN,
+    min_crop_fraction: float = DEFAULT_MIN_CROP_FRACTION,
+) -> np.ndarray:
+    """Return the uint8 [S, S, 3] model input of one (image, mask) pair: the module's rule.
+
+    `crop=False`, no mask or an empty one: the whole image, resized.
+    """
+    region = crop_to_mask(image, mask, margin, min_crop_fraction) if crop else image
+    return resize_square(region, image_size)
+
+
 def prepare_images(
     pairs: Iterable[tuple[np.ndarray, np.ndarray | None]],
     image_size: int = DEFAULT_IMAGE_SIZE,
@@ -95,13 +132,12 @@ def prepare_images(
 ) -> np.ndarray:
     """Return uint8 [N, S, S, 3] model inputs from (image, mask) pairs, consumed one at a time.
 
-    `crop=False` resizes whole images. Pairs may be a generator, so full-size images need
-    not all be in memory at once.
+    Pairs may be a generator, so full-size images need not all be in memory at once.
     """
-    prepared = []
-    for image, mask in pairs:
-        region = crop_to_mask(image, mask, margin, min_crop_fraction) if crop else image
-        prepared.append(resize_square(region, image_size))
+    prepared = [
+        prepare_image(image, mask, image_size, crop, margin, min_crop_fraction)
+        for image, mask in pairs
+    ]
     if not prepared:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     return np.stack(prepared)

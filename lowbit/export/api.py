@@ -22,7 +22,8 @@ from lowbit.quant.layers import quant_scale
 
 log = logging.getLogger(__name__)
 
-MODEL_JSON_VERSION = 1
+# 2: `model_bits` renamed `deployed_bits`, `input.crop` added (lowbit.artifacts reads both)
+MODEL_JSON_VERSION = 2
 GRAPH_FILES = {"qonnx": "model.qonnx.onnx", "qcdq": "model.qcdq.onnx", "int": "model.int.onnx"}
 
 
@@ -87,8 +88,13 @@ def model_description(
     class_names: list[str],
     normalization: dict,
     ood: dict | None,
+    crop: dict | None = None,
 ) -> dict:
-    """Returns model.json's content: everything a consumer needs besides the graphs."""
+    """Returns model.json's content: everything a consumer needs besides the graphs.
+
+    `crop`: lowbit.data.crop_rule() for a model trained on crops around defect masks, None for
+    one trained on whole images (predict cuts its inputs by it).
+    """
     recipe = model.recipe
     input_layer = model.backbone.input_quant
     return {
@@ -101,12 +107,13 @@ def model_description(
             "name": "input",
             "shape": [3, model.config.image_size, model.config.image_size],
             "normalization": normalization,
+            "crop": crop,
             "input_bits": recipe.input_bits,
             "input_scale": float(quant_scale(input_layer).reshape(-1)[0]),
         },
         "layers": layers,
         "head": head,
-        "model_bits": deployed_bits(layers, head),
+        "deployed_bits": deployed_bits(layers, head),
         "ood": ood or {"score": "msp", "threshold": None, "tpr": None},
         "files": dict(GRAPH_FILES),
     }
@@ -121,11 +128,13 @@ def export_model(
     ood: dict | Callable[[onnx.ModelProto], dict] | None = None,
     batch: int | None = None,
     source_run: str = ".",
+    crop: dict | None = None,
 ) -> dict:
     """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict.
 
     `ood` may be a function of the integer graph: the open-set threshold is then calibrated on
-    the logits deployments compute (lowbit.fewshot.openset.integer_calibration).
+    the logits deployments compute (lowbit.fewshot.openset.integer_calibration). `crop`: see
+    `model_description`.
     """
     if model.recipe.is_float:
         raise ConfigError("the fp32 recipe has no quantized graphs to export: train a w*a* recipe")
@@ -144,7 +153,13 @@ def export_model(
             "version": STATS_VERSION,
         }
     description = model_description(
-        model, layers, head, class_names=class_names, normalization=normalization, ood=ood
+        model,
+        layers,
+        head,
+        class_names=class_names,
+        normalization=normalization,
+        ood=ood,
+        crop=crop,
     )
     description["source_run"] = source_run
     payload = json.dumps(description, separators=(",", ":"))

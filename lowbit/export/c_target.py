@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 import lowbit
+from lowbit.artifacts import deployed_bits_of
 from lowbit.core.feature_scores import load_export_stats
 from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
@@ -78,7 +79,7 @@ def _sizeof(parts: dict[str, tuple[str, int]], kind: str) -> str:
 
 
 def _size_comment(plan: CPlan, description: dict) -> str:
-    bits = {row["name"]: row for row in description.get("model_bits", {}).get("layers", [])}
+    bits = {row["name"]: row for row in deployed_bits_of(description)["layers"]}
     lines = [" * Per layer: packed weight bytes (model.json weight bits), threshold bytes:"]
     for layer, parts in plan.sizes.items():
         weight_bits = bits.get(layer, {}).get("weight_bits", "?")

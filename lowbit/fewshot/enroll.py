@@ -148,6 +148,7 @@ def _rebuild(
 
     `refit` turns the export's feature-score statistics into the changed model's (one class
     more or less); an export without statistics stays without."""
+    from lowbit.artifacts import crop_rule_of
     from lowbit.export.api import export_model
     from lowbit.train.run import read_json, splits_for
     from lowbit.verify.api import build_inputs, verify_export
@@ -179,6 +180,7 @@ def _rebuild(
         ),
         batch=_fixed_batch(old_graph),
         source_run=slot,
+        crop=crop_rule_of(description),
     )
     timing["export_s"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -1,8 +1,11 @@
 """`predict`: class, score and known/unknown per image from an export folder, without torch.
 
-Reads model.json and model.int.onnx, runs the integer runtime, and applies model.json's open-set
-threshold to the score of the integer graph's logits: the units it was calibrated in
-(lowbit.fewshot.openset.integer_calibration).
+Reads model.json and model.int.onnx, cuts each image around the defect a detector found (its
+mask or box) exactly as the training images were cut (model.json `input.crop`), runs the integer
+runtime, and applies model.json's open-set threshold to the deployed score of the integer
+graph's outputs: the units it was calibrated in (lowbit.fewshot.openset.integer_calibration).
+A model trained on crops is never given a whole image unless the caller says the images
+already are crops (`whole_image`): a whole image would be classified, wrongly, without a word.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import crop_rule_of
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
-from lowbit.errors import ModelFileError
-from lowbit.fewshot.images import load_images
+from lowbit.errors import ConfigError, ModelFileError
+from lowbit.fewshot.images import image_name, load_crops
 from lowbit.fewshot.openset import ood_score
+from lowbit.fewshot.regions import Region, regions_for
+from lowbit.tables import format_table
 
 UNKNOWN = "unknown"
 
@@ -77,15 +83,83 @@ def decide(
     return rows
 
 
-def predict(export_dir: str | Path, images: Sequence[str | Path]) -> list[dict]:
-    """Returns one dict per image: image, class, score, known, label ('unknown' if rejected)."""
+def check_regions(
+    crop: dict | None, regions: Sequence[Region], whole_image: bool, where: Path
+) -> None:
+    """ConfigError unless the regions fit the model: crops need a mask or box per image (or
+    `whole_image`: the images already are crops), a model of whole images takes neither."""
+    located = any(region.mask is not None or region.box is not None for region in regions)
+    if whole_image and located:
+        raise ConfigError("--whole-image takes each image whole: drop --mask/--box, or the flag")
+    if crop is None and located:
+        raise ConfigError(
+            f"{where}: this model was trained on whole images, not on crops around a mask; "
+            "give the images without --mask/--box"
+        )
+    if crop is not None and not located and not whole_image:
+        raise ConfigError(
+            f"{where}: this model was trained on crops around each defect's mask; give the "
+            "detector's --mask or --box for every image, or --whole-image if the images "
+            "already are such crops"
+        )
+
+
+def predict(
+    export_dir: str | Path,
+    images: Sequence[str | Path | np.ndarray],
+    *,
+    masks: Sequence[str | Path | np.ndarray] | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    whole_image: bool = False,
+) -> list[dict]:
+    """Returns per image: image, mask, box, class, score, score_name, known, label.
+
+    `images`: files or uint8 [H, W, 3] arrays; `masks` (files or bool [H, W] arrays) or
+    `boxes` ((x0, y0, x1, y1) in pixels, end-exclusive), one per image, locate each defect
+    (lowbit.fewshot.regions). `box` in the result is the defect's box in the image (a mask's
+    bounding box); `label` is the class, or 'unknown' when the deployed score rejects it.
+    """
     description, runtime = load_export(export_dir)
-    x = load_images(
-        images, description["model"]["image_size"], description["input"]["normalization"]
+    crop = crop_rule_of(description)
+    regions = regions_for(len(images), masks, boxes)
+    check_regions(crop, regions, whole_image, Path(export_dir) / "model.json")
+    x, defect_boxes = load_crops(
+        images,
+        regions,
+        description["model"]["image_size"],
+        description["input"]["normalization"],
+        None if whole_image else crop,
     )
     ood = description.get("ood")
     stats = load_export_stats(export_dir, description) if needs_features(ood) else None
     outputs = runtime.run(x, keep_intermediates=stats is not None)
     features = outputs[FEATURE_TENSOR] if stats is not None else None
     rows = decide(outputs["logits"], description["class_names"], ood, features, stats)
-    return [{"image": str(path), **row} for path, row in zip(images, rows)]
+    return [
+        {
+            "image": image_name(image, index),
+            "mask": str(region.mask) if isinstance(region.mask, Path) else None,
+            "box": box,
+            **row,
+        }
+        for index, (image, region, box, row) in enumerate(zip(images, regions, defect_boxes, rows))
+    ]
+
+
+def format_predictions(rows: Sequence[dict]) -> str:
+    """Returns `predict`'s rows as a table with a header (the score's name in its heading)."""
+    score_name = rows[0]["score_name"] if rows else "score"
+    header = ["image", "mask", "box", "label", "class", f"score ({score_name})", "known"]
+    table = [
+        [
+            row["image"],
+            row["mask"] or "-",
+            ",".join(map(str, row["box"])) if row["box"] else "whole image",
+            row["label"],
+            row["class"],
+            f"{row['score']:.4f}",
+            "yes" if row["known"] else "no",
+        ]
+        for row in rows
+    ]
+    return format_table(header, table, align="lllllr")

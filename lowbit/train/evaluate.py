@@ -1,6 +1,7 @@
 """evaluate(model, splits): test accuracy, per-class accuracy, confusion matrix and OOD metrics.
 
-metrics.json keys (stable, snake_case): recipe, head, loss, tau, epochs, seed, model_bits,
+metrics.json keys (stable, snake_case): recipe, head, loss, tau, epochs, seed, parameter_bits
+(lowbit.models.accounting; before format 2 of model.json this key was `model_bits`),
 accuracy, val_accuracy, per_class_accuracy, confusion_matrix, class_names, num_test, num_ood,
 ood ({score} x {auroc, fpr95} for every score of lowbit.core.scores.SCORES, or null without OOD
 samples) and ood_default (the score an export deploys by default). Feature scores are fitted on
@@ -15,13 +16,9 @@ import torch
 from lowbit.core.feature_scores import fit_feature_stats
 from lowbit.core.scores import DEFAULT_OOD_SCORE
 from lowbit.models import LowbitModel
+from lowbit.models.accounting import parameter_bits
 from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import accuracy, confusion_matrix, ood_metrics, per_class_accuracy
-
-try:  # the lead's accounting, once it exists; until then ours
-    from lowbit.models.accounting import model_bits
-except ImportError:
-    from lowbit.train.accounting import model_bits
 
 
 def predict_logits(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -106,7 +103,7 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "cosine_scale": float(model.head.scale) if model.config.head == "cosine" else None,
         "epochs": config.epochs if config else None,
         "seed": config.seed if config else None,
-        "model_bits": int(model_bits(model)),
+        "parameter_bits": int(parameter_bits(model)),
         "accuracy": accuracy(splits.test.y, pred) if len(pred) else None,
         "val_accuracy": split_accuracy(model, getattr(splits, "val", None)),
         "per_class_accuracy": per_class_accuracy(splits.test.y, pred, class_names),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.bench.bops import bops, conv_macs, model_bops
-from lowbit.bench.collect import size_bits
+from lowbit.bench.collect import deployed_size
 from lowbit.export.api import model_description
 from lowbit.export.lower import lower_model
 from lowbit.models import build_model
@@ -50,9 +50,9 @@ def test_model_bops_fp32_counts_32_by_32():
     assert total == (sum(CONV_MACS) + 3 * 4) * 32 * 32  # linear head: no norm term
 
 
-def test_size_bits_fp32_by_hand():
+def test_deployed_size_fp32_by_hand():
     model = build_model(get_recipe("fp32"), **TOY)
-    bits = size_bits(model, None)
+    bits = deployed_size(model, None)
     weights = (3 * 4 * 9 + 3 * 4 * 4 * 9 + 3 * 4) * 32  # convs + head rows
     batchnorm = 4 * (2 * 4) * 32  # 4 BN layers x (slope, offset) x 4 channels
     assert bits == {
@@ -63,7 +63,7 @@ def test_size_bits_fp32_by_hand():
     }
 
 
-def test_size_bits_w2a2_by_hand():
+def test_deployed_size_w2a2_by_hand():
     torch.manual_seed(0)
     model = build_model(get_recipe("w2a2"), **TOY)
     model.train()
@@ -75,7 +75,7 @@ def test_size_bits_w2a2_by_hand():
     description = model_description(
         model, layers, head, class_names=["a", "b", "c"], normalization={}, ood=None
     )
-    bits = size_bits(model, description)
+    bits = deployed_size(model, description)
     # weights: first conv 108 x 8 bits, 3 body convs 144 x 2 bits, head 3 x 4 x 8 bits
     assert bits["weights"] == 108 * 8 + 3 * 144 * 2 + 12 * 8
     # thresholds: 4 channels x (2^2 - 1) per layer, each at its layer's accumulator width

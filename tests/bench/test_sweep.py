@@ -20,7 +20,7 @@ from lowbit.errors import ConfigError
 
 ROW_KEYS = {
     "recipe", "head", "loss", "seed", "run_dir", "accuracy", "val_accuracy", "ood", "roc",
-    "fewshot", "model_bits", "bops", "layers", "latency_ms", "verify", "confusion_matrix",
+    "fewshot", "deployed_bits", "bops", "layers", "latency_ms", "verify", "confusion_matrix",
     "class_names", "train_seconds", "seconds", "reused", "ood_default",
 }  # fmt: skip
 
@@ -44,8 +44,8 @@ def test_results_json_schema(tiny_sweep):
         assert set(row["ood"]) == set(SCORES)
         assert row["ood_default"] == DEFAULT_OOD_SCORE
         assert row["roc"]["fpr"][0] == 0.0 and row["roc"]["tpr"][-1] == 1.0
-        assert row["model_bits"]["total"] == (
-            row["model_bits"]["weights"] + row["model_bits"]["thresholds"]
+        assert row["deployed_bits"]["total"] == (
+            row["deployed_bits"]["weights"] + row["deployed_bits"]["thresholds"]
         )
         assert row["bops"]["total"] == sum(layer["bops"] for layer in row["bops"]["layers"])
         assert all(layer["accumulator_bits"] for layer in row["layers"][:-1])
@@ -70,7 +70,7 @@ def test_csv_and_markdown(tiny_sweep):
     report = (out / "report.md").read_text()
     assert "| w1a2 | cosine | logitnorm |" in report and "pytest tiny sweep" in report
     assert "deployed FPR95" in report and f"| {DEFAULT_OOD_SCORE} |" in report
-    assert "![accuracy vs model bits](accuracy_vs_bits.png)" in report
+    assert "![accuracy vs deployed bits](accuracy_vs_bits.png)" in report
     section = (out / "readme_section.md").read_text()
     assert section.startswith("### Recipe sweep") and "`pytest tiny sweep`" in section
     assert "| w2a2 | cosine | logitnorm |" in section and "BNN-PYNQ" in section
@@ -154,3 +154,15 @@ def test_finished_runs_on_changed_data_stop_the_sweep(tiny_sweep, monkeypatch):
     monkeypatch.setattr(lowbit.train, "train", None)  # calling it would fail differently
     with pytest.raises(ConfigError, match=r"fp32_pretrain/config\.json: data .* differ"):
         run_bench(options, out, progress=False)
+
+
+def test_rows_cached_before_the_rename_read_as_deployed_bits(tmp_path):
+    from lowbit.bench.sweep import ROW_NAME, _cached_row, _measure_key
+    from tests.bench.conftest import tiny_options
+
+    options = tiny_options(tmp_path).resolved()
+    bits = {"total": 10, "weights": 6, "thresholds": 4, "source": "model.json"}
+    cached = {"key": _measure_key(options), "row": {"recipe": "w2a2", "model_bits": bits}}
+    (tmp_path / ROW_NAME).write_text(json.dumps(cached))
+    row = _cached_row(tmp_path, options)
+    assert row["deployed_bits"] == bits and "model_bits" not in row

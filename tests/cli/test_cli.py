@@ -42,7 +42,7 @@ def test_train_export_verify_eval(tmp_path, capsys):
         "loss",
         "accuracy",
         "per_class_accuracy",
-        "model_bits",
+        "parameter_bits",
         "epochs",
         "seed",
     ):
@@ -59,8 +59,10 @@ def test_train_export_verify_eval(tmp_path, capsys):
     assert '"accuracy"' in capsys.readouterr().out
     assert main(["--quiet", "eval", str(run)]) == 0
     text = capsys.readouterr().out
-    assert f"{DEFAULT_OOD_SCORE} (deployed)" in text and "rel_mahalanobis" in text
-    assert "loss: logitnorm" in text and "None" not in text
+    assert f"{DEFAULT_OOD_SCORE} (deployed)" in text and "None" not in text
+    assert "loss logitnorm (τ 1), 1 epoch, seed 0" in text
+    for name in (*metrics["class_names"], *SCORES, "confusion matrix", "deployed bits"):
+        assert name in text, name
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,14 @@ def test_to_tensor_array_equals_the_documented_normalization_exactly():
     assert np.array_equal(x, formula.transpose(0, 3, 1, 2).astype(np.float32))
     # every pixel is an exact multiple of 2^-6: an 8-bit input quantizer loses nothing
     assert np.array_equal(x * 64, np.rint(x * 64)) and x.min() == -2.0
+
+
+def test_box_mask_has_the_box_as_bounding_box():
+    from lowbit.data.preprocess import box_mask
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, x1 = sorted(rng.choice(41, 2, replace=False))
+        y0, y1 = sorted(rng.choice(31, 2, replace=False))
+        mask = box_mask((x0, y0, x1, y1), (30, 40))
+        assert mask_bbox(mask) == (y0, x0, y1, x1) and mask.sum() == (x1 - x0) * (y1 - y0)

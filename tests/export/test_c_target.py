@@ -124,11 +124,11 @@ def test_without_threshold_every_image_is_known(built) -> None:
 
 
 @needs_cc
-def test_weight_bytes_equal_model_bits(built) -> None:
+def test_weight_bytes_equal_deployed_bits(built) -> None:
     """sizeof of each packed weight array (read from the library) = ceil(model.json bits / 8)."""
     _, description, c_model, _, _ = built
     sizes = c_model.layer_sizes()
-    rows = description["model_bits"]["layers"]
+    rows = description["deployed_bits"]["layers"]
     assert set(sizes) == {row["name"] for row in rows}
     for row in rows:
         assert sizes[row["name"]][0] == math.ceil(row["weight_bits"] / 8), row["name"]

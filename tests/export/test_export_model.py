@@ -50,7 +50,7 @@ def test_model_json_content(dynamic_export) -> None:
     model, out, description = dynamic_export
     saved = json.loads((out / "model.json").read_text())
     assert saved == json.loads(json.dumps(description))
-    for key in ("recipe", "layers", "class_names", "input", "ood", "model_bits", "head"):
+    for key in ("recipe", "layers", "class_names", "input", "ood", "deployed_bits", "head"):
         assert key in saved, key
     assert recipe_from_dict(saved["recipe"]) == model.recipe
     assert saved["class_names"] == CLASS_NAMES
@@ -62,7 +62,8 @@ def test_model_json_content(dynamic_export) -> None:
     for layer in convs:
         assert isinstance(layer["accumulator_bits"], int) and 2 <= layer["accumulator_bits"] <= 32
         assert layer["accumulator_bound"] < 2 ** (layer["accumulator_bits"] - 1)
-    bits = saved["model_bits"]
+    assert saved["input"]["crop"] is None  # exported without a crop rule: whole images
+    bits = saved["deployed_bits"]
     assert bits["total"] == sum(
         row["weight_bits"] + row["threshold_bits"] for row in bits["layers"]
     )

@@ -2,7 +2,8 @@
 
 Each class is a colour plus noise, so a 6-epoch conv4-8 separates the base classes and its
 features tell the novel ones apart more often than chance. Session-scoped: tests that change a
-run or an export copy it first (`copy_export`).
+run or an export copy it first (`copy_export`). `crop_run` is the detector's setting instead: a
+model trained on mask crops of a small built-in MVTec-layout folder (`mvtec_folder`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lowbit.data import write_mvtec
 from lowbit.train import TrainConfig, train
 from lowbit.workflow import export_run
 
@@ -91,3 +93,19 @@ def copy_export(tmp_path, w2a2_run) -> Path:
     target = tmp_path / "export"
     shutil.copytree(w2a2_run, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def mvtec_folder(tmp_path_factory) -> Path:
+    """The built-in set in MVTec AD layout: 48x48 images with ground-truth masks, 8 per type."""
+    root = tmp_path_factory.mktemp("mvtec") / "data"
+    return write_mvtec(root, seed=0, per_class=8, size=48, good_per_category=1)
+
+
+@pytest.fixture(scope="session")
+def crop_run(tmp_path_factory, mvtec_folder) -> Path:
+    """A w2a2 run trained on 16 px crops around the masks of `mvtec_folder`, exported."""
+    overrides = dict(image_size=16, epochs=1, unknown=("burn", "fold"), crop=True)
+    run_dir = tiny_run(tmp_path_factory.mktemp("runs") / "crops", mvtec_folder, "w2a2", **overrides)
+    export_run(run_dir)
+    return run_dir

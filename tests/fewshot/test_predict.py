@@ -48,11 +48,14 @@ def test_cli_predict_text_and_json(w2a2_run, tmp_path, capsys) -> None:
     _, paths = val_images(w2a2_run, tmp_path)
     assert main(["predict", str(w2a2_run), str(paths[0]), str(paths[1])]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(str(paths[0]))
-    assert lines[0].split("\t")[-1] in ("known", "unknown")
+    assert lines[0].split()[:5] == ["image", "mask", "box", "label", "class"]
+    assert len(lines) == 3 and lines[1].startswith(str(paths[0]))
+    assert lines[1].split()[-1] in ("yes", "no") and "whole image" in lines[1]
     assert main(["--json", "predict", str(w2a2_run), str(paths[0])]) == 0
     rows = json.loads(capsys.readouterr().out)["predictions"]
-    assert rows[0]["image"] == str(paths[0]) and set(rows[0]) >= {"class", "score", "known"}
+    assert rows[0]["image"] == str(paths[0])
+    fields = {"image", "mask", "box", "class", "score", "score_name", "known", "label"}
+    assert set(rows[0]) == fields
 
 
 def test_bad_paths_give_clear_errors(w2a2_run, tmp_path) -> None:

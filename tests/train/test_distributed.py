@@ -114,7 +114,7 @@ def test_two_processes_match_one(two_ranks, one_rank):
     assert worst < TOLERANCE
     metrics_one = json.loads((one_rank / "metrics.json").read_text())
     metrics_two = json.loads((two_ranks / "w8a8" / "metrics.json").read_text())
-    for key in ("accuracy", "val_accuracy", "confusion_matrix", "model_bits", "num_test"):
+    for key in ("accuracy", "val_accuracy", "confusion_matrix", "parameter_bits", "num_test"):
         assert metrics_one[key] == metrics_two[key], key
     assert metrics_one["ood"]["msp"]["auroc"] == pytest.approx(
         metrics_two["ood"]["msp"]["auroc"], abs=TOLERANCE

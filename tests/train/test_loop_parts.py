@@ -7,9 +7,9 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.models import ModelConfig, build_model
+from lowbit.models.accounting import parameter_bits, parameter_bits_by_layer
 from lowbit.quant import get_recipe
 from lowbit.train import TrainConfig
-from lowbit.train.accounting import layer_bits, model_bits
 from lowbit.train.loop import augment, cosine_lr, epoch_generator
 
 
@@ -60,15 +60,15 @@ def test_train_config_validation_and_round_trip():
         TrainConfig.from_dict({"epoch": 3})
 
 
-def test_model_bits_by_hand():
+def test_parameter_bits_by_hand():
     model = build_model(get_recipe("w1a2"), ModelConfig(width=8, image_size=16, num_classes=3))
-    rows = {row["name"]: row for row in layer_bits(model)}
+    rows = {row["name"]: row for row in parameter_bits_by_layer(model)}
     assert rows["backbone.blocks.0.conv"]["weight_bits"] == 8
     assert rows["backbone.blocks.1.conv"]["weight_bits"] == 1
     # first conv 8*3*9 at 8 bits, three convs 8*8*9 at 1 bit, four BNs 2*8 floats, head 3*8 at 8
-    assert model_bits(model) == 216 * 8 + 3 * 576 + 4 * 16 * 32 + 24 * 8
+    assert parameter_bits(model) == 216 * 8 + 3 * 576 + 4 * 16 * 32 + 24 * 8
     fp32 = build_model(get_recipe("fp32"), ModelConfig(width=8, image_size=16, num_classes=3))
-    assert model_bits(fp32) == (216 + 3 * 576 + 4 * 16 + 24) * 32
+    assert parameter_bits(fp32) == (216 + 3 * 576 + 4 * 16 + 24) * 32
 
 
 def test_auto_optimizer_picks_adamw_for_binary_weights():

@@ -1,12 +1,15 @@
-"""Model size in bits: weights at their bit width, everything float at 32 bits.
+"""Parameter bits: every parameter at its bit width, everything float at 32 bits.
+
+One of lowbit's two model sizes, and the one a model has before it is exported (metrics.json
+`parameter_bits`). The other, `deployed_bits` (lowbit.export.api, model.json), counts what an
+accelerator stores after export: weight codes, and integer thresholds in place of BatchNorm.
 
 Counted per layer: conv weights at the recipe's bit width (the first conv at its own), head rows
 at the head's bit width, and each BatchNorm as its eval-time (slope, offset) pair: 2 floats per
-channel at 32 bits. In a quantized model export folds BN and the activation into integer
-thresholds whose width depends on each layer's accumulator; counting BN as two floats keeps
-every recipe on one rule and is an upper bound for narrow accumulators. Per-channel weight
-scales and activation scales are powers of two that fold into those thresholds (and cancel in
-the cosine head) and are not counted. The lead may move this to lowbit/models/accounting.py.
+channel at 32 bits. Export folds BN and the activation into thresholds whose width depends on
+each layer's accumulator, so the deployed count differs; counting BN as two floats keeps every
+recipe, fp32 included, on one rule. Per-channel weight scales and activation scales are powers
+of two that fold into those thresholds (and cancel in the cosine head) and are not counted.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from lowbit.models.heads import CosineHead, LinearHead
 from lowbit.quant.layers import is_quant_conv, weight_codes
 
 FLOAT_BITS = 32
+PARAMETER_BITS_RULE = "each parameter at its bit width, BatchNorm as two 32-bit floats"
 
 
-def layer_bits(model: nn.Module) -> list[dict]:
+def parameter_bits_by_layer(model: nn.Module) -> list[dict]:
     """Returns one row {name, params, weight_bits, bits} per conv, BatchNorm and head."""
     rows = []
     for name, module in model.named_modules():
@@ -45,6 +49,6 @@ def layer_bits(model: nn.Module) -> list[dict]:
     return rows
 
 
-def model_bits(model: nn.Module) -> int:
-    """Returns the total storage of `model` in bits under the rules of this module's docstring."""
-    return sum(row["bits"] for row in layer_bits(model))
+def parameter_bits(model: nn.Module) -> int:
+    """Returns the model's parameter bits under the rule of this module's docstring."""
+    return sum(row["bits"] for row in parameter_bits_by_layer(model))

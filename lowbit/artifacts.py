@@ -1,0 +1,31 @@
+"""Readers of model.json fields whose name or presence changed between format versions.
+
+model.json format 1 named the deployed size `model_bits` and did not record how inputs were cut;
+format 2 calls the size `deployed_bits` (to set it apart from metrics.json's `parameter_bits`)
+and records the crop rule as `input.crop`. Every reader goes through these functions, so files
+of either format read the same.
+"""
+
+from __future__ import annotations
+
+from lowbit.data.preprocess import crop_rule
+
+MODEL_JSON = "model.json"
+
+
+def deployed_bits_of(description: dict) -> dict:
+    """Returns model.json's deployed size {"total", "layers": [{name, weight_bits,
+    threshold_bits}]}: weight codes and thresholds as stored."""
+    bits = description.get("deployed_bits") or description.get("model_bits")
+    return bits if isinstance(bits, dict) else {"total": 0, "layers": []}
+
+
+def crop_rule_of(description: dict) -> dict | None:
+    """Returns model.json's `input.crop` (margin, min_crop_fraction of the training crops), or
+    None for a model trained on whole images. Format 1 recorded nothing: every model then was
+    trained on the default mask crops unless its run said --no-crop, so the default rule is the
+    safe reading (predict then asks for a mask, a box or --whole-image)."""
+    entry = description.get("input", {})
+    if "crop" not in entry:
+        return crop_rule()
+    return entry["crop"]
