@@ -170,6 +170,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     from lowbit.bench import collect
     from lowbit.pipeline import train_or_reuse
     from lowbit.train import load_run
+    from lowbit.verify.api import read_description
     from lowbit.workflow import export_run, verify_run
 
     run_dir = run_dir_of(out, config)
@@ -183,7 +184,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     description = verify = None
     if config["recipe"] != "fp32":
         if finished:
-            description = json.loads((run_dir / "model.json").read_text())
+            description = read_description(run_dir)  # checked against its manifest
             verify = json.loads((run_dir / "verify.json").read_text())
         else:
             _, description = export_run(run_dir)

@@ -1,8 +1,8 @@
 """`predict`: class, score and known/unknown per image from an export folder, without torch.
 
-Reads model.json and model.int.onnx, runs the integer runtime, and applies model.json's open-set
-threshold to the score of the integer graph's logits: the units it was calibrated in
-(lowbit.fewshot.openset.integer_calibration).
+Checks the folder against its manifest, reads model.json and model.int.onnx, runs the integer
+runtime, and applies model.json's open-set threshold to the score of the integer graph's logits:
+the units it was calibrated in (lowbit.fewshot.openset.integer_calibration).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import ood_score
+from lowbit.manifest import DESCRIPTION_FILE, check_export
 
 UNKNOWN = "unknown"
 
@@ -26,9 +27,10 @@ def load_export(export_dir: str | Path) -> tuple[dict, object]:
     from lowbit.runtime import Runtime
 
     export_dir = Path(export_dir)
-    path = export_dir / "model.json"
+    path = export_dir / DESCRIPTION_FILE
     if not export_dir.is_dir():
         raise ModelFileError(f"{export_dir}: not a folder; pass an export folder (model.json)")
+    check_export(export_dir)
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
     try:
