@@ -156,9 +156,18 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     holding the folder's writer lock (lowbit.lock): another writer's temp files are not stale.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = sorted([*folder.glob(f".*{TEMP_SUFFIX}"), *folder.glob(f"{STAGING_PREFIX}*")])
+    stale = sorted(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return sorted(stale + remove_stale_staging(folder))
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Deletes the staging folders (lowbit.manifest.staged) a killed writer left in `folder`;
+    returns them. Unlike remove_stale_temps, safe in a folder that is not lowbit's alone (an
+    export's --out): only names lowbit gives are touched. Call it under the writer lock."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(f"{STAGING_PREFIX}*")) if folder.is_dir() else []
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

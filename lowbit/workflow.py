@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from lowbit.export.api import export_model
-from lowbit.io import remove_stale_temps
+from lowbit.io import remove_stale_staging
 from lowbit.lock import writer_lock
 from lowbit.train.run import splits_for
 
@@ -66,9 +66,11 @@ def export_with_targets(
             written[name] = [str(out_dir / Path(path).relative_to(staging)) for path in paths]
 
     with writer_lock(out_dir):
-        removed = remove_stale_temps(out_dir)
+        removed = remove_stale_staging(out_dir)  # not every temp file: --out may be any folder
         if removed:
-            log.warning("%s: removed what an interrupted write left: %s", out_dir, removed)
+            log.warning(
+                "%s: removed the staging folder of an interrupted export: %s", out_dir, removed
+            )
         splits = splits_for(record, run_dir / "config.json")
         # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
         fit = (splits.train.x, splits.train.y, len(record["class_names"]))

@@ -27,6 +27,7 @@ from lowbit.cli import main
 from lowbit.core.feature_scores import STATS_FILE
 from lowbit.errors import BusyError, ModelFileError, WriteError
 from lowbit.export.api import GRAPH_FILES
+from lowbit.io import STAGING_PREFIX
 from lowbit.lock import LOCK_FILE
 from lowbit.manifest import MANIFEST_FILE, check_export
 from lowbit.train.checkpoint import load_checkpoint
@@ -292,6 +293,17 @@ def test_an_interrupted_publication_is_refused_until_exported_again(
     assert "model.json: sha256 differs from model.manifest.json" in _one_line(capsys)
     assert main(argv) == 0
     assert main(["--quiet", "predict", str(run_copy), _image(env)]) == 0
+
+
+def test_an_export_removes_only_the_staging_folders_a_killed_export_left(run_copy, tmp_path):
+    out = tmp_path / "shared"
+    (out / f"{STAGING_PREFIX}k1ll3d").mkdir(parents=True)
+    (out / f"{STAGING_PREFIX}k1ll3d" / "model.json").write_text("{")
+    (out / ".notes.tmp").write_text("not lowbit's")
+    assert main(["--quiet", "export", str(run_copy), "--out", str(out)]) == 0
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
+    assert (out / ".notes.tmp").read_text() == "not lowbit's"
+    check_export(out)
 
 
 def test_an_export_without_manifest_is_read_with_a_warning(env, run_copy, caplog):
