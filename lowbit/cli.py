@@ -49,9 +49,11 @@ def _recipe_overrides(args: argparse.Namespace) -> dict:
 
 def cmd_data_make(args: argparse.Namespace) -> dict:
     from lowbit.data import write_mvtec
+    from lowbit.io import writing
 
     per_class = {} if args.per_class is None else {"per_class": args.per_class}
-    root = write_mvtec(Path(args.out), seed=args.seed, **per_class)
+    with writing(args.out):  # thousands of PNG writes: one line names the folder
+        root = write_mvtec(Path(args.out), seed=args.seed, **per_class)
     return {"out": str(root)}
 
 
@@ -133,19 +135,23 @@ def own_export(run_dir: Path) -> dict | None:
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
-    from lowbit.export.targets import parse_targets, write_targets
-    from lowbit.workflow import export_run
+    from lowbit.export.targets import parse_targets
+    from lowbit.workflow import export_with_targets
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
-    out_dir, description = export_run(
-        args.run_dir, args.out, batch=parse_batch(args.batch), ood_score=args.ood_score
+    out_dir, description, written = export_with_targets(
+        args.run_dir,
+        args.out,
+        targets=targets,
+        batch=parse_batch(args.batch),
+        ood_score=args.ood_score,
     )
     return {
         "out": str(out_dir),
         "deployed_bits": description["deployed_bits"]["total"],
         "ood": description["ood"],
         "layers": len(description["layers"]),
-        "targets": write_targets(targets, out_dir, description),
+        "targets": written,
     }
 
 

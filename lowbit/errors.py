@@ -39,3 +39,23 @@ class VerifyError(LowbitError):
     """Verification found unexplained mismatches."""
 
     exit_code = 7
+
+
+class WriteError(LowbitError):
+    """An output that cannot be written: no space, no permission, a read-only file system, a
+    path whose parent is a file or whose name is too long."""
+
+    exit_code = 8
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(path, reason)  # both in args: the error pickles (distributed.launch)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write: {self.reason}"
+
+
+class BusyError(LowbitError):
+    """Another process is writing the same run or export folder."""
+
+    exit_code = 9

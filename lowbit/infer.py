@@ -16,6 +16,7 @@ import numpy as np
 
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
+from lowbit.manifest import check_export
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def infer_file(
     *,
     batch_size: int | None = None,
 ) -> dict:
-    """Runs the integer graph (a file, or an export folder's model.int.onnx) on the input file.
+    """Runs the integer graph (a file, or an export folder's model.int.onnx, checked against
+    the folder's manifest) on the input file.
 
     Writes every graph output to `out_path` (.npz) only after the whole run succeeded, and for
     an export folder with a calibrated detector also `ood_score` and `known` per sample (the
@@ -100,7 +102,8 @@ def infer_file(
 
     model = Path(model)
     export_dir = model if model.is_dir() else None
-    if model.is_dir():
+    if export_dir is not None:  # a folder is an export: its files must match its manifest
+        check_export(export_dir)
         model = model / INT_GRAPH
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_json
+from lowbit.lock import writer_lock
 from lowbit.quant.recipes import RECIPE_NAMES, get_recipe
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     from lowbit.bench import collect
     from lowbit.pipeline import train_or_reuse
     from lowbit.train import load_run
+    from lowbit.verify.api import read_description
     from lowbit.workflow import export_run, verify_run
 
     run_dir = run_dir_of(out, config)
@@ -187,7 +189,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     description = verify = None
     if config["recipe"] != "fp32":
         if finished:
-            description = json.loads((run_dir / "model.json").read_text())
+            description = read_description(run_dir)  # checked against its manifest
             verify = json.loads((run_dir / "verify.json").read_text())
         else:
             _, description = export_run(run_dir)
@@ -234,43 +236,43 @@ def run_bench(
 
     options = options.resolved()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = configurations(options)
-    needed = list(configs)  # every configuration starts from its group's pre-training run
-    for config in configs:
-        pretrain = {**config, "recipe": PRETRAIN}
-        if pretrain not in needed:
-            needed.insert(needed.index(config), pretrain)
-    started = time.perf_counter()
-    rows, splits_by_seed = [], {}
-    bar = tqdm(needed, desc="bench", unit="config", file=sys.stderr, disable=not progress)
-    for config in bar:
-        name = f"{config['recipe']} {config['head']} {config['loss']} seed {config['seed']}"
-        bar.set_description(f"bench: {name}")
-        seed = config["seed"]
-        if seed not in splits_by_seed:
-            splits_by_seed[seed] = load_splits(
-                options.data,
-                image_size=options.image_size,
-                unknown=list(options.unknown) if options.unknown else None,
-                seed=seed,
-                per_class=options.per_class,
-            )
-        if config["recipe"] == PRETRAIN:
-            from lowbit.pipeline import train_or_reuse
+    with writer_lock(out):  # one sweep per folder; each run directory is locked by its writer
+        configs = configurations(options)
+        needed = list(configs)  # every configuration starts from its group's pre-training run
+        for config in configs:
+            pretrain = {**config, "recipe": PRETRAIN}
+            if pretrain not in needed:
+                needed.insert(needed.index(config), pretrain)
+        started = time.perf_counter()
+        rows, splits_by_seed = [], {}
+        bar = tqdm(needed, desc="bench", unit="config", file=sys.stderr, disable=not progress)
+        for config in bar:
+            name = f"{config['recipe']} {config['head']} {config['loss']} seed {config['seed']}"
+            bar.set_description(f"bench: {name}")
+            seed = config["seed"]
+            if seed not in splits_by_seed:
+                splits_by_seed[seed] = load_splits(
+                    options.data,
+                    image_size=options.image_size,
+                    unknown=list(options.unknown) if options.unknown else None,
+                    seed=seed,
+                    per_class=options.per_class,
+                )
+            if config["recipe"] == PRETRAIN:
+                from lowbit.pipeline import train_or_reuse
 
-            cfg = train_config(options, config, out)
-            metrics = train_or_reuse(
-                cfg, run_dir_of(out, config), False, splits=splits_by_seed[seed]
-            )
-            log.info("%s: accuracy %.3f", name, metrics["accuracy"])
-            continue
-        row = run_config(options, config, out, splits_by_seed[seed], progress=False)
-        rows.append(row)
-        log.info("%s: accuracy %.3f%s", name, row["accuracy"], " (reused)" * row["reused"])
-    bar.close()
-    results = build_results(options, rows, wall_seconds=time.perf_counter() - started)
-    results["command"] = command
-    plots = write_plots(results, out)
-    write_reports(results, out, plots, command)
-    return results
+                cfg = train_config(options, config, out)
+                metrics = train_or_reuse(
+                    cfg, run_dir_of(out, config), False, splits=splits_by_seed[seed]
+                )
+                log.info("%s: accuracy %.3f", name, metrics["accuracy"])
+                continue
+            row = run_config(options, config, out, splits_by_seed[seed], progress=False)
+            rows.append(row)
+            log.info("%s: accuracy %.3f%s", name, row["accuracy"], " (reused)" * row["reused"])
+        bar.close()
+        results = build_results(options, rows, wall_seconds=time.perf_counter() - started)
+        results["command"] = command
+        plots = write_plots(results, out)
+        write_reports(results, out, plots, command)
+        return results

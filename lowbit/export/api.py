@@ -1,4 +1,8 @@
-"""export_model: writes the three graphs and model.json for one trained model, atomically."""
+"""export_model: writes the three graphs and model.json for one trained model, as one set.
+
+The files are staged and published with a manifest (lowbit/manifest.py): a reader of the export
+folder sees the previous export whole, the new one whole, or a refusal.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from lowbit.errors import ConfigError
 from lowbit.export.lower import lower_model
 from lowbit.export.qcdq import quant_to_qcdq
 from lowbit.export.qonnx_export import export_qonnx_model
-from lowbit.io import atomic_write_bytes, atomic_write_json
+from lowbit.io import json_bytes, write_new_file
+from lowbit.manifest import DESCRIPTION_FILE, MANIFEST_FILE, seal, staged
 from lowbit.models.build import LowbitModel
 from lowbit.quant.layers import quant_scale
 
@@ -116,6 +121,7 @@ def model_description(
         "deployed_bits": deployed_bits(layers, head),
         "ood": ood or {"score": "msp", "threshold": None, "tpr": None},
         "files": dict(GRAPH_FILES),
+        "manifest": MANIFEST_FILE,  # readers refuse this folder while the manifest is missing
     }
 
 
@@ -129,12 +135,16 @@ def export_model(
     batch: int | None = None,
     source_run: str = ".",
     crop: dict | None = None,
+    before_publish: Callable[[Path, dict], object] | None = None,
 ) -> dict:
-    """Writes model.{qonnx,qcdq,int}.onnx and model.json to `out_dir`; returns model.json's dict.
+    """Writes model.{qonnx,qcdq,int}.onnx, model.json and the manifest to `out_dir`; returns
+    model.json's dict.
 
     `ood` may be a function of the integer graph: the open-set threshold is then calibrated on
     the logits deployments compute (lowbit.fewshot.openset.integer_calibration). `crop`: see
-    `model_description`.
+    `model_description`. `before_publish(staging, description)` may add files to the set in
+    the sealed staging folder (lowbit.export.targets.write_targets) before anything moves into
+    `out_dir`.
     """
     if model.recipe.is_float:
         raise ConfigError("the fp32 recipe has no quantized graphs to export: train a w*a* recipe")
@@ -171,11 +181,16 @@ def export_model(
         entry.key, entry.value = "lowbit", payload
         onnx.checker.check_model(graph)
         blobs[kind] = graph.SerializeToString()
-    # every graph is built and checked before the first file is replaced
-    for kind, blob in blobs.items():
-        atomic_write_bytes(out_dir / GRAPH_FILES[kind], blob)
+    # every graph is built and checked before the first file is written
+    files = {GRAPH_FILES[kind]: blob for kind, blob in blobs.items()}
     if stats_blob is not None:
-        atomic_write_bytes(out_dir / STATS_FILE, stats_blob)
-    atomic_write_json(out_dir / "model.json", description)
+        files[STATS_FILE] = stats_blob
+    files[DESCRIPTION_FILE] = json_bytes(description)
+    with staged(out_dir) as staging:
+        for name, blob in files.items():
+            write_new_file(staging / name, blob)
+        seal(staging, files)
+        if before_publish is not None:
+            before_publish(staging, description)
     log.info("exported %s to %s", ", ".join(GRAPH_FILES.values()), out_dir)
     return description

@@ -30,6 +30,7 @@ from lowbit.export.c_ops import build_plan
 from lowbit.export.c_pack import C_SIZES, Slot, c_number, c_type, layout_pools
 from lowbit.export.c_plan import CPlan
 from lowbit.io import atomic_write_bytes
+from lowbit.manifest import check_export
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def write_c_target(
     ModelFileError names the file when they are missing or altered.
     """
     export_dir = Path(export_dir)
+    check_export(export_dir)
     graph_path = export_dir / "model.int.onnx"
     if not graph_path.is_file():
         raise ModelFileError(f"{graph_path}: missing; run `lowbit export` first")

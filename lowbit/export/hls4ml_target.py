@@ -36,6 +36,7 @@ from lowbit.errors import ConfigError
 from lowbit.export.affine_requant import fraction_bits, solve_layer
 from lowbit.export.handoff import HandOff, head_bound, read_int_graph, signed_bits
 from lowbit.io import atomic_write_bytes, atomic_write_json
+from lowbit.manifest import check_export
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ def hls4ml_config(handoff: HandOff, plan: dict[str, str]) -> dict:
 def write_hls4ml(export_dir: str | Path) -> list[Path]:
     """Writes model.hls4ml.onnx and hls4ml_config.json next to model.int.onnx; returns the paths."""
     export_dir = Path(export_dir)
+    check_export(export_dir)
     handoff = read_int_graph(export_dir / "model.int.onnx")
     graph, plan = build_hls4ml_graph(handoff)
     onnx.checker.check_model(graph)

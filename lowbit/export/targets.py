@@ -2,9 +2,12 @@
 
 Every target starts from the same export: `export_run` first writes the three ONNX graphs and
 model.json (the `onnx` target, always done), then each further writer reads that folder
-(model.int.onnx, model.json) and writes its own files, atomically. A writer is
-`writer(export_dir, description) -> [written paths]`; it imports its optional tools itself, so
-an unused target costs nothing. Adding a target is one entry in `TARGETS`.
+(model.int.onnx, model.json) and writes its own files, atomically. `lowbit export` runs the
+writers in the export's staging folder, so their files are published with the graphs as one
+set (lowbit/manifest.py); run on a published export, the new files are added to its manifest,
+which is rewritten last. A writer is `writer(export_dir, description) -> [written paths]`; it
+imports its optional tools itself, so an unused target costs nothing. Adding a target is one
+entry in `TARGETS`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from pathlib import Path
 
 from lowbit.errors import ConfigError
 from lowbit.export.api import GRAPH_FILES
+from lowbit.manifest import DESCRIPTION_FILE, check_export, seal
 
 Writer = Callable[[Path, dict], list[Path]]
 
 
 def _onnx(export_dir: Path, description: dict) -> list[Path]:
     """The graphs and model.json that export_run already wrote."""
-    return [export_dir / name for name in (*GRAPH_FILES.values(), "model.json")]
+    return [export_dir / name for name in (*GRAPH_FILES.values(), DESCRIPTION_FILE)]
 
 
 def _c(export_dir: Path, description: dict) -> list[Path]:
@@ -65,6 +69,14 @@ def parse_targets(text: str | None) -> tuple[str, ...]:
 def write_targets(
     targets: tuple[str, ...], export_dir: str | Path, description: dict
 ) -> dict[str, list[str]]:
-    """Runs each target's writer on an export folder; returns {target: [written paths]}."""
+    """Runs each target's writer on a checked export folder and lists the files they write in
+    its manifest; returns {target: [written paths]}."""
     export_dir = Path(export_dir)
-    return {name: [str(p) for p in TARGETS[name](export_dir, description)] for name in targets}
+    manifest = check_export(export_dir)
+    written = {name: [Path(p) for p in TARGETS[name](export_dir, description)] for name in targets}
+    if manifest is not None:  # an export without a manifest is not given one by a part of it
+        added = [
+            path.relative_to(export_dir).as_posix() for paths in written.values() for path in paths
+        ]
+        seal(export_dir, [*manifest["files"], *added])
+    return {name: [str(path) for path in paths] for name, paths in written.items()}

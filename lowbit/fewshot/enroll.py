@@ -5,9 +5,11 @@
 head (which normalizes and quantizes it per row exactly as it does trained rows), saves the
 result as a run folder `enrolled/NNN` (config.json + checkpoint.pt), re-exports into a staging
 folder, recalibrates the open-set threshold on the integer graph, and runs verify there. Only
-a clean verify moves the new files into place, each by an atomic rename (model.json last); the
-replaced files are kept in `enrolled/NNN/previous/`. A failed verify leaves the deployed model
-untouched.
+a clean verify moves the new files into place as one set (lowbit.manifest.publish: model.json
+first, the manifest last, each by an atomic rename); the replaced files are kept in
+`enrolled/NNN/previous/`. A failed verify leaves the deployed model untouched and the staging
+folder for inspection; any other failure (a full disk) removes the staging folder. The export
+folder's writer lock (lowbit.lock) is held from the first read to the last rename.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +27,19 @@ import onnx
 
 from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
-from lowbit.errors import ConfigError, ModelFileError, VerifyError
+from lowbit.errors import ConfigError, ModelFileError, VerifyError, WriteError
 from lowbit.fewshot.features import prototype, runtime_features
 from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import integer_calibration
+from lowbit.io import make_dir, named_in, writing
+from lowbit.lock import writer_lock
+from lowbit.manifest import MANIFEST_FILE, publish, read_manifest
 
 log = logging.getLogger(__name__)
 
 ENROLLED = "enrolled"  # export_dir/enrolled/NNN: one run folder per enrollment or removal
 STAGING = ".enroll-staging"
-GRAPH_KINDS = ("qonnx", "qcdq", "int")
+VERIFY_FILE = "verify.json"
 RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
 
 
@@ -113,22 +119,51 @@ def _fixed_batch(graph: onnx.ModelProto) -> int | None:
     return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
-def _deploy(staging: Path, export_dir: Path, slot: str, description: dict) -> None:
-    """Moves the verified files into place: run folder, graphs, verify.json, model.json last."""
+@contextmanager
+def _locked_export(export_dir: Path) -> Iterator[dict]:
+    """Holds the export folder's writer lock; yields its model.json, read under the lock."""
+    if not export_dir.is_dir():
+        read_model_json(export_dir)  # names the missing model.json; the lock would create it
+    with writer_lock(export_dir):
+        yield read_model_json(export_dir)
+
+
+@contextmanager
+def _staging_folder(export_dir: Path) -> Iterator[Path]:
+    """Yields an empty staging folder in the export folder. A failed verify keeps it for
+    inspection; any other failure (a full disk) removes it."""
+    staging = export_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier failed attempt
+    try:
+        yield staging
+    except VerifyError:
+        raise
+    except WriteError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise named_in(error, staging, export_dir) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _deploy(staging: Path, export_dir: Path, slot: str) -> None:
+    """Moves the verified change into place: the run folder, then the export set (model.json
+    first, the manifest last), then verify.json; the files it replaces go to previous/."""
     run_dir = export_dir / slot
-    run_dir.parent.mkdir(exist_ok=True)
-    os.replace(staging / slot, run_dir)
-    previous = run_dir / "previous"
-    previous.mkdir()
-    names = [description["files"][kind] for kind in GRAPH_KINDS]
-    stats = (description.get("ood") or {}).get("stats")
-    names += ([stats["file"]] if stats else []) + ["verify.json", "model.json"]
+    make_dir(run_dir.parent)
+    with writing(run_dir):
+        os.replace(staging / slot, run_dir)
+    previous = make_dir(run_dir / "previous")
+    names = [*read_manifest(staging)["files"], MANIFEST_FILE, VERIFY_FILE]
     for name in names:
         if (export_dir / name).is_file():
-            shutil.copy2(export_dir / name, previous / name)
-    for name in names:
-        os.replace(staging / name, export_dir / name)
-    shutil.rmtree(staging)
+            make_dir((previous / name).parent)
+            with writing(previous / name):
+                shutil.copy2(export_dir / name, previous / name)
+    publish(staging, export_dir)
+    with writing(export_dir / VERIFY_FILE):
+        os.replace(staging / VERIFY_FILE, export_dir / VERIFY_FILE)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _rebuild(
@@ -153,57 +188,57 @@ def _rebuild(
     from lowbit.train.run import read_json, splits_for
     from lowbit.verify.api import build_inputs, verify_export
 
-    start = time.perf_counter()
-    staging = export_dir / STAGING
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier failed attempt
-    slot = _next_slot(export_dir)
-    history = list(record.get("enrollment", [])) + [change]
-    record = {**record, "class_names": change["class_names"], "enrollment": history}
-    record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
-    (staging / slot).mkdir(parents=True)
-    _save_run(model, record, staging / slot)
-    config_path = staging / slot / "config.json"
-    splits = splits_for(read_json(config_path), config_path)
-    ood = description.get("ood") or {}
-    stats = load_export_stats(export_dir, description)
-    old_graph = onnx.load(str(export_dir / description["files"]["int"]))
-    new_description = export_model(
-        model,
-        staging,
-        class_names=change["class_names"],
-        normalization=description["input"]["normalization"],
-        ood=integer_calibration(
-            splits.val.x,
-            ood.get("score", "msp"),
-            ood.get("tpr") or 0.95,
-            stats=refit(stats) if stats is not None else None,
-        ),
-        batch=_fixed_batch(old_graph),
-        source_run=slot,
-        crop=crop_rule_of(description),
-    )
-    timing["export_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    inputs = build_inputs(
-        new_description, splits.test.x, n=verify_n, random=verify_random, ties=True, seed=0
-    )
-    report = verify_export(model, staging, inputs, progress=progress)
-    timing["verify_s"] = time.perf_counter() - start
-    if report["unexplained"]:
-        raise VerifyError(
-            f"{staging}: {report['unexplained']} unexplained mismatches after the change; "
-            f"{export_dir} is unchanged (staging kept for inspection)"
+    with _staging_folder(export_dir) as staging:
+        start = time.perf_counter()
+        slot = _next_slot(export_dir)
+        history = list(record.get("enrollment", [])) + [change]
+        record = {**record, "class_names": change["class_names"], "enrollment": history}
+        record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
+        make_dir(staging / slot)
+        _save_run(model, record, staging / slot)
+        config_path = staging / slot / "config.json"
+        splits = splits_for(read_json(config_path), config_path)
+        ood = description.get("ood") or {}
+        stats = load_export_stats(export_dir, description)
+        old_graph = onnx.load(str(export_dir / description["files"]["int"]))
+        new_description = export_model(
+            model,
+            staging,
+            class_names=change["class_names"],
+            normalization=description["input"]["normalization"],
+            ood=integer_calibration(
+                splits.val.x,
+                ood.get("score", "msp"),
+                ood.get("tpr") or 0.95,
+                stats=refit(stats) if stats is not None else None,
+            ),
+            batch=_fixed_batch(old_graph),
+            source_run=slot,
+            crop=crop_rule_of(description),
         )
-    _deploy(staging, export_dir, slot, new_description)
-    return {
-        "export_dir": str(export_dir),
-        "class_names": change["class_names"],
-        "source_run": slot,
-        "ood": new_description["ood"],
-        "verify": {
-            k: report[k] for k in ("checked_tensors", "checked_values", "mismatches", "unexplained")
-        },
-    }
+        timing["export_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        inputs = build_inputs(
+            new_description, splits.test.x, n=verify_n, random=verify_random, ties=True, seed=0
+        )
+        report = verify_export(model, staging, inputs, progress=progress)
+        timing["verify_s"] = time.perf_counter() - start
+        if report["unexplained"]:
+            raise VerifyError(
+                f"{staging}: {report['unexplained']} unexplained mismatches after the change; "
+                f"{export_dir} is unchanged (staging kept for inspection)"
+            )
+        _deploy(staging, export_dir, slot)
+        return {
+            "export_dir": str(export_dir),
+            "class_names": change["class_names"],
+            "source_run": slot,
+            "ood": new_description["ood"],
+            "verify": {
+                k: report[k]
+                for k in ("checked_tensors", "checked_values", "mismatches", "unexplained")
+            },
+        }
 
 
 def _load_source(export_dir: Path, description: dict):
@@ -231,44 +266,49 @@ def enroll_class(
     """Adds class `name` from support images to an exported model; returns a report with timing."""
     export_dir = Path(export_dir)
     total = time.perf_counter()
-    description = read_model_json(export_dir)
-    names = list(description["class_names"])
-    if not name or name in names or name in RESERVED:
-        reason = "is already a class" if name in names else "is reserved or empty"
-        raise ConfigError(f"--class {name!r} {reason}; classes: {', '.join(names)}")
-    start = time.perf_counter()
-    import lowbit.train  # noqa: F401  torch + brevitas: process start-up, timed on its own
-    from lowbit.runtime import Runtime
+    with _locked_export(export_dir) as description:
+        names = list(description["class_names"])
+        if not name or name in names or name in RESERVED:
+            reason = "is already a class" if name in names else "is reserved or empty"
+            raise ConfigError(f"--class {name!r} {reason}; classes: {', '.join(names)}")
+        start = time.perf_counter()
+        import lowbit.train  # noqa: F401  torch + brevitas: process start-up, timed on its own
+        from lowbit.runtime import Runtime
 
-    timing = {"import_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    size = description["model"]["image_size"]
-    x = load_images(images, size, description["input"]["normalization"])
-    runtime = Runtime(export_dir / description["files"]["int"])
-    support = runtime_features(runtime, x)
-    row = prototype(support)
-    timing["features_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model, record = _load_source(export_dir, description)
-    model = append_class(model, row)
-    timing["head_update_s"] = time.perf_counter() - start
-    timing["enroll_s"] = timing["features_s"] + timing["head_update_s"]
-    change = {"action": "enroll", "class": name, "images": len(x), "class_names": names + [name]}
-    report = _rebuild(
-        export_dir,
-        description,
-        model,
-        record,
-        change,
-        timing,
-        verify_n=verify_n,
-        verify_random=verify_random,
-        progress=progress,
-        refit=lambda stats: add_class(stats, support),
-    )
-    timing["total_s"] = time.perf_counter() - total
-    log.info("enrolled %r from %d images into %s", name, len(x), export_dir)
-    return {**report, "class": name, "images": len(x), "timing": _rounded(timing)}
+        timing = {"import_s": time.perf_counter() - start}
+        start = time.perf_counter()
+        size = description["model"]["image_size"]
+        x = load_images(images, size, description["input"]["normalization"])
+        runtime = Runtime(export_dir / description["files"]["int"])
+        support = runtime_features(runtime, x)
+        row = prototype(support)
+        timing["features_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model, record = _load_source(export_dir, description)
+        model = append_class(model, row)
+        timing["head_update_s"] = time.perf_counter() - start
+        timing["enroll_s"] = timing["features_s"] + timing["head_update_s"]
+        change = {
+            "action": "enroll",
+            "class": name,
+            "images": len(x),
+            "class_names": names + [name],
+        }
+        report = _rebuild(
+            export_dir,
+            description,
+            model,
+            record,
+            change,
+            timing,
+            verify_n=verify_n,
+            verify_random=verify_random,
+            progress=progress,
+            refit=lambda stats: add_class(stats, support),
+        )
+        timing["total_s"] = time.perf_counter() - total
+        log.info("enrolled %r from %d images into %s", name, len(x), export_dir)
+        return {**report, "class": name, "images": len(x), "timing": _rounded(timing)}
 
 
 def remove_class(
@@ -282,32 +322,32 @@ def remove_class(
     """Removes class `name` (its head row) from an exported model; returns a report."""
     export_dir = Path(export_dir)
     total = time.perf_counter()
-    description = read_model_json(export_dir)
-    names = list(description["class_names"])
-    if name not in names:
-        raise ConfigError(f"--remove {name!r}: not a class of this model ({', '.join(names)})")
-    if len(names) <= 2:
-        raise ConfigError(f"--remove {name!r}: a classifier needs at least 2 classes")
-    start = time.perf_counter()
-    model, record = _load_source(export_dir, description)
-    model = drop_class(model, names.index(name))
-    timing = {"head_update_s": time.perf_counter() - start}
-    kept = [n for n in names if n != name]
-    change = {"action": "remove", "class": name, "class_names": kept}
-    report = _rebuild(
-        export_dir,
-        description,
-        model,
-        record,
-        change,
-        timing,
-        verify_n=verify_n,
-        verify_random=verify_random,
-        progress=progress,
-        refit=lambda stats: drop_class_stats(stats, names.index(name)),
-    )
-    timing["total_s"] = time.perf_counter() - total
-    return {**report, "class": name, "timing": _rounded(timing)}
+    with _locked_export(export_dir) as description:
+        names = list(description["class_names"])
+        if name not in names:
+            raise ConfigError(f"--remove {name!r}: not a class of this model ({', '.join(names)})")
+        if len(names) <= 2:
+            raise ConfigError(f"--remove {name!r}: a classifier needs at least 2 classes")
+        start = time.perf_counter()
+        model, record = _load_source(export_dir, description)
+        model = drop_class(model, names.index(name))
+        timing = {"head_update_s": time.perf_counter() - start}
+        kept = [n for n in names if n != name]
+        change = {"action": "remove", "class": name, "class_names": kept}
+        report = _rebuild(
+            export_dir,
+            description,
+            model,
+            record,
+            change,
+            timing,
+            verify_n=verify_n,
+            verify_random=verify_random,
+            progress=progress,
+            refit=lambda stats: drop_class_stats(stats, names.index(name)),
+        )
+        timing["total_s"] = time.perf_counter() - total
+        return {**report, "class": name, "timing": _rounded(timing)}
 
 
 def _rounded(timing: dict) -> dict:

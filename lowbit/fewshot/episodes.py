@@ -157,10 +157,12 @@ def _integer_runtime(run_dir: Path, model):
     the model lowered in memory (the same graph `lowbit export` would write)."""
     import json
 
+    from lowbit.manifest import DESCRIPTION_FILE, check_export
     from lowbit.runtime import Runtime
 
-    description_path = run_dir / "model.json"
+    description_path = run_dir / DESCRIPTION_FILE
     if description_path.is_file() and (run_dir / "model.int.onnx").is_file():
+        check_export(run_dir)
         source = json.loads(description_path.read_text()).get("source_run", ".")
         if (run_dir / source).resolve() == run_dir.resolve():
             return Runtime(run_dir / "model.int.onnx")

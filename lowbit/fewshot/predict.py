@@ -1,12 +1,12 @@
 """`predict`: class, score and known/unknown per image from an export folder, without torch.
 
-Reads model.json and model.int.onnx, cuts each image around the defect a detector found (its
-mask or box) exactly as the training images were cut (model.json `input.crop`), runs the integer
-runtime, and applies model.json's open-set threshold to the deployed score of the integer
-graph's outputs: the units it was calibrated in (lowbit.fewshot.openset.integer_calibration).
-A model trained on crops is never given a whole image unless the caller says the images
-already are crops (`whole_image`): a whole image would be classified, wrongly, without a word.
-"""
+Checks the folder against its manifest, reads model.json and model.int.onnx, cuts each image
+around the defect a detector found (its mask or box) exactly as the training images were cut
+(model.json `input.crop`), runs the integer runtime, and applies model.json's open-set
+threshold to the deployed score of the integer graph's outputs: the units it was calibrated in
+(lowbit.fewshot.openset.integer_calibration). A model trained on crops is never given a whole
+image unless the caller says the images already are crops (`whole_image`): a whole image would
+be classified, wrongly, without a word."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from lowbit.errors import ConfigError, ModelFileError
 from lowbit.fewshot.images import image_name, load_crops
 from lowbit.fewshot.openset import ood_score
 from lowbit.fewshot.regions import Region, regions_for
+from lowbit.manifest import DESCRIPTION_FILE, check_export
 from lowbit.tables import format_table
 
 UNKNOWN = "unknown"
@@ -32,9 +33,10 @@ def load_export(export_dir: str | Path) -> tuple[dict, object]:
     from lowbit.runtime import Runtime
 
     export_dir = Path(export_dir)
-    path = export_dir / "model.json"
+    path = export_dir / DESCRIPTION_FILE
     if not export_dir.is_dir():
         raise ModelFileError(f"{export_dir}: not a folder; pass an export folder (model.json)")
+    check_export(export_dir)
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
     try:

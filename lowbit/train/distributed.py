@@ -6,8 +6,9 @@ N processes train one model as if one process trained it with the same global ba
   config.batch_size must be a multiple of N (each rank takes batch_size / N samples);
 - gradients are averaged by DistributedDataParallel; BatchNorm statistics and Brevitas'
   activation-scale statistics are taken over the global batch (replicas.py);
-- rank 0 alone writes config.json, checkpoint.pt and metrics.json, evaluates, logs and shows
-  progress; the other ranks wait at a barrier after each write. After every epoch the ranks
+- rank 0 alone writes config.json, checkpoint.pt and metrics.json (holding the run directory's
+  writer lock, lowbit/lock.py), evaluates, logs and shows progress; the other ranks wait at a
+  barrier after each write. After every epoch the ranks
   compare digests of all parameters, buffers and quantizer state and stop if any differ.
 Backends: gloo, or "cpu:gloo,cuda:nccl" where CUDA is available (the loop trains on the CPU
 today; CUDA tensors would go through nccl). Results equal single-process training up to float

@@ -11,7 +11,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.errors import ConfigError, DataError
-from lowbit.io import remove_stale_temps
+from lowbit.io import make_dir, remove_stale_temps
+from lowbit.lock import writer_lock
 from lowbit.models import ModelConfig, build_model
 from lowbit.quant.recipes import get_recipe
 from lowbit.train.checkpoint import (
@@ -260,7 +261,7 @@ def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, splits) -> dic
     the uninterrupted run computed. Only a run directory that does not exist is an error.
     """
     path = run_dir / CHECKPOINT_NAME
-    if not run_dir.is_dir():
+    if not run_dir.is_dir():  # train() checks it before the lock would create the folder
         raise ConfigError(f"{path}: nothing to resume; train without resume first")
     if not path.is_file() and not (run_dir / CONFIG_NAME).is_file():
         logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
@@ -315,74 +316,81 @@ def train(
         learn_scale=learns_scale(config),
     )
     model = build_model(recipe, model_config)
-    checkpoint = _resume(run_dir, config, model, splits) if resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    removed = world.on_main(remove_stale_temps, run_dir)  # a killed run's half-written temp files
-    if removed:
-        logger.warning("%s: removed temp files of an interrupted write: %s", run_dir, removed)
-    # Built after loading: Brevitas re-creates its quantizers (new scale Parameters) on
-    # load_state_dict, and an optimizer built before would update the discarded ones.
-    optimizer = make_optimizer(model, config)
-    start_epoch, step = 0, 0
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
-        start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
-    else:
-        if config.init is not None:
-            init_from_run(model, Path(config.init))
-        unknown_names = list(getattr(splits, "unknown_names", []) or [])
-        from lowbit.data import splits_fingerprint  # heavy: imported when a run starts
-
-        record = run_record(
-            config,
-            recipe,
-            model_config,
-            splits.class_names,
-            unknown_names,
-            config.data,
-            splits_fingerprint(splits),
+    if resume and not run_dir.is_dir():
+        raise ConfigError(
+            f"{run_dir / CHECKPOINT_NAME}: nothing to resume; train without resume first"
         )
-        world.on_main(write_json, run_dir / CONFIG_NAME, record)
-    data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))
-    loss_fn = make_loss(config.loss, config.tau)
-    teacher = _load_teacher(config, list(splits.class_names))
-    if teacher is not None:
-        loss_fn = with_distillation(loss_fn, config.distill_weight, config.distill_temperature)
-    progress = progress and world.is_main
-    with deterministic_algorithms(), world.replicate(model) as replica:
-        for epoch in range(start_epoch, config.epochs):
-            step, stats = train_epoch(
-                replica,
-                optimizer,
-                loss_fn,
-                data,
+    # one writer per run directory: rank 0 writes, so rank 0 holds the lock (lowbit/lock.py)
+    with writer_lock(run_dir) if world.is_main else nullcontext():
+        checkpoint = _resume(run_dir, config, model, splits) if resume else None
+        make_dir(run_dir)
+        # a killed run's half-written temp files
+        removed = world.on_main(remove_stale_temps, run_dir)
+        if removed:
+            logger.warning("%s: removed temp files of an interrupted write: %s", run_dir, removed)
+        # Built after loading: Brevitas re-creates its quantizers (new scale Parameters) on
+        # load_state_dict, and an optimizer built before would update the discarded ones.
+        optimizer = make_optimizer(model, config)
+        start_epoch, step = 0, 0
+        if checkpoint is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            set_rng_state(checkpoint["rng"])
+            start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+            logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+        else:
+            if config.init is not None:
+                init_from_run(model, Path(config.init))
+            unknown_names = list(getattr(splits, "unknown_names", []) or [])
+            from lowbit.data import splits_fingerprint  # heavy: imported when a run starts
+
+            record = run_record(
                 config,
-                epoch=epoch,
-                step=step,
-                progress=progress,
-                world=world,
-                teacher=teacher,
+                recipe,
+                model_config,
+                splits.class_names,
+                unknown_names,
+                config.data,
+                splits_fingerprint(splits),
             )
-            world.check_replicas(model)
-            val_accuracy = split_accuracy(model, splits.val) if world.is_main else None
-            logger.info(
-                "epoch %d/%d: loss %.4f, train accuracy %.3f, val accuracy %s",
-                epoch + 1,
-                config.epochs,
-                stats["loss"],
-                stats["accuracy"],
-                "n/a" if val_accuracy is None else f"{val_accuracy:.3f}",
-            )
-            world.on_main(
-                save_checkpoint,
-                run_dir / CHECKPOINT_NAME,
-                model,
-                optimizer,
-                step=step,
-                epoch=epoch + 1,
-            )
-        metrics = world.on_main(evaluate, model, splits, config=config)
-    world.on_main(write_json, run_dir / METRICS_NAME, metrics)
-    return metrics
+            world.on_main(write_json, run_dir / CONFIG_NAME, record)
+        data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))
+        loss_fn = make_loss(config.loss, config.tau)
+        teacher = _load_teacher(config, list(splits.class_names))
+        if teacher is not None:
+            loss_fn = with_distillation(loss_fn, config.distill_weight, config.distill_temperature)
+        progress = progress and world.is_main
+        with deterministic_algorithms(), world.replicate(model) as replica:
+            for epoch in range(start_epoch, config.epochs):
+                step, stats = train_epoch(
+                    replica,
+                    optimizer,
+                    loss_fn,
+                    data,
+                    config,
+                    epoch=epoch,
+                    step=step,
+                    progress=progress,
+                    world=world,
+                    teacher=teacher,
+                )
+                world.check_replicas(model)
+                val_accuracy = split_accuracy(model, splits.val) if world.is_main else None
+                logger.info(
+                    "epoch %d/%d: loss %.4f, train accuracy %.3f, val accuracy %s",
+                    epoch + 1,
+                    config.epochs,
+                    stats["loss"],
+                    stats["accuracy"],
+                    "n/a" if val_accuracy is None else f"{val_accuracy:.3f}",
+                )
+                world.on_main(
+                    save_checkpoint,
+                    run_dir / CHECKPOINT_NAME,
+                    model,
+                    optimizer,
+                    step=step,
+                    epoch=epoch + 1,
+                )
+            metrics = world.on_main(evaluate, model, splits, config=config)
+        world.on_main(write_json, run_dir / METRICS_NAME, metrics)
+        return metrics

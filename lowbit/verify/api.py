@@ -14,6 +14,7 @@ from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.export.api import GRAPH_FILES
 from lowbit.io import atomic_write_json
+from lowbit.manifest import DESCRIPTION_FILE, check_export
 from lowbit.models.build import LowbitModel
 from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
@@ -70,8 +71,10 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def read_description(export_dir: Path) -> dict:
-    """model.json of an export folder; ModelFileError names the file when it is missing or bad."""
-    path = Path(export_dir) / "model.json"
+    """model.json of an export folder whose files match its manifest; ModelFileError names the
+    file when it is missing, bad, or not the one the manifest lists (lowbit.manifest)."""
+    check_export(export_dir)
+    path = Path(export_dir) / DESCRIPTION_FILE
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
     try:

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import torch
 
+from lowbit.manifest import MANIFEST_FILE, read_manifest, seal
+
 from . import files
 from .files import IMAGE_SIZE, ONNX_DEFECTS
 
@@ -361,16 +363,27 @@ for _name, (_command, _code, _needle, _damage) in RUN_DEFECTS.items():
 # ----- exported models, through `lowbit verify DIR` ------------------------------------------
 
 
+def _copy_export(tmp: Path, env: Env) -> Path:
+    """A sealed copy of env.run's export in its own folder, its source_run pointing back."""
+    export = tmp / "export"
+    export.mkdir()
+    names = read_manifest(env.run)["files"]
+    for name in names:
+        shutil.copy(env.run / name, export / name)
+    description = json.loads((export / "model.json").read_text())
+    description["source_run"] = str(env.run)
+    (export / "model.json").write_text(json.dumps(description))
+    seal(export, names)
+    return export
+
+
 def _export_defect(needle: str, damage: Callable[[Path], object]) -> Callable[[Path, Env], Case]:
+    """Damage sealed into the manifest, as a buggy or hostile writer would: the loaders refuse."""
+
     def build(tmp: Path, env: Env) -> Case:
-        export = tmp / "export"
-        export.mkdir()
-        for name in ("model.json", "model.int.onnx", "model.qonnx.onnx", "model.qcdq.onnx"):
-            shutil.copy(env.run / name, export / name)
-        description = json.loads((export / "model.json").read_text())
-        description["source_run"] = str(env.run)
-        (export / "model.json").write_text(json.dumps(description))
+        export = _copy_export(tmp, env)
         damage(export)
+        seal(export, read_manifest(export)["files"])
         argv = ["verify", str(export), "--n", "0", "--random", "4", "--no-ties"]
         return Case(argv, 5, needle, [export / "verify.json"])
 
@@ -397,3 +410,66 @@ EXPORT_DEFECTS = {
 }
 for _name, (_needle, _damage) in EXPORT_DEFECTS.items():
     case(f"export_{_name}", "exported model folder")(_export_defect(_needle, _damage))
+
+
+# ----- exported models changed after export: the manifest refuses them (verify and predict) --
+
+
+def _altered_export(
+    command: str, needle: str, damage: Callable[[Path, Env], object]
+) -> Callable[[Path, Env], Case]:
+    def build(tmp: Path, env: Env) -> Case:
+        export = _copy_export(tmp, env)
+        damage(export, env)
+        if command == "verify":
+            argv = ["verify", str(export), "--n", "0", "--random", "4", "--no-ties"]
+            return Case(argv, 5, needle, [export / "verify.json"])
+        image = sorted((env.folder / files.CLASSES[0]).iterdir())[0]
+        return Case(["predict", str(export), str(image)], 5, needle)
+
+    return build
+
+
+def _swap(export: Path, first: str, second: str) -> None:
+    (export / first).rename(export / "swap")
+    (export / second).rename(export / first)
+    (export / "swap").rename(export / second)
+
+
+def _edit_threshold(export: Path) -> None:
+    description = json.loads((export / "model.json").read_text())
+    description["ood"]["threshold"] = -1e9  # every input "known"
+    (export / "model.json").write_text(json.dumps(description))
+
+
+ALTERED_EXPORTS = {
+    "graph_truncated": (
+        "model.int.onnx: sha256 differs from model.manifest.json",
+        lambda e, env: files.truncate(e / "model.int.onnx"),
+    ),
+    "graphs_swapped": (
+        "model.qcdq.onnx: sha256 differs from model.manifest.json",
+        lambda e, env: _swap(e, "model.qcdq.onnx", "model.qonnx.onnx"),
+    ),
+    "graph_of_another_model": (
+        "model.int.onnx: sha256 differs from model.manifest.json",
+        lambda e, env: shutil.copy(env.model, e / "model.int.onnx"),
+    ),
+    "model_json_edited": (
+        "model.json: sha256 differs from model.manifest.json",
+        lambda e, env: _edit_threshold(e),
+    ),
+    "manifest_missing": (
+        "model.manifest.json: missing although model.json names it",
+        lambda e, env: (e / MANIFEST_FILE).unlink(),
+    ),
+    "manifest_corrupt": (
+        "model.manifest.json: not valid JSON",
+        lambda e, env: files.truncate(e / MANIFEST_FILE),
+    ),
+}
+for _command in ("verify", "predict"):
+    for _name, (_needle, _damage) in ALTERED_EXPORTS.items():
+        case(f"altered_{_command}_{_name}", "exported model folder altered after export")(
+            _altered_export(_command, _needle, _damage)
+        )

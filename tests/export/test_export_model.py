@@ -10,6 +10,7 @@ import pytest
 
 from lowbit.errors import ConfigError
 from lowbit.export.api import GRAPH_FILES, export_model, parse_batch
+from lowbit.manifest import MANIFEST_FILE
 from lowbit.models import build_model
 from lowbit.quant import get_recipe, recipe_from_dict
 
@@ -41,7 +42,8 @@ def dynamic_export(tmp_path_factory):
 def test_writes_the_four_files(dynamic_export) -> None:
     _, out, _ = dynamic_export
     names = sorted(path.name for path in out.iterdir())
-    assert names == sorted([*GRAPH_FILES.values(), "model.json"])  # no temp files left behind
+    # no temp files or staging folder left behind
+    assert names == sorted([*GRAPH_FILES.values(), "model.json", MANIFEST_FILE])
     for name in GRAPH_FILES.values():
         onnx.checker.check_model(onnx.load(str(out / name)))
 
@@ -123,7 +125,7 @@ def test_failed_export_keeps_previous_files(dynamic_export, tmp_path, monkeypatc
     """Every graph is built and checked before the first file is replaced."""
     model, _, _ = dynamic_export
     export_model(model, tmp_path, class_names=CLASS_NAMES, normalization=NORMALIZATION)
-    files = [*GRAPH_FILES.values(), "model.json"]
+    files = [*GRAPH_FILES.values(), "model.json", MANIFEST_FILE]
     before = {name: (tmp_path / name).read_bytes() for name in files}
     calls = {"n": 0}
     real_check = onnx.checker.check_model

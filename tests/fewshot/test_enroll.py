@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import onnx
@@ -11,9 +13,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from lowbit.errors import ConfigError, VerifyError
+from lowbit.errors import ConfigError, VerifyError, WriteError
 from lowbit.fewshot import enroll_class, remove_class, runtime_features, save_images
 from lowbit.fewshot.enroll import append_class, drop_class
+from lowbit.lock import LOCK_FILE
+from lowbit.manifest import MANIFEST_FILE, check_export, read_manifest, seal
 from lowbit.models import build_model
 from lowbit.quant import get_recipe
 from lowbit.runtime import Runtime
@@ -150,5 +154,37 @@ def test_bad_removals(copy_export) -> None:
     description = json.loads((copy_export / "model.json").read_text())
     description["class_names"] = description["class_names"][:2]
     (copy_export / "model.json").write_text(json.dumps(description))
+    seal(copy_export, read_manifest(copy_export)["files"])  # a consistent 2-class export
     with pytest.raises(ConfigError, match="at least 2 classes"):
         remove_class(copy_export, "aa_red", **FAST)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["checkpoint.pt", "config.json", "model.int.onnx", "model.json", MANIFEST_FILE, "verify.json"],
+)
+def test_full_disk_during_enrollment_leaves_the_export(
+    copy_export, tmp_path, monkeypatch, capsys, name
+) -> None:
+    """ENOSPC at each file an enrollment writes: one line, exit 8, the export as it was."""
+    from lowbit.cli import main
+
+    _, paths = novel_images(copy_export, tmp_path, NOVEL[2], count=2)
+    before = {p: p.read_bytes() for p in copy_export.rglob("*") if p.name != LOCK_FILE}
+    real = os.write
+
+    def write(fd, data):
+        if name in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    argv = ["--quiet", "enroll", str(copy_export), "--class", NOVEL[2], "--verify-n", "8"]
+    assert main([*argv, "--images", *map(str, paths)]) == WriteError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lowbit: error: {copy_export}/"), err
+    assert err[0].endswith(
+        f"{name}: cannot write: no space left on the device; " + ("free space or write elsewhere")
+    )
+    assert {p: p.read_bytes() for p in copy_export.rglob("*") if p.name != LOCK_FILE} == before
+    check_export(copy_export)

@@ -18,6 +18,7 @@ import lowbit.train.checkpoint
 import lowbit.train.run
 from lowbit.cli import main
 from lowbit.errors import ConfigError, DataError
+from lowbit.lock import LOCK_FILE
 from lowbit.quant.layers import ACT_STATS_STEPS
 from lowbit.train import distributed as dist_module
 from lowbit.train import load_run, train
@@ -148,6 +149,7 @@ def test_only_rank_0_writes_files(two_ranks):
     assert writes[0] == one_run * len(RUNS)
     for tag in RUNS:
         assert sorted(p.name for p in (two_ranks / tag).iterdir()) == [
+            LOCK_FILE,  # rank 0 held the run directory's writer lock
             "checkpoint.pt",
             "config.json",
             "metrics.json",

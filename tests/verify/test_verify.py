@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from lowbit.errors import ModelFileError
 from lowbit.export.api import GRAPH_FILES, export_model
+from lowbit.manifest import read_manifest, seal
 from lowbit.verify.api import build_inputs, format_report, load_graph, verify_export
 from lowbit.verify.capture import torch_codes
 from lowbit.verify.compare import (
@@ -112,6 +113,7 @@ def plant_off_by_one(model, out, inputs) -> tuple[int, int]:
                 values[channel, level] += 1
                 init.CopyFrom(numpy_helper.from_array(values, init.name))
                 onnx.save(graph, str(out / GRAPH_FILES["int"]))
+                seal(out, read_manifest(out)["files"])  # as if the exporter had the bug
                 return channel, int(hits.sum())
     raise AssertionError("no threshold of the layer is hit exactly: choose other inputs")
 
