@@ -74,4 +74,4 @@ def all_scores(
 
 # The score an export deploys by default (model.json "ood"), chosen by leave-one-known-type-out
 # validation (lowbit/bench/ood_selection.py; docs/unknown_types.md gives the command and table).
-DEFAULT_OOD_SCORE = "msp"
+DEFAULT_OOD_SCORE = "rel_mahalanobis"
