@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from lowbit.cli import main
+from lowbit.core.feature_scores import load_export_stats
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot import calibrate_threshold, load_images, ood_score, predict, save_images
+from lowbit.fewshot.features import runtime_outputs
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
 from lowbit.train.run import splits_for
@@ -35,8 +37,11 @@ def test_threshold_reproduces_the_target_tpr_on_its_calibration_set(w2a2_run, tm
     x, paths = val_images(w2a2_run, tmp_path)
     rows = predict(w2a2_run, paths)
     kept = sum(row["known"] for row in rows)
-    # the largest threshold keeping >= 95%: exactly what calibrate_threshold gives on these logits
-    scores = ood_score(Runtime(w2a2_run / "model.int.onnx").run(x)["logits"], ood["score"])
+    # the largest threshold keeping >= 95%: exactly what calibrate_threshold gives on the scores
+    # of the integer graph's outputs (logits, and feature codes for a feature score)
+    logits, features = runtime_outputs(Runtime(w2a2_run / "model.int.onnx"), x)
+    stats = load_export_stats(w2a2_run, description)
+    scores = ood_score(logits, ood["score"], features, stats)
     assert ood["threshold"] == calibrate_threshold(scores, 0.95)
     assert kept == int((scores >= ood["threshold"]).sum()) and kept / len(rows) >= 0.95
     assert kept < len(rows) or scores.min() == ood["threshold"]

@@ -11,6 +11,7 @@ from PIL import Image
 
 from lowbit.artifacts import crop_rule_of, deployed_bits_of
 from lowbit.cli import main
+from lowbit.core.scores import DEFAULT_OOD_SCORE
 from lowbit.data import crop_rule, read_mask, scan
 from lowbit.errors import ConfigError, DataError
 from lowbit.fewshot import predict
@@ -86,7 +87,8 @@ def test_cli_mask_box_and_list_files_agree(crop_run, training_images, tmp_path, 
     assert all(result == labels[0] for result in labels)
     assert main(["predict", str(crop_run), *images, "--mask", *masks]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["image", "mask", "box", "label", "class", "score", "(msp)", "known"]
+    header = ["image", "mask", "box", "label", "class", "score", f"({DEFAULT_OOD_SCORE})", "known"]
+    assert lines[0].split() == header
     assert len(lines) == 1 + len(images) and lines[1].startswith(images[0])
 
 
