@@ -104,16 +104,21 @@ def write_new_file(path: str | os.PathLike, data: bytes) -> Path:
     with writing(path):
         fd = _create(path)
         try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_and_close(fd, data)
         except BaseException:
             with suppress(OSError):
                 path.unlink()
             raise
     return path
+
+
+def _write_and_close(fd: int, data: bytes) -> None:
+    """Writes all of `data` to `fd`, fsyncs and closes it (closed on failure too)."""
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _temp_path(path: Path) -> Path:
@@ -134,11 +139,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             except FileExistsError:  # 2^-32 per try: another writer's temp file
                 continue
         try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_and_close(fd, data)
             os.replace(temp, path)
         except BaseException:
             with suppress(OSError):
