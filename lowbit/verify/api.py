@@ -327,6 +327,15 @@ def format_report(report: dict) -> str:
             f"logits max |diff| {tail.get('max_abs_diff', float('nan')):.2e}"
             f" (tolerance {tail.get('tolerance', float('nan')):.1e})"
         )
+    decisions = report.get("decisions") or {}
+    for executor, row in decisions.items():
+        if not isinstance(row, dict):
+            continue  # the score's name and threshold
+        lines.append(
+            f"{labels.get(executor, executor)}: known/unknown ({decisions['score']}) differs on "
+            f"{row['decisions_differ']:,} of {row['checked']:,} inputs "
+            f"({row['unexplained']:,} unexplained); scores equal on {row['scores_equal']:,}"
+        )
     bad = [row for row in report["layers"] if row["mismatches"]]
     for row in bad:
         lines.append(

@@ -158,3 +158,14 @@ def test_infer_on_an_export_folder_writes_the_decision(feature_export, tmp_path)
     infer_file(feature_export / "model.int.onnx", tmp_path / "x.npy", tmp_path / "z.npz")
     with np.load(tmp_path / "z.npz") as saved:
         assert "known" not in saved.files
+
+
+def test_verify_report_text_names_the_decision(feature_export):
+    from lowbit.verify.api import format_report
+
+    report = verify_run(feature_export, n=8, random=8, executors=("runtime",), progress=False)
+    checked = report["decisions"]["runtime"]["checked"]
+    assert (
+        f"integer runtime: known/unknown ({SCORE}) differs on 0 of {checked:,} inputs "
+        f"(0 unexplained); scores equal on {checked:,}"
+    ) in format_report(report)
