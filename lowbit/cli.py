@@ -352,18 +352,31 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-scales", action="store_true", help="float instead of power-of-two")
 
 
+GLOBAL_FLAGS = {
+    "--debug": "show tracebacks",
+    "--json": "print machine-readable JSON",
+    "--quiet": "print only results and errors: no logs, no progress",
+}
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    for flag, text in GLOBAL_FLAGS.items():
+        parser.add_argument(flag, action="store_true", default=default, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument(
-        "--quiet", action="store_true", help="print only results and errors: no logs, no progress"
-    )
+    _global_flags(parser, False)
+    # the same flags after the subcommand: SUPPRESS keeps the value given before it when absent
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="built-in data set")
+    data = sub.add_parser("data", parents=[common], help="built-in data set")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    make = data_sub.add_parser("make", help="write the built-in defect set in MVTec AD layout")
+    make = data_sub.add_parser(
+        "make", parents=[common], help="write the built-in defect set in MVTec AD layout"
+    )
     make.add_argument("--out", required=True)
     make.add_argument("--seed", type=int, default=0)
     make.add_argument(
@@ -371,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.set_defaults(func=cmd_data_make)
 
-    train = sub.add_parser("train", help="quantization-aware training into a run directory")
+    train = sub.add_parser(
+        "train", parents=[common], help="quantization-aware training into a run directory"
+    )
     _add_train_options(train)
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
@@ -380,11 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a run on its test split")
+    evaluate = sub.add_parser("eval", parents=[common], help="evaluate a run on its test split")
     evaluate.add_argument("run_dir")
     evaluate.set_defaults(func=cmd_eval)
 
-    export = sub.add_parser("export", help="write QONNX, QCDQ and integer graphs + model.json")
+    export = sub.add_parser(
+        "export", parents=[common], help="write QONNX, QCDQ and integer graphs + model.json"
+    )
     export.add_argument("run_dir")
     export.add_argument("--out", default=None, help="output folder (default: the run directory)")
     export.add_argument("--batch", default="dynamic", help="batch size N, or 'dynamic'")
@@ -401,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=cmd_export)
 
-    verify = sub.add_parser("verify", help="compare every quantized tensor across executors")
+    verify = sub.add_parser(
+        "verify", parents=[common], help="compare every quantized tensor across executors"
+    )
     verify.add_argument("dir", help="export folder (holds model.json)")
     verify.add_argument(
         "--data", default=None, help="'builtin' or a data folder (default: the run's)"
@@ -417,12 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--executors", default=None, help="subset of runtime,qcdq,qonnx")
     verify.set_defaults(func=cmd_verify)
 
-    run = sub.add_parser("run", help="the main job: fp32 pre-training, w1a2 QAT, export, verify")
+    run = sub.add_parser(
+        "run", parents=[common], help="the main job: fp32 pre-training, w1a2 QAT, export, verify"
+    )
     run.add_argument("--out", default="runs/main")
     run.add_argument("--quick", action="store_true", help="tiny version for smoke tests")
     run.set_defaults(func=cmd_run)
 
-    bench = sub.add_parser("bench", help="recipe sweep: train, export, verify, measure, report")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="recipe sweep: train, export, verify, measure, report"
+    )
     bench.add_argument("--data", default="builtin", help="'builtin' or a data folder")
     bench.add_argument(
         "--recipes", default="fp32,w8a8,w4a4,w2a4,w2a2,w1a2,w1a1", help="comma-separated recipes"
@@ -454,14 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")
     bench.set_defaults(func=cmd_bench)
 
-    infer = sub.add_parser("infer", help="run model.int.onnx on a .npy input with the runtime")
+    infer = sub.add_parser(
+        "infer", parents=[common], help="run model.int.onnx on a .npy input with the runtime"
+    )
     infer.add_argument("model", help="model.int.onnx, or an export folder holding it")
     infer.add_argument("input", help=".npy float32 [N, C, H, W], normalized as in model.json")
     infer.add_argument("--out", required=True, help=".npz file for the outputs (atomic)")
     infer.add_argument("--batch-size", type=int, default=None, help="samples per chunk")
     infer.set_defaults(func=cmd_infer)
 
-    fewshot = sub.add_parser("fewshot", help="N-way K-shot episodes on the run's novel classes")
+    fewshot = sub.add_parser(
+        "fewshot", parents=[common], help="N-way K-shot episodes on the run's novel classes"
+    )
     fewshot.add_argument("run_dir")
     fewshot.add_argument("--way", type=int, default=5)
     fewshot.add_argument("--shots", default="1,5", help="comma-separated K values")
@@ -472,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--seed", type=int, default=0)
     fewshot.set_defaults(func=cmd_fewshot)
 
-    enroll = sub.add_parser("enroll", help="add (or --remove) a class in an exported model")
+    enroll = sub.add_parser(
+        "enroll", parents=[common], help="add (or --remove) a class in an exported model"
+    )
     enroll.add_argument("dir", help="export folder (holds model.json)")
     enroll.add_argument("--class", dest="class_name", default=None, help="name of the new class")
     enroll.add_argument("--images", nargs="+", default=None, help="support images of the class")
@@ -482,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
+        parents=[common],
         help="class, score and known/unknown per image, cut around the detector's mask or box",
         description="Classify defects a detector found: each image is cut around its mask or "
         "box exactly as the training images were (docs/predict.md).",

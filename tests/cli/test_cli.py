@@ -55,8 +55,13 @@ def test_train_export_verify_eval(tmp_path, capsys):
     assert main(["--quiet", "verify", str(run), "--n", "40", "--random", "16"]) == 0
     report = json.loads((run / "verify.json").read_text())
     assert report["unexplained"] == 0 and report["mismatches"] == 0
+    capsys.readouterr()  # the commands' output so far
     assert main(["--quiet", "--json", "eval", str(run)]) == 0
-    assert '"accuracy"' in capsys.readouterr().out
+    before = json.loads(capsys.readouterr().out)
+    assert "accuracy" in before
+    # global flags work after the subcommand too
+    assert main(["eval", str(run), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out) == before
     assert main(["--quiet", "eval", str(run)]) == 0
     text = capsys.readouterr().out
     assert f"{DEFAULT_OOD_SCORE} (deployed)" in text and "None" not in text
@@ -80,3 +85,19 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, code, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lowbit: error:") and needle in err[0]
     assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--quiet", "verify", "DIR"],
+        ["verify", "DIR", "--json", "--quiet"],
+        ["--json", "verify", "DIR", "--quiet"],
+    ],
+)
+def test_global_flags_before_or_after_the_subcommand(argv):
+    from lowbit.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.json, args.quiet, args.debug) == (True, True, False)
+    assert build_parser().parse_args(["verify", "DIR"]).json is False
