@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from lowbit.data.preprocess import crop_rule
 
-MODEL_JSON = "model.json"
-
 
 def deployed_bits_of(description: dict) -> dict:
     """Returns model.json's deployed size {"total", "layers": [{name, weight_bits,

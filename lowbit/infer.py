@@ -16,7 +16,7 @@ import numpy as np
 
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import check_export
+from lowbit.manifest import DESCRIPTION_FILE, check_export
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,16 @@ def load_input(path: str | os.PathLike) -> np.ndarray:
 def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None]:
     """Returns (model.json's "ood" entry, feature statistics) of an export folder whose
     detector is calibrated; (None, None) for a bare graph file or an uncalibrated export."""
-    if export_dir is None or not (export_dir / "model.json").is_file():
+    if export_dir is None or not (export_dir / DESCRIPTION_FILE).is_file():
         return None, None
-    import json
-
     from lowbit.core.feature_scores import load_export_stats
-    from lowbit.core.scores import is_feature_score
+    from lowbit.fewshot.predict import needs_features, read_export_description
 
-    path = export_dir / "model.json"
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
-    ood = description.get("ood") if isinstance(description, dict) else None
+    description = read_export_description(export_dir)
+    ood = description.get("ood")
     if not isinstance(ood, dict) or ood.get("threshold") is None:
         return None, None
-    stats = load_export_stats(export_dir, description) if is_feature_score(ood["score"]) else None
+    stats = load_export_stats(export_dir, description) if needs_features(ood) else None
     return ood, stats
 
 

@@ -76,9 +76,9 @@ def known_types(options: SelectionOptions) -> tuple[tuple[str, ...], tuple[str, 
 
 def fold_metrics(model, splits) -> dict:
     """Returns {score: {auroc, fpr95}} of a fold's model: known test crops vs pseudo-unknown."""
-    from lowbit.train.evaluate import ood_evaluation, predict_logits
+    from lowbit.train.evaluate import model_outputs, ood_evaluation
 
-    return ood_evaluation(model, splits, predict_logits(model, splits.test.x))
+    return ood_evaluation(model, splits, *model_outputs(model, splits.test.x))
 
 
 def rank(per_fold: dict[str, dict[str, dict[str, dict]]]) -> list[dict]:

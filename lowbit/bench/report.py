@@ -22,7 +22,6 @@ from lowbit.io import atomic_write_bytes, atomic_write_json
 
 # 2: a row's and a summary entry's `model_bits` renamed `deployed_bits`
 SCHEMA_VERSION = 2
-OOD_SCORES = SCORES
 # Brevitas BNN-PYNQ CNV on CIFAR-10 (brevitas_examples/bnn_pynq README): top-1 accuracy.
 ANCHOR = {
     "source": "Brevitas BNN-PYNQ CNV, CIFAR-10 (brevitas_examples/bnn_pynq)",
@@ -59,7 +58,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry = {"recipe": recipe, "head": head, "loss": loss, "seeds": len(group)}
         mean, std = _mean_std([r["accuracy"] for r in group])
         entry["accuracy_mean"], entry["accuracy_std"] = mean, std
-        for score in OOD_SCORES:
+        for score in SCORES:
             for metric in ("auroc", "fpr95"):
                 m, s = _mean_std([_get(r, "ood", score, metric) for r in group])
                 entry[f"{score}_{metric}_mean"], entry[f"{score}_{metric}_std"] = m, s
@@ -134,7 +133,7 @@ def build_results(options, rows: list[dict], *, wall_seconds: float) -> dict:
 
 CSV_COLUMNS = [
     "recipe", "head", "loss", "seed", "accuracy",
-    *[f"{s}_{m}" for s in OOD_SCORES for m in ("auroc", "fpr95")],
+    *[f"{s}_{m}" for s in SCORES for m in ("auroc", "fpr95")],
     "fewshot_way", "fewshot_1shot", "fewshot_5shot", "deployed_bits", "weight_bits_total",
     "threshold_bits_total", "bops", "max_accumulator_bits", "latency_ms_batch1",
     "latency_ms_batch64", "verify_unexplained", "train_seconds",
@@ -150,7 +149,7 @@ def csv_text(rows: list[dict]) -> str:
         layers = row.get("layers") or []
         widths = [layer["accumulator_bits"] for layer in layers if layer["accumulator_bits"]]
         line = {key: row.get(key) for key in ("recipe", "head", "loss", "seed", "accuracy")}
-        for score in OOD_SCORES:
+        for score in SCORES:
             for metric in ("auroc", "fpr95"):
                 line[f"{score}_{metric}"] = _get(row, "ood", score, metric)
         line["fewshot_way"] = _get(row, "fewshot", "way")

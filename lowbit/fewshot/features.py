@@ -34,11 +34,7 @@ def runtime_outputs(runtime, x: np.ndarray, batch_size: int = 128) -> tuple[np.n
 
 def runtime_features(runtime, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Returns int64 feature codes [N, F] from a lowbit.runtime.Runtime of model.int.onnx."""
-    parts = [
-        runtime.run(x[start : start + batch_size], keep_intermediates=True)[FEATURE_TENSOR]
-        for start in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(parts).astype(np.int64)
+    return runtime_outputs(runtime, x, batch_size)[1]
 
 
 def l2_normalize(features: np.ndarray) -> np.ndarray:

@@ -9,6 +9,11 @@ from lowbit.core.scores import SCORES
 from lowbit.errors import ConfigError
 
 
+def _check_score_name(score: str) -> None:
+    if score not in SCORES:
+        raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
+
+
 def ood_score(
     logits: np.ndarray,
     score: str,
@@ -17,8 +22,7 @@ def ood_score(
 ) -> np.ndarray:
     """Returns the per-sample score (higher = more in-distribution) in the head's own units;
     feature scores (lowbit.core.feature_scores) need the feature codes and fitted stats."""
-    if score not in SCORES:
-        raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
+    _check_score_name(score)
     try:
         return score_lib.score(score, logits, features, stats)
     except ValueError as error:
@@ -100,6 +104,5 @@ def integer_calibration(
             entry["stats_arrays"] = fitted
         return entry
 
-    if score not in SCORES:  # fails before any export work
-        raise ConfigError(f"unknown OOD score {score!r}: choose from {', '.join(SCORES)}")
+    _check_score_name(score)  # fails before any export work
     return calibrate

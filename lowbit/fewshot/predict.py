@@ -28,10 +28,9 @@ from lowbit.tables import format_table
 UNKNOWN = "unknown"
 
 
-def load_export(export_dir: str | Path) -> tuple[dict, object]:
-    """Returns (model.json dict, Runtime of its integer graph); ModelFileError names the file."""
-    from lowbit.runtime import Runtime
-
+def read_export_description(export_dir: str | Path) -> dict:
+    """Returns model.json of an export folder whose files match its manifest; ModelFileError
+    names the file when the folder, model.json or one of its fields is missing or bad."""
     export_dir = Path(export_dir)
     path = export_dir / DESCRIPTION_FILE
     if not export_dir.is_dir():
@@ -41,13 +40,21 @@ def load_export(export_dir: str | Path) -> tuple[dict, object]:
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
     try:
         description = json.loads(path.read_text())
-        files, size = description["files"], description["model"]["image_size"]
+        _, size = description["files"]["int"], description["model"]["image_size"]
         names = description["class_names"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ModelFileError(f"{path}: not a lowbit model.json ({error})") from None
     if not isinstance(size, int) or not isinstance(names, list):
         raise ModelFileError(f"{path}: model.image_size or class_names has the wrong type")
-    return description, Runtime(export_dir / files["int"])
+    return description
+
+
+def load_export(export_dir: str | Path) -> tuple[dict, object]:
+    """Returns (model.json dict, Runtime of its integer graph); ModelFileError names the file."""
+    from lowbit.runtime import Runtime
+
+    description = read_export_description(export_dir)
+    return description, Runtime(Path(export_dir) / description["files"]["int"])
 
 
 def needs_features(ood: dict | None) -> bool:

@@ -33,12 +33,14 @@ def predict_logits(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> 
     return np.concatenate(outputs)
 
 
-def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Returns int64 feature codes [N, F] of a quantized model, float32 features of an fp32 one.
+def model_outputs(
+    model: LowbitModel, x: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (float32 logits [N, K], feature codes [N, F]) from one forward pass.
 
     A quantized backbone's features are codes x scale exactly, so value / scale rounds to the
     integer graph's `backbone.features` (conv4: the last block's pooled codes, flattened;
-    resnet8: their spatial sum).
+    resnet8: their spatial sum): int64 codes. An fp32 backbone's features stay float32.
     """
     from lowbit.models.backbones import Conv4
     from lowbit.quant.layers import quant_scale
@@ -48,38 +50,38 @@ def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> n
     if not model.recipe.is_float:
         last = model.backbone.blocks[-1]
         scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
-    parts = []
+    logits, codes = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             features = model.features(torch.from_numpy(x[start : start + batch_size]))
+            logits.append(model.head(features).numpy())
             if scale is None:
-                parts.append(features.numpy())
+                codes.append(features.numpy())
             else:
-                parts.append(torch.round(features / scale).numpy().astype(np.int64))
-    if not parts:
-        return np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
-    return np.concatenate(parts)
+                codes.append(torch.round(features / scale).numpy().astype(np.int64))
+    if not codes:
+        empty = np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
+        return np.zeros((0, model.config.num_classes), dtype=np.float32), empty
+    return np.concatenate(logits), np.concatenate(codes)
 
 
-def ood_evaluation(model: LowbitModel, splits, logits_in: np.ndarray) -> dict | None:
-    """Returns metrics.json's "ood": every score's AUROC and FPR95, splits.test vs splits.ood."""
+def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Returns the feature codes of `model_outputs`."""
+    return model_outputs(model, x, batch_size)[1]
+
+
+def ood_evaluation(
+    model: LowbitModel, splits, logits_in: np.ndarray, features_in: np.ndarray
+) -> dict | None:
+    """Returns metrics.json's "ood": every score's AUROC and FPR95, splits.test (whose logits
+    and features are given) vs splits.ood; feature scores fitted on splits.train."""
     ood = getattr(splits, "ood", None)
     if ood is None or len(ood.x) == 0 or len(logits_in) == 0:
         return None
-    train = splits.train
-    stats = fit_feature_stats(
-        feature_codes(model, train.x),
-        train.y,
-        len(splits.class_names),
-        predict_logits(model, train.x),
-    )
-    return ood_metrics(
-        logits_in,
-        predict_logits(model, ood.x),
-        feature_codes(model, splits.test.x),
-        feature_codes(model, ood.x),
-        stats,
-    )
+    train_logits, train_features = model_outputs(model, splits.train.x)
+    stats = fit_feature_stats(train_features, splits.train.y, len(splits.class_names), train_logits)
+    logits_out, features_out = model_outputs(model, ood.x)
+    return ood_metrics(logits_in, logits_out, features_in, features_out, stats)
 
 
 def split_accuracy(model: LowbitModel, split) -> float | None:
@@ -91,7 +93,7 @@ def split_accuracy(model: LowbitModel, split) -> float | None:
 def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -> dict:
     """Returns the metrics.json dict for `model` on splits.test (and splits.ood, splits.val)."""
     class_names = list(splits.class_names)
-    logits = predict_logits(model, splits.test.x)
+    logits, features = model_outputs(model, splits.test.x)
     pred = logits.argmax(1)
     ood = getattr(splits, "ood", None)
     return {
@@ -111,6 +113,6 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "class_names": class_names,
         "num_test": int(len(pred)),
         "num_ood": int(len(ood.x)) if ood is not None else 0,
-        "ood": ood_evaluation(model, splits, logits),
+        "ood": ood_evaluation(model, splits, logits, features),
         "ood_default": DEFAULT_OOD_SCORE,
     }

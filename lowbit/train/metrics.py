@@ -7,11 +7,11 @@ are the positive class of AUROC and of the true-positive rate in FPR@95%TPR.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from lowbit.core.scores import LOGIT_SCORES, all_scores, energy, max_logit, msp
+from lowbit.core.scores import all_scores, energy, max_logit, msp
 
 __all__ = ["energy", "max_logit", "msp"]
 
@@ -84,9 +84,6 @@ def fpr_at_95_tpr(scores_in: np.ndarray, scores_out: np.ndarray, tpr: float = 0.
     keep = max(1, math.ceil(tpr * len(scores_in) - 1e-9))
     threshold = np.sort(scores_in)[::-1][keep - 1]
     return float(np.mean(scores_out >= threshold))
-
-
-OOD_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = LOGIT_SCORES
 
 
 def ood_metrics(
