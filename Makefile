@@ -37,7 +37,7 @@ bench: $(STAMP)
 # Accelerator toolchains (optional). hls4ml installs into the main venv (pure Python + g++).
 hls4ml-check: $(STAMP)
 	$(PIP) install --quiet -e ".[hls4ml]"
-	$(VENV)/bin/python -m pytest -q -m slow tests/export/test_hls4ml_target.py
+	$(VENV)/bin/python -m pytest -q -m slow tests/targets/test_hls4ml.py
 
 # FINN lives in its own venv: finn-plus 1.6.1 pins onnx 1.21 / onnxruntime 1.25.1 / protobuf 5.29
 # and brevitas==0.13.0 (which does not resolve next to torch 2.13), so it is installed --no-deps
@@ -56,7 +56,7 @@ $(FINN_STAMP): requirements-finn.txt pyproject.toml
 	touch $(FINN_STAMP)
 
 finn-check: $(FINN_STAMP)
-	$(FINN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/export/test_finn_target.py
+	$(FINN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/targets/test_finn.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

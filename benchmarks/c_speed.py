@@ -29,12 +29,12 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from lowbit.export.api import export_model  # noqa: E402
-from lowbit.export.c_run import CModel, compile_c_target, find_compiler  # noqa: E402
-from lowbit.export.c_target import C_DIR, write_c_target  # noqa: E402
 from lowbit.io import atomic_write_json  # noqa: E402
 from lowbit.models import ModelConfig, build_model  # noqa: E402
 from lowbit.quant import get_recipe  # noqa: E402
 from lowbit.runtime import Runtime  # noqa: E402
+from lowbit.targets.c.run import CModel, compile_c_target, find_compiler  # noqa: E402
+from lowbit.targets.c.target import C_DIR, write_c_target  # noqa: E402
 
 CLASSES = 8
 

@@ -40,8 +40,8 @@ def inputs_for(export_dir: Path, n: int) -> np.ndarray:
 
 
 def check_c(export_dir: Path, x: np.ndarray, reference: dict) -> int:
-    from lowbit.export.c_run import CModel, compile_c_target
-    from lowbit.export.c_target import C_DIR, write_c_target
+    from lowbit.targets.c.run import CModel, compile_c_target
+    from lowbit.targets.c.target import C_DIR, write_c_target
 
     write_c_target(export_dir, json.loads((export_dir / "model.json").read_text()))
     classes = reference["logits"].shape[1]
@@ -55,7 +55,7 @@ def check_c(export_dir: Path, x: np.ndarray, reference: dict) -> int:
 
 
 def _compare_features(features, class_dot, reference, hwc_channels: int | None) -> int:
-    from lowbit.export.hls4ml_target import chw_to_hwc
+    from lowbit.targets.hls4ml import chw_to_hwc
 
     want = reference["backbone.features"]
     if hwc_channels is not None:
@@ -66,7 +66,7 @@ def _compare_features(features, class_dot, reference, hwc_channels: int | None) 
 
 
 def check_hls4ml(export_dir: Path, x: np.ndarray, reference: dict) -> int:
-    from lowbit.export.hls4ml_target import convert_hls4ml, write_hls4ml
+    from lowbit.targets.hls4ml import convert_hls4ml, write_hls4ml
 
     write_hls4ml(export_dir)
     channels = json.loads((export_dir / "model.json").read_text())["layers"][-1]["out_channels"]
@@ -84,7 +84,7 @@ def check_finn(export_dir: Path, x: np.ndarray, reference: dict) -> int:
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
-    from lowbit.export.finn_target import GRAPH_FILE, write_finn
+    from lowbit.targets.finn import GRAPH_FILE, write_finn
 
     write_finn(export_dir)
     model = ModelWrapper(str(export_dir / GRAPH_FILE))

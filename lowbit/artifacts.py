@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from lowbit.data.preprocess import crop_rule
 
+# the three graphs every export holds (docs/artifacts.md)
+GRAPH_FILES = {"qonnx": "model.qonnx.onnx", "qcdq": "model.qcdq.onnx", "int": "model.int.onnx"}
+
 
 def deployed_bits_of(description: dict) -> dict:
     """Returns model.json's deployed size {"total", "layers": [{name, weight_bits,

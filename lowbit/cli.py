@@ -135,7 +135,7 @@ def own_export(run_dir: Path) -> dict | None:
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
-    from lowbit.export.targets import parse_targets
+    from lowbit.targets import parse_targets
     from lowbit.workflow import export_with_targets
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--target",
         default="onnx",
-        help="comma list of targets in lowbit/export/targets.py (onnx, c, ...); onnx always runs",
+        help="comma list of targets in lowbit/targets/__init__.py (onnx, c, ...); onnx always runs",
     )
     export.add_argument(
         "--ood-score",

@@ -47,13 +47,13 @@ def export_with_targets(
     calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split.
 
     Holds the writer lock of `out_dir` (default: the run directory); the files of `targets`
-    (lowbit/export/targets.py) are published in one set with the graphs. Returns (export
+    (lowbit/targets/__init__.py) are published in one set with the graphs. Returns (export
     folder, model.json, {target: [written paths]}).
     """
     from lowbit.core.scores import DEFAULT_OOD_SCORE
     from lowbit.data import NORMALIZATION, crop_rule
-    from lowbit.export.targets import write_targets
     from lowbit.fewshot.openset import integer_calibration
+    from lowbit.targets import write_targets
     from lowbit.train import load_run
 
     run_dir = Path(run_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 import lowbit
+from lowbit.artifacts import GRAPH_FILES
 from lowbit.core.feature_scores import STATS_FILE, STATS_VERSION, stats_to_bytes
 from lowbit.errors import ConfigError
 from lowbit.export.lower import lower_model
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 # 2: `model_bits` renamed `deployed_bits`, `input.crop` added (lowbit.artifacts reads both)
 MODEL_JSON_VERSION = 2
-GRAPH_FILES = {"qonnx": "model.qonnx.onnx", "qcdq": "model.qcdq.onnx", "int": "model.int.onnx"}
 
 
 def parse_batch(batch: str | int) -> int | None:
@@ -143,7 +143,7 @@ def export_model(
     `ood` may be a function of the integer graph: the open-set threshold is then calibrated on
     the logits deployments compute (lowbit.fewshot.openset.integer_calibration). `crop`: see
     `model_description`. `before_publish(staging, description)` may add files to the set in
-    the sealed staging folder (lowbit.export.targets.write_targets) before anything moves into
+    the sealed staging folder (lowbit.targets.write_targets) before anything moves into
     `out_dir`.
     """
     if model.recipe.is_float:

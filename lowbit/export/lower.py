@@ -20,7 +20,11 @@ from torch import nn
 from lowbit.core.feature_scores import FEATURE_TENSOR
 from lowbit.errors import ConfigError
 from lowbit.export.float_error import float_error_per_unit
-from lowbit.export.graph import (
+from lowbit.export.thresholds import derive_thresholds
+from lowbit.models.backbones import Conv4, ConvBlock, ResidualBlock, ResNet8
+from lowbit.models.build import LowbitModel
+from lowbit.models.heads import CosineHead
+from lowbit.onnx_graph import (
     DOUBLE,
     FLOAT,
     INT8,
@@ -32,10 +36,6 @@ from lowbit.export.graph import (
     GraphBuilder,
     value_info,
 )
-from lowbit.export.thresholds import derive_thresholds
-from lowbit.models.backbones import Conv4, ConvBlock, ResidualBlock, ResNet8
-from lowbit.models.build import LowbitModel
-from lowbit.models.heads import CosineHead
 from lowbit.quant.layers import quant_bits, quant_scale, weight_codes
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from lowbit.artifacts import GRAPH_FILES
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
-from lowbit.export.api import GRAPH_FILES
 from lowbit.io import atomic_write_json
 from lowbit.manifest import DESCRIPTION_FILE, check_export
 from lowbit.models.build import LowbitModel

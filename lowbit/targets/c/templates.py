@@ -22,7 +22,7 @@ SHORT_TYPES = {
 
 WEIGHT_READER = """\
 /* Field `index` of a little-endian bit stream of `bits`-wide fields: 1 bit is bipolar
-   (0 -> -1, 1 -> +1), wider fields are two's complement (see lowbit/export/c_pack.py). */
+   (0 -> -1, 1 -> +1), wider fields are two's complement (see lowbit/targets/c/pack.py). */
 static int32_t lb_weight(const uint8_t *packed, uint32_t index, unsigned bits)
 {
     uint32_t bit = index * bits, byte = bit >> 3;
@@ -293,7 +293,7 @@ HEADER = Template("""\
  * (GCC/Clang: -ffp-contract=off). Integer outputs are exact on any C99 compiler.
  * The unknown-type score `ood_score` is not bit-exact: its dot products sum in another order
  * than numpy's BLAS and libm's exp/log are not numpy's. It equals lowbit's score to within
- * 1e-12 * (1 + |score| + the sum of its absolute terms) (lowbit/export/c_ood.py), so `known`
+ * 1e-12 * (1 + |score| + the sum of its absolute terms) (lowbit/targets/c/ood.py), so `known`
  * equals `lowbit predict`'s decision except for a score within that distance of the threshold.
  *
  * Storage (bytes): $weight_bytes of packed weights, $threshold_bytes of thresholds,

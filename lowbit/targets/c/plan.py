@@ -20,8 +20,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.errors import ConfigError, ModelFileError
-from lowbit.export import c_templates as T
-from lowbit.export.c_pack import c_array, pack_codes
+from lowbit.targets.c import templates as T
+from lowbit.targets.c.pack import c_array, pack_codes
 
 ELEMENTWISE = {"Add": "{0} + {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}"}
 LAYOUTS = {2: "NC", 3: "NWC", 4: "NCHW"}  # qonnx MultiThreshold's default by rank

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from lowbit.export import c_templates as T
-from lowbit.export.c_pack import c_number, c_type, smallest_signed
-from lowbit.export.c_plan import CPlan, Tensor
+from lowbit.targets.c import templates as T
+from lowbit.targets.c.pack import c_number, c_type, smallest_signed
+from lowbit.targets.c.plan import CPlan, Tensor
 
 ELEMENTWISE = {"Add": "{0} + {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}"}
 LAYOUTS = {2: "NC", 3: "NWC", 4: "NCHW"}  # qonnx MultiThreshold's default by rank

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from lowbit.errors import ConfigError, InputError
-from lowbit.export.c_target import file_names
+from lowbit.targets.c.target import file_names
 
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-ffp-contract=off")
 """-Werror keeps the generated code warning-free; -ffp-contract=off keeps the float tail's

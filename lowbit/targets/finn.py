@@ -27,9 +27,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.errors import ConfigError
-from lowbit.export.handoff import HandOff, head_bound, read_int_graph, signed_bits
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export
+from lowbit.targets.reader import HandOff, head_bound, read_int_graph, signed_bits
 
 log = logging.getLogger(__name__)
 

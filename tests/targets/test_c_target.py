@@ -22,16 +22,15 @@ from hypothesis import strategies as st
 
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.export.api import export_model
-from lowbit.export.c_ood import score_tolerance
-from lowbit.export.c_pack import Slot, layout_pools, pack_codes, packed_bytes, unpack_codes
-from lowbit.export.c_run import CFLAGS, CModel, compile_c_target, find_compiler
-from lowbit.export.c_target import C_DIR, file_names, generate_c, write_c_target
-from lowbit.export.c_templates import WEIGHT_READER
-from lowbit.export.targets import parse_targets, write_targets
 from lowbit.fewshot.predict import decide
 from lowbit.runtime import Runtime
-
-from .helpers import (
+from lowbit.targets import parse_targets, write_targets
+from lowbit.targets.c.ood import score_tolerance
+from lowbit.targets.c.pack import Slot, layout_pools, pack_codes, packed_bytes, unpack_codes
+from lowbit.targets.c.run import CFLAGS, CModel, compile_c_target, find_compiler
+from lowbit.targets.c.target import C_DIR, file_names, generate_c, write_c_target
+from lowbit.targets.c.templates import WEIGHT_READER
+from tests.export.helpers import (
     IMAGE_SIZE,
     NUM_CLASSES,
     calibrated,
@@ -114,7 +113,7 @@ def test_without_threshold_every_image_is_known(built) -> None:
     assert description["ood"]["threshold"] is None
     rows = decide(expected["logits"], list("abcd"), description["ood"])
     scores = np.array([row["score"] for row in rows])
-    tolerance = score_tolerance("msp", scores, expected["logits"])  # lowbit/export/c_ood.py
+    tolerance = score_tolerance("msp", scores, expected["logits"])  # lowbit/targets/c/ood.py
     assert np.all(np.abs(got["ood_score"] - scores) <= tolerance)
     assert got["known"].all() and all(row["known"] for row in rows)
     header = (out / C_DIR / file_names("lowbit")[0]).read_text()

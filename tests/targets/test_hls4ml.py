@@ -15,13 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.export.affine_requant import affine_code, solve_row
 from lowbit.export.api import export_model
-from lowbit.export.hls4ml_target import CONFIG_FILE, GRAPH_FILE, chw_to_hwc, write_hls4ml
 from lowbit.export.thresholds import apply_thresholds
 from lowbit.runtime import Runtime
-
-from .helpers import NUM_CLASSES, calibrated, sample_inputs
+from lowbit.targets.affine_requant import affine_code, solve_row
+from lowbit.targets.hls4ml import CONFIG_FILE, GRAPH_FILE, chw_to_hwc, write_hls4ml
+from tests.export.helpers import NUM_CLASSES, calibrated, sample_inputs
 
 
 def _thresholds_of(codes: np.ndarray, accs: np.ndarray, levels: int, out_bias: int) -> np.ndarray:
@@ -93,7 +92,7 @@ def test_writes_graph_and_config_with_every_precision_from_bounds(exported):
 def test_hls4ml_emulation_equals_integer_runtime(exported, tmp_path):
     """hls4ml's compile() + predict() gives the runtime's feature codes and class dots, exactly."""
     pytest.importorskip("hls4ml")
-    from lowbit.export.hls4ml_target import convert_hls4ml
+    from lowbit.targets.hls4ml import convert_hls4ml
 
     recipe, model, out = exported
     x = sample_inputs(model, random=192, ties=64, seed=3)

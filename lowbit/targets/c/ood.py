@@ -25,9 +25,9 @@ import numpy as np
 from lowbit.core.feature_scores import FEATURE_SCORES, STATS_FILE, normalize_rows, residual_norm
 from lowbit.core.scores import LOGIT_SCORES, SCORES
 from lowbit.errors import ModelFileError
-from lowbit.export import c_templates as T
-from lowbit.export.c_pack import c_array, c_number, c_type
-from lowbit.export.c_plan import CPlan, Tensor
+from lowbit.targets.c import templates as T
+from lowbit.targets.c.pack import c_array, c_number, c_type
+from lowbit.targets.c.plan import CPlan, Tensor
 
 LEGACY_SCORE = "msp"  # what lowbit predict deploys when model.json names no score
 STATS_USED = {

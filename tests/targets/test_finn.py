@@ -17,12 +17,11 @@ import pytest
 
 from lowbit.errors import ConfigError
 from lowbit.export.api import export_model
-from lowbit.export.finn_target import GRAPH_FILE, build_finn_graph, input_thresholds, write_finn
-from lowbit.export.handoff import read_int_graph
 from lowbit.export.thresholds import apply_thresholds
 from lowbit.runtime import Runtime
-
-from .helpers import NUM_CLASSES, calibrated, sample_inputs
+from lowbit.targets.finn import GRAPH_FILE, build_finn_graph, input_thresholds, write_finn
+from lowbit.targets.reader import read_int_graph
+from tests.export.helpers import NUM_CLASSES, calibrated, sample_inputs
 
 
 @pytest.mark.parametrize("scale", [2.0**-6, 0.0123, 1.0 / 3.0])
@@ -110,7 +109,7 @@ def test_finn_streamlined_graph_equals_integer_runtime(exported):
 
 
 def test_targets_registry_writes_both_accelerator_targets(exported):
-    from lowbit.export.targets import parse_targets, write_targets
+    from lowbit.targets import parse_targets, write_targets
 
     _, _, out = exported
     written = write_targets(parse_targets("finn,hls4ml"), out, {})

@@ -4,7 +4,7 @@ Differential tests: models exported with a rel_mahalanobis detector fitted on cl
 images (each of the 4 classes a colour plus noise); on 256 inputs (the 64 calibration images, 64
 fresh images of the same classes, 96 seeded random images, 32 input-quantizer ties) the compiled
 C `known` equals lowbit.fewshot.predict.decide on the runtime's logits and feature codes, and
-|score_C - score_numpy| stays within the tolerance stated in lowbit/export/c_ood.py. Models:
+|score_C - score_numpy| stays within the tolerance stated in lowbit/targets/c/ood.py. Models:
 conv4 w2a2 (cosine head: n from the head), conv4 w8a8 with a linear head (n computed for the
 score), resnet8 w2a2 (int32 summed features).
 """
@@ -29,14 +29,13 @@ from lowbit.core.feature_scores import (
 )
 from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
-from lowbit.export.c_ood import compare_scores, score_tolerance
-from lowbit.export.c_run import CModel, compile_c_target, find_compiler
-from lowbit.export.c_target import C_DIR, file_names, generate_c, write_c_target
 from lowbit.fewshot.openset import calibrate_threshold, integer_calibration, ood_score
 from lowbit.fewshot.predict import decide
 from lowbit.runtime import Runtime
-
-from .helpers import IMAGE_SIZE, NUM_CLASSES, calibrated, make_calibrated, sample_inputs
+from lowbit.targets.c.ood import compare_scores, score_tolerance
+from lowbit.targets.c.run import CModel, compile_c_target, find_compiler
+from lowbit.targets.c.target import C_DIR, file_names, generate_c, write_c_target
+from tests.export.helpers import IMAGE_SIZE, NUM_CLASSES, calibrated, make_calibrated, sample_inputs
 
 NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
 CLASS_NAMES = list("abcd")[:NUM_CLASSES]

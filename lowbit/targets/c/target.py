@@ -24,13 +24,13 @@ from lowbit.artifacts import deployed_bits_of
 from lowbit.core.feature_scores import load_export_stats
 from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
-from lowbit.export import c_templates as T
-from lowbit.export.c_ood import LEGACY_SCORE, OodProgram, header_defines, plan_ood
-from lowbit.export.c_ops import build_plan
-from lowbit.export.c_pack import C_SIZES, Slot, c_number, c_type, layout_pools
-from lowbit.export.c_plan import CPlan
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export
+from lowbit.targets.c import templates as T
+from lowbit.targets.c.ood import LEGACY_SCORE, OodProgram, header_defines, plan_ood
+from lowbit.targets.c.ops import build_plan
+from lowbit.targets.c.pack import C_SIZES, Slot, c_number, c_type, layout_pools
+from lowbit.targets.c.plan import CPlan
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lowbit.artifacts import GRAPH_FILES
 from lowbit.errors import ConfigError
-from lowbit.export.api import GRAPH_FILES
 from lowbit.manifest import DESCRIPTION_FILE, check_export, seal
 
 Writer = Callable[[Path, dict], list[Path]]
@@ -28,19 +28,19 @@ def _onnx(export_dir: Path, description: dict) -> list[Path]:
 
 
 def _c(export_dir: Path, description: dict) -> list[Path]:
-    from lowbit.export.c_target import write_c_target
+    from lowbit.targets.c.target import write_c_target
 
     return write_c_target(export_dir, description)
 
 
 def _finn(export_dir: Path, description: dict) -> list[Path]:
-    from lowbit.export.finn_target import write_finn
+    from lowbit.targets.finn import write_finn
 
     return write_finn(export_dir)
 
 
 def _hls4ml(export_dir: Path, description: dict) -> list[Path]:
-    from lowbit.export.hls4ml_target import write_hls4ml
+    from lowbit.targets.hls4ml import write_hls4ml
 
     return write_hls4ml(export_dir)
 
