@@ -8,10 +8,20 @@ of either format read the same.
 
 from __future__ import annotations
 
-from lowbit.data.preprocess import crop_rule
-
-# the three graphs every export holds (docs/artifacts.md)
+# File names of lowbit's artifacts, written here once (schemas: docs/artifacts.md).
+# A run folder (lowbit train):
+CONFIG_FILE = "config.json"  # the TrainConfig, data fingerprint, class names
+METRICS_FILE = "metrics.json"  # test accuracy, unknown-type scores, sizes
+CHECKPOINT_FILE = "checkpoint.pt"  # weights + optimizer state, loaded weights-only
+# An export folder (lowbit export), usually the run folder itself:
 GRAPH_FILES = {"qonnx": "model.qonnx.onnx", "qcdq": "model.qcdq.onnx", "int": "model.int.onnx"}
+INT_GRAPH_FILE = GRAPH_FILES["int"]
+DESCRIPTION_FILE = "model.json"  # classes, input, head, threshold, layers
+STATS_FILE = "model.ood.npz"  # feature statistics of the unknown-type score
+MANIFEST_FILE = "model.manifest.json"  # sha256 of every published file, written last
+VERIFY_FILE = "verify.json"  # lowbit verify's report
+# A bench folder (lowbit bench):
+RESULTS_FILE = "results.json"
 
 
 def deployed_bits_of(description: dict) -> dict:
@@ -26,6 +36,8 @@ def crop_rule_of(description: dict) -> dict | None:
     None for a model trained on whole images. Format 1 recorded nothing: every model then was
     trained on the default mask crops unless its run said --no-crop, so the default rule is the
     safe reading (predict then asks for a mask, a box or --whole-image)."""
+    from lowbit.data.preprocess import crop_rule
+
     entry = description.get("input", {})
     if "crop" not in entry:
         return crop_rule()
