@@ -26,6 +26,7 @@ from lowbit.runtime.untrusted import (
     check_opsets,
     check_text,
     initializer_array,
+    load_model_file,
 )
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -123,10 +124,8 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
         label = os.fspath(model)
         if not os.path.isfile(label):
             raise ModelFileError(f"{label}: no such model file")
-        try:  # external data would make the graph read other files: lowbit never writes it
-            model = onnx.load(label, load_external_data=False)
-        except Exception as error:  # protobuf raises its own DecodeError subclasses
-            raise ModelFileError(f"{label}: not a readable ONNX model ({error})") from error
+        # external data would make the graph read other files: lowbit never writes it
+        model = load_model_file(label, label)
     graph = model.graph
     check_text(model, label)
     initializers = {t.name: initializer_array(t, label) for t in graph.initializer}

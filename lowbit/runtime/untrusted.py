@@ -8,6 +8,7 @@ external files (reading them would open other paths), attributes without a reada
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,16 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from lowbit.errors import ModelFileError
+
+
+def load_model_file(path: str | os.PathLike, label: str) -> onnx.ModelProto:
+    """Returns the ModelProto parsed from the file at `path`, its external data not followed: an
+    initializer that keeps its data elsewhere stays a reference, which `initializer_array`
+    refuses. Unparsable bytes are a ModelFileError naming `label`."""
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as error:  # protobuf raises its own DecodeError subclasses
+        raise ModelFileError(f"{label}: not a readable ONNX model ({error})") from error
 
 
 def check_text(model: onnx.ModelProto, label: str) -> None:

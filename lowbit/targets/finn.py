@@ -28,7 +28,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import check_export
 from lowbit.targets.reader import HandOff, head_bound, read_int_graph, signed_bits
 
 log = logging.getLogger(__name__)
@@ -190,8 +189,7 @@ def build_finn_graph(handoff: HandOff) -> onnx.ModelProto:
 def write_finn(export_dir: str | Path) -> list[Path]:
     """Writes model.finn.onnx next to model.int.onnx; returns its path in a list."""
     export_dir = Path(export_dir)
-    check_export(export_dir)
-    graph = build_finn_graph(read_int_graph(export_dir / "model.int.onnx"))
+    graph = build_finn_graph(read_int_graph(export_dir))
     onnx.checker.check_model(graph)
     path = atomic_write_bytes(export_dir / GRAPH_FILE, graph.SerializeToString())
     log.info("finn target: wrote %s", path)

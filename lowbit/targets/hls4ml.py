@@ -32,11 +32,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
-from lowbit.manifest import check_export
 from lowbit.targets.affine_requant import fraction_bits, solve_layer
-from lowbit.targets.reader import HandOff, head_bound, read_int_graph, signed_bits
+from lowbit.targets.reader import (
+    HandOff,
+    head_bound,
+    load_onnx,
+    read_int_graph,
+    read_json_object,
+    signed_bits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +263,7 @@ def hls4ml_config(handoff: HandOff, plan: dict[str, str]) -> dict:
 def write_hls4ml(export_dir: str | Path) -> list[Path]:
     """Writes model.hls4ml.onnx and hls4ml_config.json next to model.int.onnx; returns the paths."""
     export_dir = Path(export_dir)
-    check_export(export_dir)
-    handoff = read_int_graph(export_dir / "model.int.onnx")
+    handoff = read_int_graph(export_dir)
     graph, plan = build_hls4ml_graph(handoff)
     onnx.checker.check_model(graph)
     channels = handoff.layers[-1].weight_codes.shape[0]
@@ -285,13 +290,16 @@ def write_hls4ml(export_dir: str | Path) -> list[Path]:
 
 def convert_hls4ml(export_dir: str | Path, output_dir: str | Path, *, io_type: str = "io_stream"):
     """Returns hls4ml's compiled ModelGraph of an export (needs the optional `hls4ml` extra)."""
-    import json
-
-    import hls4ml
-
     export_dir = Path(export_dir)
-    config = json.loads((export_dir / CONFIG_FILE).read_text())
-    graph = onnx.load(str(export_dir / config["onnx_model"]))
+    config = read_json_object(export_dir / CONFIG_FILE)
+    name = config.get("onnx_model")
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ModelFileError(
+            f"{export_dir / CONFIG_FILE}: onnx_model {name!r} is not a file name in the folder"
+        )
+    graph = load_onnx(export_dir / name)
+    import hls4ml  # the files are checked before the optional tool is loaded
+
     model = hls4ml.converters.convert_from_onnx_model(
         graph,
         output_dir=str(output_dir),

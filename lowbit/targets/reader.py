@@ -1,4 +1,10 @@
-"""Reads model.int.onnx back into per-layer facts that the accelerator targets (FINN, hls4ml) need.
+"""Reads an export folder (model.int.onnx + model.json) for the targets: one typed reader,
+`read_export`, and on top of it the per-layer facts the accelerator targets (FINN, hls4ml) need.
+
+`read_export` checks the folder against its manifest, parses model.int.onnx without following
+external data (an export never writes any: an initializer that points elsewhere is refused, so a
+graph cannot make a target read other files) and model.json; a missing or unreadable file is a
+one-line ModelFileError naming it.
 
 The integer graph (docs/int_graph.md) already holds everything exact: weight codes (rows of
 negative-slope channels negated), thresholds, code ranges, accumulator bounds. A target rebuilds
@@ -18,9 +24,69 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
 from lowbit.errors import ConfigError, ModelFileError
+from lowbit.manifest import check_export
+from lowbit.runtime.untrusted import check_text, initializer_array, load_model_file
+
+
+@dataclass(frozen=True)
+class IntExport:
+    """An export folder as the targets read it: the integer graph and model.json, loaded."""
+
+    export_dir: Path
+    graph_path: Path  # export_dir / model.int.onnx
+    description_path: Path  # export_dir / model.json
+    model: onnx.ModelProto = field(repr=False)  # initializers embedded, none external
+    description: dict = field(repr=False)  # model.json
+    initializers: dict[str, np.ndarray] = field(repr=False)  # the graph's, by name
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Returns the ONNX model at `path` with every initializer embedded; ModelFileError (one line,
+    naming the file) when it is missing, unreadable, or keeps data in external files."""
+    return _load_with_initializers(Path(path))[0]
+
+
+def _load_with_initializers(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
+    model = load_model_file(path, str(path))
+    check_text(model, str(path))
+    arrays = {t.name: initializer_array(t, str(path)) for t in model.graph.initializer}
+    return model, arrays
+
+
+def read_json_object(path: Path) -> dict:
+    """Returns the JSON object in the file at `path`; ModelFileError when missing or not one."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not readable JSON ({error}); export again") from None
+    if not isinstance(description, dict):
+        raise ModelFileError(f"{path}: not a JSON object; export again")
+    return description
+
+
+def read_export(export_dir: str | Path) -> IntExport:
+    """Returns the checked export at `export_dir`: model.int.onnx and model.json, loaded."""
+    export_dir = Path(export_dir)
+    check_export(export_dir)
+    graph_path = export_dir / INT_GRAPH_FILE
+    model, initializers = _load_with_initializers(graph_path)
+    description_path = export_dir / DESCRIPTION_FILE
+    return IntExport(
+        export_dir=export_dir,
+        graph_path=graph_path,
+        description_path=description_path,
+        model=model,
+        description=read_json_object(description_path),
+        initializers=initializers,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,17 +147,12 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def read_int_graph(path: str | Path) -> HandOff:
-    """Returns the hand-off facts of an exported model.int.onnx (ModelFileError if unusable)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    model = onnx.load(str(path))
-    meta = {entry.key: entry.value for entry in model.metadata_props}
-    if "lowbit" not in meta:
-        raise ModelFileError(f"{path}: no 'lowbit' metadata; export it with `lowbit export`")
-    description = json.loads(meta["lowbit"])
-    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+def read_int_graph(source: str | Path | IntExport) -> HandOff:
+    """Returns the hand-off facts of an export folder (or of its `read_export`); ModelFileError
+    when a file is unusable, ConfigError when the graph is not the supported conv chain."""
+    export = source if isinstance(source, IntExport) else read_export(source)
+    path, model, description = export.graph_path, export.model, export.description
+    inits = export.initializers
     records = {layer["name"]: layer for layer in description["layers"]}
     producers = {node.output[0]: node for node in model.graph.node}
     layers: list[ConvLayer] = []

@@ -64,7 +64,7 @@ def test_graph_annotates_lowbit_widths(exported):
 
 def test_rejects_accumulators_float32_cannot_hold(exported):
     _, _, out = exported
-    handoff = read_int_graph(out / "model.int.onnx")
+    handoff = read_int_graph(out)
     big = handoff.layers[0].__class__(**{**handoff.layers[0].__dict__, "accumulator_bound": 2**24})
     with pytest.raises(ConfigError, match="float32"):
         build_finn_graph(handoff.__class__(**{**handoff.__dict__, "layers": [big]}))

@@ -25,12 +25,12 @@ from lowbit.core.feature_scores import load_export_stats
 from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import check_export
 from lowbit.targets.c import templates as T
 from lowbit.targets.c.ood import LEGACY_SCORE, OodProgram, header_defines, plan_ood
 from lowbit.targets.c.ops import build_plan
 from lowbit.targets.c.pack import C_SIZES, Slot, c_number, c_type, layout_pools
 from lowbit.targets.c.plan import CPlan
+from lowbit.targets.reader import read_export
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,7 @@ def write_c_target(
     ModelFileError names the file when they are missing or altered.
     """
     export_dir = Path(export_dir)
-    check_export(export_dir)
-    graph_path = export_dir / "model.int.onnx"
-    if not graph_path.is_file():
-        raise ModelFileError(f"{graph_path}: missing; run `lowbit export` first")
+    export = read_export(export_dir)  # the checked graph, external data refused
     ood = description.get("ood") or {}
     stats = None
     if is_feature_score(ood.get("score") or LEGACY_SCORE):
@@ -195,7 +192,7 @@ def write_c_target(
                 "(the feature statistics file); re-export the model with them"
             )
     files = generate_c(
-        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path), stats=stats
+        export.model, description, prefix=prefix, label=str(export.graph_path), stats=stats
     )
     paths = [
         atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()
