@@ -24,16 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
+from lowbit.onnx_graph import FLOAT, QONNX_DOMAIN, GraphBuilder, value_info
 from lowbit.targets.reader import HandOff, head_bound, read_int_graph, signed_bits
 
 log = logging.getLogger(__name__)
 
 GRAPH_FILE = "model.finn.onnx"
-QONNX = "qonnx.custom_op.general"
 FLOAT32_EXACT = 2**24  # integers up to this magnitude are exact in FINN's float32 tensors
 
 
@@ -71,55 +70,55 @@ def input_thresholds(scale: float, bits: int) -> np.ndarray:
     return _unordered(left).reshape(1, -1)
 
 
-class _Graph:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.datatypes: dict[str, str] = {}
+def _const(g: GraphBuilder, name: str, value: np.ndarray) -> str:
+    """A float32 initializer: FINN's executor and transformations hold every tensor in float32."""
+    return g.const(name, np.asarray(value, np.float32))
 
-    def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
 
-    def node(self, op, inputs, output, domain="", datatype=None, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], output, domain=domain, **attrs))
-        if datatype:
-            self.datatypes[output] = datatype
-        return output
+def _node(g: GraphBuilder, op: str, inputs: list[str], output: str, datatype=None, **attrs) -> str:
+    """A node (named after its output), its output annotated with its FINN datatype if given."""
+    output = g.node(op, inputs, output, **attrs)
+    if datatype:
+        g.annotate(output, datatype)
+    return output
 
-    def weights(self, name: str, codes: np.ndarray, bits: int) -> str:
-        values = self.const(f"{name}_codes", codes.astype(np.float32))
-        if bits == 1:
-            if not np.all(np.abs(codes) == 1):
-                raise ConfigError(f"finn target: {name}: 1-bit weights must be bipolar ±1 codes")
-            scale = self.const(f"{name}_scale", np.float32(1.0))
-            return self.node("BipolarQuant", [values, scale], name, QONNX)
-        half = 2 ** (bits - 1)
-        if codes.max() > half - 1 or codes.min() < -half:
-            raise ConfigError(f"finn target: {name}: weight codes do not fit INT{bits}")
-        params = [
-            self.const(f"{name}_scale", np.float32(1.0)),
-            self.const(f"{name}_zeropt", np.float32(0.0)),
-            self.const(f"{name}_bitwidth", np.float32(bits)),
-        ]
-        narrow = int(codes.min() > -half)
-        return self.node(
-            "Quant", [values, *params], name, QONNX, signed=1, narrow=narrow, rounding_mode="ROUND"
-        )
 
-    def threshold(self, x, thresholds, name, *, bits, signed, out_bias) -> str:
-        datatype = f"{'INT' if signed else 'UINT'}{bits}"
-        return self.node(
-            "MultiThreshold",
-            [x, self.const(f"{name}_thresholds", thresholds)],
-            name,
-            QONNX,
-            datatype,
-            out_dtype=datatype,
-            out_scale=1.0,
-            out_bias=float(out_bias),
-            data_layout="NCHW",
-        )
+def _weights(g: GraphBuilder, name: str, codes: np.ndarray, bits: int) -> str:
+    values = _const(g, f"{name}_codes", codes)
+    if bits == 1:
+        if not np.all(np.abs(codes) == 1):
+            raise ConfigError(f"finn target: {name}: 1-bit weights must be bipolar ±1 codes")
+        scale = _const(g, f"{name}_scale", np.float32(1.0))
+        return _node(g, "BipolarQuant", [values, scale], name, domain=QONNX_DOMAIN)
+    half = 2 ** (bits - 1)
+    if codes.max() > half - 1 or codes.min() < -half:
+        raise ConfigError(f"finn target: {name}: weight codes do not fit INT{bits}")
+    params = [
+        _const(g, f"{name}_scale", np.float32(1.0)),
+        _const(g, f"{name}_zeropt", np.float32(0.0)),
+        _const(g, f"{name}_bitwidth", np.float32(bits)),
+    ]
+    narrow = int(codes.min() > -half)
+    return _node(
+        g, "Quant", [values, *params], name, domain=QONNX_DOMAIN,
+        signed=1, narrow=narrow, rounding_mode="ROUND",
+    )  # fmt: skip
+
+
+def _threshold(g: GraphBuilder, x, thresholds, name, *, bits, signed, out_bias) -> str:
+    datatype = f"{'INT' if signed else 'UINT'}{bits}"
+    return _node(
+        g,
+        "MultiThreshold",
+        [x, _const(g, f"{name}_thresholds", thresholds)],
+        name,
+        datatype,
+        domain=QONNX_DOMAIN,
+        out_dtype=datatype,
+        out_scale=1.0,
+        out_bias=float(out_bias),
+        data_layout="NCHW",
+    )
 
 
 def _check_exact(value: int, where: str) -> None:
@@ -131,56 +130,44 @@ def _check_exact(value: int, where: str) -> None:
 
 def build_finn_graph(handoff: HandOff) -> onnx.ModelProto:
     """Returns the FINN-ready QONNX graph (batch 1, NCHW) of one hand-off."""
-    g = _Graph()
+    g = GraphBuilder("lowbit_finn", node_name="{output}", opset=13)
     bits = handoff.input_bits
-    x = g.threshold(
-        "image", input_thresholds(handoff.input_scale, bits), "input_codes",
+    x = _threshold(
+        g, "image", input_thresholds(handoff.input_scale, bits), "input_codes",
         bits=bits, signed=True, out_bias=-(2 ** (bits - 1)),
     )  # fmt: skip
     for index, layer in enumerate(handoff.layers):
         name = f"layer{index}"
         _check_exact(layer.accumulator_bound, f"{layer.name} accumulator")
         _check_exact(int(np.abs(layer.thresholds).max(initial=0)), f"{layer.name} thresholds")
-        weights = g.weights(f"{name}_weight", layer.weight_codes, layer.weight_bits)
-        acc = g.node(
-            "Conv", [x, weights], f"{name}_acc", "", f"INT{layer.accumulator_bits}",
+        weights = _weights(g, f"{name}_weight", layer.weight_codes, layer.weight_bits)
+        acc = _node(
+            g, "Conv", [x, weights], f"{name}_acc", f"INT{layer.accumulator_bits}",
             kernel_shape=list(layer.weight_codes.shape[2:]), pads=layer.pads,
             strides=layer.strides, dilations=[1, 1], group=1,
         )  # fmt: skip
-        x = g.threshold(
-            acc, layer.thresholds.astype(np.float32), f"{name}_codes",
+        x = _threshold(
+            g, acc, layer.thresholds, f"{name}_codes",
             bits=layer.act_bits, signed=layer.signed, out_bias=layer.out_bias,
         )  # fmt: skip
         if layer.pool:
-            x = g.node(
-                "MaxPool", [x], f"{name}_pool", "", g.datatypes[x],
+            x = _node(
+                g, "MaxPool", [x], f"{name}_pool", g.annotations[x],
                 kernel_shape=[2, 2], strides=[2, 2], pads=[0] * 4,
             )  # fmt: skip
-    features = g.node("Flatten", [x], "features", "", g.datatypes[x], axis=1)
+    features = _node(g, "Flatten", [x], "features", g.annotations[x], axis=1)
     dot_bound = head_bound(handoff)
     _check_exact(dot_bound, "head dot products")
-    head = g.weights("head_weight", handoff.head_codes, handoff.head_bits)
-    g.node("MatMul", [features, head], "class_dot", "", f"INT{signed_bits(dot_bound)}")
+    head = _weights(g, "head_weight", handoff.head_codes, handoff.head_bits)
+    _node(g, "MatMul", [features, head], "class_dot", f"INT{signed_bits(dot_bound)}")
     n_features, n_classes = handoff.head_codes.shape
-    graph = helper.make_graph(
-        g.nodes,
-        "lowbit_finn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, *handoff.input_shape])],
+    model = g.build(
+        [value_info("image", FLOAT, [1, *handoff.input_shape])],
         [
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, n_features]),
-            helper.make_tensor_value_info("class_dot", TensorProto.FLOAT, [1, n_classes]),
+            value_info("features", FLOAT, [1, n_features]),
+            value_info("class_dot", FLOAT, [1, n_classes]),
         ],
-        g.inits,
     )
-    for tensor, datatype in g.datatypes.items():
-        annotation = graph.quantization_annotation.add()
-        annotation.tensor_name = tensor
-        entry = annotation.quant_parameter_tensor_names.add()
-        entry.key, entry.value = "finn_datatype", datatype
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1)]
-    )
-    model.ir_version = 8
     entry = model.metadata_props.add()
     entry.key, entry.value = "lowbit_tail", json.dumps(handoff.tail())
     return model

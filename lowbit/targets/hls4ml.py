@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
+from lowbit.onnx_graph import FLOAT, QONNX_DOMAIN, GraphBuilder, value_info
 from lowbit.targets.affine_requant import fraction_bits, solve_layer
 from lowbit.targets.reader import (
     HandOff,
@@ -48,49 +48,25 @@ log = logging.getLogger(__name__)
 
 GRAPH_FILE = "model.hls4ml.onnx"
 CONFIG_FILE = "hls4ml_config.json"
-QONNX = "qonnx.custom_op.general"
 CHANNELS_LAST = "qonnx.custom_op.channels_last"
 INPUT = "image"  # NHWC float32; hls4ml reserves the layer name "input"
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.shapes: dict[str, list[int]] = {}  # qonnx's channels-last ops need every shape
+def _const(g: GraphBuilder, name: str, value: np.ndarray) -> str:
+    """A float32 initializer: the QONNX front end reads every constant as float32."""
+    return g.const(name, np.asarray(value, dtype=np.float32))
 
-    def const(self, name: str, value: np.ndarray) -> str:
-        value = np.asarray(value, dtype=np.float32)
-        self.inits.append(numpy_helper.from_array(value, name))
-        self.shapes[name] = list(value.shape)
-        return name
 
-    def node(
-        self, op: str, inputs: list[str], output: str, domain: str = "", shape=None, **attrs
-    ) -> str:
-        """Adds a node; its output shape is `shape`, or its first input's."""
-        self.nodes.append(helper.make_node(op, inputs, [output], output, domain=domain, **attrs))
-        self.shapes[output] = list(shape) if shape is not None else self.shapes[inputs[0]]
-        return output
-
-    def value_info(self) -> list[onnx.ValueInfoProto]:
-        """Shapes of every tensor but the graph's inputs/outputs (hls4ml reads constants' too)."""
-        return [
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-            for name, shape in self.shapes.items()
-            if name not in (INPUT, "features", "class_dot")
-        ]
-
-    def quant(self, x: str, name: str, scale: float, bits: int, *, signed: bool, narrow: bool):
-        params = [
-            self.const(f"{name}_scale", np.float32(scale)),
-            self.const(f"{name}_zeropt", np.float32(0.0)),
-            self.const(f"{name}_bitwidth", np.float32(bits)),
-        ]
-        return self.node(
-            "Quant", [x, *params], name, QONNX, signed=int(signed), narrow=int(narrow),
-            rounding_mode="ROUND",
-        )  # fmt: skip
+def _quant(g: GraphBuilder, x: str, name: str, scale: float, bits: int, *, signed, narrow) -> str:
+    params = [
+        _const(g, f"{name}_scale", np.float32(scale)),
+        _const(g, f"{name}_zeropt", np.float32(0.0)),
+        _const(g, f"{name}_bitwidth", np.float32(bits)),
+    ]
+    return g.node(
+        "Quant", [x, *params], name, domain=QONNX_DOMAIN, signed=int(signed),
+        narrow=int(narrow), rounding_mode="ROUND",
+    )  # fmt: skip
 
 
 def _fixed(bits: int, integer: int, signed: bool = True, tail: str = "") -> str:
@@ -131,9 +107,18 @@ def chw_to_hwc(features: np.ndarray, channels: int) -> np.ndarray:
 
 def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
     """Returns (NCHW QONNX graph, per-tensor precision plan) for one hand-off."""
-    g = _Builder()
+    # node names are hls4ml's layer names (hls4ml_config keys); qonnx's channels-last ops and
+    # hls4ml read the shapes of intermediate tensors and constants from value_info
+    g = GraphBuilder(
+        "lowbit_hls4ml",
+        node_name="{output}",
+        opset=13,
+        domains=(QONNX_DOMAIN, CHANNELS_LAST),
+        track_shapes=True,
+    )
     channels, height, width = handoff.input_shape
-    g.shapes[INPUT] = [1, height, width, channels]
+    input_shape = [1, height, width, channels]
+    g.declare_shape(INPUT, input_shape)
     scale = handoff.input_scale
     mantissa, exponent = math.frexp(scale)
     if mantissa != 0.5:
@@ -146,7 +131,7 @@ def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
     plan: dict[str, str] = {
         INPUT: _fixed(bits, bits - input_frac, tail=",RND_CONV,SAT"),
     }
-    x = g.quant(INPUT, "input_quant", scale, bits, signed=True, narrow=False)
+    x = _quant(g, INPUT, "input_quant", scale, bits, signed=True, narrow=False)
     plan["input_quant"] = plan[INPUT]
     frac = input_frac  # fraction bits of the current activation values
     for index, layer in enumerate(handoff.layers):
@@ -154,15 +139,16 @@ def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
         wbits, narrow = _weight_quant(layer.weight_codes, layer.weight_bits, layer.name)
         # channels-last ops take channels-last weights too: [C_out, k, k, C_in]
         ohwi = layer.weight_codes.transpose(0, 2, 3, 1)
-        weights = g.const(f"{name}_weight_codes", ohwi.astype(np.float32))
-        wq = g.quant(weights, f"{name}_weight", 1.0, wbits, signed=True, narrow=narrow)
+        weights = _const(g, f"{name}_weight_codes", ohwi)
+        wq = _quant(g, weights, f"{name}_weight", 1.0, wbits, signed=True, narrow=narrow)
         kernel = list(layer.weight_codes.shape[2:])
         stride = layer.strides[0]
         height = (height + layer.pads[0] + layer.pads[2] - kernel[0]) // stride + 1
         width = (width + layer.pads[1] + layer.pads[3] - kernel[1]) // stride + 1
         channels = layer.weight_codes.shape[0]
         acc = g.node(
-            "Conv", [x, wq], f"{name}_conv", CHANNELS_LAST, [1, height, width, channels],
+            "Conv", [x, wq], f"{name}_conv", domain=CHANNELS_LAST,
+            shape=[1, height, width, channels],
             kernel_shape=kernel,
             pads=layer.pads, strides=layer.strides, dilations=[1, 1], group=1,
         )  # fmt: skip
@@ -178,13 +164,13 @@ def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
             "BatchNormalization",
             [
                 acc,
-                g.const(f"{name}_bn_scale", np.array([float(v) for v in slopes])),
-                g.const(f"{name}_bn_bias", np.array([float(v) for v in offsets])),
-                g.const(f"{name}_bn_mean", np.zeros(channels)),
-                g.const(f"{name}_bn_var", np.ones(channels)),
+                _const(g, f"{name}_bn_scale", np.array([float(v) for v in slopes])),
+                _const(g, f"{name}_bn_bias", np.array([float(v) for v in offsets])),
+                _const(g, f"{name}_bn_mean", np.zeros(channels)),
+                _const(g, f"{name}_bn_var", np.ones(channels)),
             ],
             f"{name}_bn",
-            CHANNELS_LAST,
+            domain=CHANNELS_LAST,
             epsilon=0.0,
         )
         extreme = [abs(a) * max(abs(int(lo.min())), abs(int(hi.max()))) + abs(b) for a, b in pairs]
@@ -193,43 +179,31 @@ def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
         plan[f"{name}_bn_scale"] = _dyadic_type(slopes)
         plan[f"{name}_bn_bias"] = _dyadic_type(offsets)
         plan[f"{name}_bn"] = _fixed(y_int + y_frac, y_int)
-        x = g.quant(y, f"{name}_act", 1.0, layer.act_bits, signed=layer.signed, narrow=False)
+        x = _quant(g, y, f"{name}_act", 1.0, layer.act_bits, signed=layer.signed, narrow=False)
         frac = 0
         if layer.pool:
             height, width = height // 2, width // 2
             x = g.node(
-                "MaxPool", [x], f"{name}_pool", CHANNELS_LAST, [1, height, width, channels],
+                "MaxPool", [x], f"{name}_pool", domain=CHANNELS_LAST,
+                shape=[1, height, width, channels],
                 kernel_shape=[2, 2],
                 strides=[2, 2], pads=[0] * 4, dilations=[1, 1], ceil_mode=0,
             )  # fmt: skip
     n_features, n_classes = handoff.head_codes.shape
     features = g.node("Flatten", [x], "features", shape=[1, n_features], axis=1)
     hbits, hnarrow = _weight_quant(handoff.head_codes, handoff.head_bits, "head")
-    head = g.const("head_weight_codes", hwc_rows(handoff).astype(np.float32))
-    hq = g.quant(head, "head_weight", 1.0, hbits, signed=True, narrow=hnarrow)
+    head = _const(g, "head_weight_codes", hwc_rows(handoff))
+    hq = _quant(g, head, "head_weight", 1.0, hbits, signed=True, narrow=hnarrow)
     g.node("MatMul", [features, hq], "class_dot", shape=[1, n_classes])
     dot_bits = signed_bits(head_bound(handoff))
     plan["class_dot"] = _fixed(dot_bits, dot_bits)
-    graph = helper.make_graph(
-        g.nodes,
-        "lowbit_hls4ml",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, g.shapes[INPUT])],
+    model = g.build(
+        [value_info(INPUT, FLOAT, input_shape)],
         [
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, n_features]),
-            helper.make_tensor_value_info("class_dot", TensorProto.FLOAT, [1, n_classes]),
-        ],
-        g.inits,
-        value_info=g.value_info(),
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[
-            helper.make_opsetid("", 13),
-            helper.make_opsetid(QONNX, 1),
-            helper.make_opsetid(CHANNELS_LAST, 1),
+            value_info("features", FLOAT, [1, n_features]),
+            value_info("class_dot", FLOAT, [1, n_classes]),
         ],
     )
-    model.ir_version = 8
     return model, plan
 
 
