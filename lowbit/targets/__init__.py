@@ -47,9 +47,9 @@ def _hls4ml(export_dir: Path, description: dict) -> list[Path]:
 
 TARGETS: dict[str, Writer] = {
     "onnx": _onnx,  # model.{qonnx,qcdq,int}.onnx + model.json
-    "c": _c,  # c/lowbit_model.{h,c}: dependency-free C99 reference (c_target.py)
-    "finn": _finn,  # model.finn.onnx: exact thresholds for ConvertQONNXtoFINN (finn_target.py)
-    "hls4ml": _hls4ml,  # model.hls4ml.onnx + hls4ml_config.json (hls4ml_target.py)
+    "c": _c,  # c/lowbit_model.{h,c}: dependency-free C99 reference (c/target.py)
+    "finn": _finn,  # model.finn.onnx: exact thresholds for ConvertQONNXtoFINN (finn.py)
+    "hls4ml": _hls4ml,  # model.hls4ml.onnx + hls4ml_config.json (hls4ml.py)
 }
 DEFAULT_TARGET = "onnx"
 

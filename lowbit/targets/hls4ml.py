@@ -1,18 +1,20 @@
 """`--target hls4ml`: a channels-last QONNX graph plus an hls4ml configuration that computes
 exactly what lowbit's integer runtime computes.
 
-Graph (per conv layer): `Conv(codes, Quant(weight codes)) -> BatchNormalization(a, b) ->
-Quant(ROUND)`, where `clamp(rhe(a·acc + b))` equals the layer's MultiThreshold on every
-reachable accumulator (affine_requant.py), so hls4ml's own layers reproduce the thresholds,
-ties included (QONNX ROUND becomes `AP_RND_CONV`). Then `MaxPool`, `Flatten` and the head's
-integer MatMul. Outputs: `features` (the last activation codes, HWC order, see below) and
-`class_dot` (the head's exact dot products); the float tail runs on the host (model.json /
-hls4ml_config.json `tail`).
+Graph: the NHWC float input `image` -> `Quant` (the input quantizer), then per conv layer
+`Conv(codes, Quant(weight codes)) -> BatchNormalization(a, b) -> Quant(ROUND)`, where
+`clamp(rhe(a·acc + b))` equals the layer's MultiThreshold on every reachable accumulator
+(affine_requant.py), so hls4ml's own layers reproduce the thresholds, ties included (QONNX ROUND
+becomes `AP_RND_CONV`). Then `MaxPool`, `Flatten` and the head's integer MatMul. Outputs:
+`features` (the last activation codes, HWC order, see below) and `class_dot` (the head's exact
+dot products); the float tail runs on the host (model.json / hls4ml_config.json `tail`).
 
-hls4ml's QONNX front end needs the graph channels-last. lowbit applies qonnx's own
-`ConvertToChannelsLastAndClean` with a channels-last input, then removes the one Transpose it
-leaves (before `Flatten`) by permuting the head's weight rows to HWC order: no layout op is left
-for hls4ml's stream layers to misread.
+hls4ml's QONNX front end needs the graph channels-last, so it is built channels-last: Conv,
+BatchNormalization and MaxPool in qonnx's `channels_last` domain, OHWI weights, and the head's
+weight rows permuted to HWC order, the order in which `Flatten` reads an NHWC tensor. No
+Transpose or other layout op is in the graph for hls4ml's stream layers to misread. The shape of
+every constant and intermediate tensor is in value_info: qonnx's channels-last ops and hls4ml
+read shapes from there.
 
 Precision: every type that holds a value is set from lowbit's bounds, none is left at hls4ml's
 default `fixed<16,6>`: the input type *is* the input quantizer (`AP_RND_CONV`, `AP_SAT`: the
@@ -106,7 +108,7 @@ def chw_to_hwc(features: np.ndarray, channels: int) -> np.ndarray:
 
 
 def build_hls4ml_graph(handoff: HandOff) -> tuple[onnx.ModelProto, dict]:
-    """Returns (NCHW QONNX graph, per-tensor precision plan) for one hand-off."""
+    """Returns (channels-last QONNX graph, NHWC input, per-tensor precision plan) of a hand-off."""
     # node names are hls4ml's layer names (hls4ml_config keys); qonnx's channels-last ops and
     # hls4ml read the shapes of intermediate tensors and constants from value_info
     g = GraphBuilder(

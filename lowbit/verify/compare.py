@@ -32,8 +32,12 @@ def tail_tolerance(scale: float, features: int) -> float:
     """Returns the stated bound on |logit_runtime - logit_torch| for the cosine head.
 
     torch computes the cosine in float32: a length-F dot product of unit vectors plus two
-    normalizations, each with relative error <= (F + 8) * 2^-24 (Higham's gamma_n bound, u =
-    2^-24); times the head's scale. The runtime's float64 tail is exact by comparison.
+    normalizations (the features' and the class rows'), each with relative error <= (F + 8) *
+    2^-24 (Higham's gamma_n bound, u = 2^-24). The bound allows four such terms, hence the
+    factor 4: three for these, the fourth for the product with the head's scale (one more
+    rounding) and the second-order cross terms of the three, each far below (F + 8) * 2^-24.
+    Times the head's scale, since |cos| <= 1. The runtime's float64 tail is exact by
+    comparison.
     """
     return float(scale) * (features + 8) * 2.0**-24 * 4
 

@@ -1,12 +1,12 @@
-"""Plan the C program of an integer graph (docs/int_graph.md): buffers, constants, kernel calls.
+"""The C program of an integer graph as it is planned: `CPlan` and its buffers, steps and constants.
 
-Walks `model.int.onnx`'s nodes in file order (the lowering writes them topologically) at batch 1
-and turns each into C: `Div → Quant → Cast` becomes the input quantizer, `ConvInteger` /
-`MaxPool` / `MatMul` kernel calls with packed weights, `[Cast → float] → MultiThreshold → Cast`
-one threshold kernel on the integers (exact: `float(x) ≥ t ⇔ x ≥ ceil(t)` for an integer x),
-`Flatten` / `Reshape` / same-type `Cast` aliases, and every other op (integer residual adds,
-`ReduceSum`, the head's `f · f`, the float64 tail) an inline elementwise loop with the graph's
-own operations in the graph's own order, so even the float tail is bit-identical in IEEE-754.
+`CPlan` holds what the per-op emitters (ops.py, `C_OPS`, walked by `ops.build_plan` in the
+graph's file order at batch 1) add: `tensors` (each a C buffer, an alias sharing another's buffer,
+or a constant), `steps` (C code with the buffers it reads and writes, from which target.py lays
+the scratch pools out by liveness), `constants`, `kernels` (each emitted once), per-layer weight
+and threshold `sizes`, and the input quantizer's body. Its helpers look tensors up (initializers
+become C constant arrays), pack weight codes, read weight bits from model.json, and emit
+elementwise loops with numpy broadcasting of batch-1 shapes.
 """
 
 from __future__ import annotations
