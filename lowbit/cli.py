@@ -404,7 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run_dir")
     export.add_argument("--out", default=None, help="output folder (default: the run directory)")
-    export.add_argument("--batch", default="dynamic", help="batch size N, or 'dynamic'")
+    export.add_argument(
+        "--batch",
+        default="dynamic",
+        help="batch size N of every graph, or 'dynamic' (model.qonnx.onnx then has batch 1)",
+    )
     export.add_argument(
         "--target",
         default="onnx",

@@ -20,7 +20,7 @@ from lowbit.core.feature_scores import STATS_FILE, STATS_VERSION, stats_to_bytes
 from lowbit.errors import ConfigError
 from lowbit.export.lower import lower_model
 from lowbit.export.qcdq import quant_to_qcdq
-from lowbit.export.qonnx_export import export_qonnx_model
+from lowbit.export.qonnx_export import export_qonnx_model, runnable_qonnx, set_static_batch
 from lowbit.io import json_bytes, write_new_file
 from lowbit.manifest import DESCRIPTION_FILE, MANIFEST_FILE, seal, staged
 from lowbit.models.build import LowbitModel
@@ -47,12 +47,8 @@ def parse_batch(batch: str | int) -> int | None:
 
 def fix_batch(model: onnx.ModelProto, batch: int | None) -> onnx.ModelProto:
     """Sets dim 0 of inputs/outputs to `batch` (None leaves the symbolic `N`)."""
-    if batch is None:
-        return model
-    for info in list(model.graph.input) + list(model.graph.output):
-        dim = info.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_param")
-        dim.dim_value = batch
+    if batch is not None:
+        set_static_batch(model, batch)
     return model
 
 
@@ -175,7 +171,9 @@ def export_model(
     payload = json.dumps(description, separators=(",", ":"))
     blobs = {}
     for kind, graph in graphs.items():
-        graph = fix_batch(graph, batch)
+        # the QONNX file is for qonnx's executor and FINN: a fixed batch (1 unless one is
+        # given) and every shape declared; the other graphs keep `N` unless a batch is given
+        graph = runnable_qonnx(graph, batch or 1) if kind == "qonnx" else fix_batch(graph, batch)
         del graph.metadata_props[:]
         entry = graph.metadata_props.add()
         entry.key, entry.value = "lowbit", payload

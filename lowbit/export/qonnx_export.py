@@ -1,4 +1,10 @@
-"""QONNX export: Brevitas' exporter, qonnx cleanup, then lowbit's naming and a dynamic batch."""
+"""QONNX export: Brevitas' exporter, qonnx cleanup, then lowbit's naming and a dynamic batch.
+
+The graph is built with a dynamic batch `N` (the QCDQ graph is derived from it and keeps it);
+the file model.qonnx.onnx gets a fixed batch and every tensor's shape (`runnable_qonnx`), the form
+qonnx's `execute_onnx` and FINN take: qonnx sizes every tensor of its execution context from the
+declared shapes before it runs a node, so it runs no graph with a symbolic dimension.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +73,27 @@ def set_dynamic_batch(model: onnx.ModelProto, dim_name: str = "N") -> None:
         dim.ClearField("dim_value")
         dim.dim_param = dim_name
     del model.graph.value_info[:]
+
+
+def set_static_batch(model: onnx.ModelProto, batch: int) -> None:
+    """Sets dim 0 of the graph inputs/outputs to `batch`."""
+    for info in list(model.graph.input) + list(model.graph.output):
+        dim = info.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = batch
+
+
+def runnable_qonnx(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """Returns a copy of a QONNX graph with batch `batch` and the shape of every tensor in
+    value_info (qonnx's InferShapes): what `qonnx.core.onnx_exec.execute_onnx` runs as loaded.
+    Batch 1 is FINN's convention for a dataflow graph."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    fixed = copy.deepcopy(model)
+    set_static_batch(fixed, batch)
+    del fixed.graph.value_info[:]  # the symbolic-batch shapes: InferShapes writes them anew
+    return ModelWrapper(fixed).transform(InferShapes()).model
 
 
 def unsigned_binary_activations(model: onnx.ModelProto) -> None:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
 
 from lowbit.errors import ConfigError
 from lowbit.export.api import GRAPH_FILES, export_model, parse_batch
 from lowbit.manifest import MANIFEST_FILE
 from lowbit.models import build_model
 from lowbit.quant import get_recipe, recipe_from_dict
+from lowbit.runtime import Runtime
+from lowbit.verify.capture import graph_scales
+from lowbit.verify.compare import tail_tolerance
 
 from .helpers import IMAGE_SIZE, NUM_CLASSES, calibrated, sample_inputs
 
@@ -83,10 +89,32 @@ def test_graph_metadata_carries_model_json(dynamic_export) -> None:
         assert json.loads(metadata["lowbit"]) == saved
 
 
-def test_dynamic_batch_is_n(dynamic_export) -> None:
+def test_dynamic_batch_is_n_and_qonnx_batch_is_one(dynamic_export) -> None:
     _, out, _ = dynamic_export
-    for name in GRAPH_FILES.values():
-        assert batch_dims(onnx.load(str(out / name))) == ["N", "N"], name
+    for kind, name in GRAPH_FILES.items():
+        expected = [1, 1] if kind == "qonnx" else ["N", "N"]
+        assert batch_dims(onnx.load(str(out / name))) == expected, name
+
+
+def test_qonnx_file_runs_in_qonnx_as_exported(dynamic_export) -> None:
+    """ModelWrapper + execute_onnx on model.qonnx.onnx, one image at a time, no transformation:
+    every code tensor equals the integer runtime's exactly, the logits within the float tail's
+    stated tolerance (float32 in the QONNX graph, float64 in the runtime)."""
+    model, out, description = dynamic_export
+    wrapper = ModelWrapper(str(out / GRAPH_FILES["qonnx"]))
+    x = sample_inputs(model, random=3, ties=2)
+    expected = Runtime(out / GRAPH_FILES["int"]).run(x, keep_intermediates=True)
+    code_names = [name for name in expected if name in graph_scales(wrapper.model, list(expected))]
+    assert len(code_names) >= 5  # the input codes and every activation's
+    scales = graph_scales(wrapper.model, code_names)
+    head = description["head"]
+    tolerance = tail_tolerance(head["cosine_scale"], head["features"])
+    for index, image in enumerate(x):
+        got = execute_onnx(wrapper, {"input": image[None]}, return_full_exec_context=True)
+        for name in code_names:
+            codes = np.round(got[name].astype(np.float64) / scales[name]).astype(np.int64)
+            assert np.array_equal(codes, expected[name][index : index + 1]), name
+        assert np.abs(got["logits"] - expected["logits"][index]).max() <= tolerance
 
 
 def test_fixed_batch(tmp_path) -> None:
