@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -38,10 +39,28 @@ def run_or_refuse(model: str | Path | onnx.ModelProto, x: np.ndarray) -> dict | 
 
 
 def assert_equals_qonnx(model: onnx.ModelProto, x: np.ndarray, actual: dict) -> None:
+    """Every tensor that both the runtime and qonnx computed is equal; there must be one (a
+    comparison of no tensors would pass whatever either executor computed)."""
     expected = run_qonnx(model, x)
-    for name, value in expected.items():
-        if name in actual:
-            assert np.array_equal(actual[name], value), name
+    given = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
+    shared = [name for name in expected if name in actual and name not in given]
+    assert shared, (
+        f"no computed tensor in common: runtime {sorted(actual)[:8]}, qonnx {sorted(expected)[:8]}"
+    )
+    for name in shared:
+        assert np.array_equal(actual[name], expected[name]), name
+
+
+def test_comparison_without_common_tensors_fails():
+    """Tensors named differently by the two executors (only the input and weights shared) are no
+    evidence that they agree."""
+    model = onnx.load_from_string(GOOD)
+    computed = Runtime(model).run(X, keep_intermediates=True)
+    assert_equals_qonnx(model, X, computed)
+    given = {value.name for value in model.graph.input} | {t.name for t in model.graph.initializer}
+    renamed = {(name if name in given else f"renamed/{name}"): v for name, v in computed.items()}
+    with pytest.raises(AssertionError, match="no computed tensor in common"):
+        assert_equals_qonnx(model, X, renamed)
 
 
 @st.composite
