@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import DESCRIPTION_FILE, check_export
+from lowbit.manifest import check_export
 
 log = logging.getLogger(__name__)
-
-INT_GRAPH = "model.int.onnx"
 
 
 def _read_header(handle: io.BufferedReader, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -98,7 +97,7 @@ def infer_file(
     export_dir = model if model.is_dir() else None
     if export_dir is not None:  # a folder is an export: its files must match its manifest
         check_export(export_dir)
-        model = model / INT_GRAPH
+        model = model / INT_GRAPH_FILE
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
     runtime = Runtime(model)

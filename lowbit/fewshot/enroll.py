@@ -25,6 +25,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.artifacts import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DESCRIPTION_FILE,
+    MANIFEST_FILE,
+    VERIFY_FILE,
+)
 from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
 from lowbit.errors import ConfigError, ModelFileError, VerifyError, WriteError
@@ -33,13 +40,12 @@ from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import integer_calibration
 from lowbit.io import make_dir, named_in, writing
 from lowbit.lock import writer_lock
-from lowbit.manifest import MANIFEST_FILE, publish, read_manifest
+from lowbit.manifest import publish, read_manifest
 
 log = logging.getLogger(__name__)
 
 ENROLLED = "enrolled"  # export_dir/enrolled/NNN: one run folder per enrollment or removal
 STAGING = ".enroll-staging"
-VERIFY_FILE = "verify.json"
 RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
 
 
@@ -95,8 +101,8 @@ def _save_run(model, record: dict, run_dir: Path) -> None:
     import torch
 
     from lowbit.io import atomic_write_bytes
-    from lowbit.train.checkpoint import CHECKPOINT_NAME, model_identity, runtime_stats_state
-    from lowbit.train.run import CONFIG_NAME, write_json
+    from lowbit.train.checkpoint import model_identity, runtime_stats_state
+    from lowbit.train.run import write_json
 
     buffer = io.BytesIO()
     checkpoint = {
@@ -105,8 +111,8 @@ def _save_run(model, record: dict, run_dir: Path) -> None:
         "config": model_identity(model),  # load_run refuses it under another recipe
     }
     torch.save(checkpoint, buffer)
-    atomic_write_bytes(run_dir / CHECKPOINT_NAME, buffer.getvalue())
-    write_json(run_dir / CONFIG_NAME, record)
+    atomic_write_bytes(run_dir / CHECKPOINT_FILE, buffer.getvalue())
+    write_json(run_dir / CONFIG_FILE, record)
 
 
 def _next_slot(export_dir: Path) -> str:
@@ -196,7 +202,7 @@ def _rebuild(
         record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
         make_dir(staging / slot)
         _save_run(model, record, staging / slot)
-        config_path = staging / slot / "config.json"
+        config_path = staging / slot / CONFIG_FILE
         splits = splits_for(read_json(config_path), config_path)
         ood = description.get("ood") or {}
         stats = load_export_stats(export_dir, description)
@@ -248,7 +254,7 @@ def _load_source(export_dir: Path, description: dict):
     model, record = load_run(run_dir)
     if list(record["class_names"]) != list(description["class_names"]):
         raise ModelFileError(
-            f"{export_dir / 'model.json'}: class_names differ from {run_dir / 'config.json'}; "
+            f"{export_dir / DESCRIPTION_FILE}: class_names differ from {run_dir / CONFIG_FILE}; "
             "re-export the run"
         )
     return model, record

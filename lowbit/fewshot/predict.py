@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import crop_rule_of
+from lowbit.artifacts import DESCRIPTION_FILE, crop_rule_of
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.fewshot.images import image_name, load_crops
 from lowbit.fewshot.openset import ood_score
 from lowbit.fewshot.regions import Region, regions_for
-from lowbit.manifest import DESCRIPTION_FILE, check_export
+from lowbit.manifest import check_export
 from lowbit.tables import format_table
 
 UNKNOWN = "unknown"
@@ -131,7 +131,7 @@ def predict(
     description, runtime = load_export(export_dir)
     crop = crop_rule_of(description)
     regions = regions_for(len(images), masks, boxes)
-    check_regions(crop, regions, whole_image, Path(export_dir) / "model.json")
+    check_regions(crop, regions, whole_image, Path(export_dir) / DESCRIPTION_FILE)
     x, defect_boxes = load_crops(
         images,
         regions,

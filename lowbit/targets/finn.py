@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lowbit.artifacts import INT_GRAPH_FILE
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export
@@ -191,7 +192,7 @@ def write_finn(export_dir: str | Path) -> list[Path]:
     """Writes model.finn.onnx next to model.int.onnx; returns its path in a list."""
     export_dir = Path(export_dir)
     check_export(export_dir)
-    graph = build_finn_graph(read_int_graph(export_dir / "model.int.onnx"))
+    graph = build_finn_graph(read_int_graph(export_dir / INT_GRAPH_FILE))
     onnx.checker.check_model(graph)
     path = atomic_write_bytes(export_dir / GRAPH_FILE, graph.SerializeToString())
     log.info("finn target: wrote %s", path)

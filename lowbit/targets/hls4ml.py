@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lowbit.artifacts import INT_GRAPH_FILE
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.manifest import check_export
@@ -258,7 +259,7 @@ def write_hls4ml(export_dir: str | Path) -> list[Path]:
     """Writes model.hls4ml.onnx and hls4ml_config.json next to model.int.onnx; returns the paths."""
     export_dir = Path(export_dir)
     check_export(export_dir)
-    handoff = read_int_graph(export_dir / "model.int.onnx")
+    handoff = read_int_graph(export_dir / INT_GRAPH_FILE)
     graph, plan = build_hls4ml_graph(handoff)
     onnx.checker.check_model(graph)
     channels = handoff.layers[-1].weight_codes.shape[0]

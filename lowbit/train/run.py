@@ -11,15 +11,13 @@ import numpy as np
 import torch
 
 import lowbit
+from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.models import LowbitModel, ModelConfig, build_model
 from lowbit.quant.recipes import Recipe, recipe_from_dict
-from lowbit.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
+from lowbit.train.checkpoint import load_checkpoint, load_model_state
 from lowbit.train.config import TrainConfig
-
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.json"
 
 
 def versions() -> dict[str, str]:
@@ -94,7 +92,7 @@ def check_version(record: dict, path: Path) -> None:
 def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
     """Returns (model in eval mode with the run's weights, config.json contents)."""
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_NAME
+    path = run_dir / CONFIG_FILE
     record = read_json(path)
     check_version(record, path)
     try:
@@ -107,7 +105,7 @@ def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
             f"{path}: model fields do not match this lowbit version ({error})"
         ) from None
     model = build_model(recipe, model_config)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    checkpoint_path = run_dir / CHECKPOINT_FILE
     load_model_state(model, load_checkpoint(checkpoint_path), checkpoint_path)
     model.eval()
     return model, record
@@ -129,7 +127,7 @@ def check_same_data(record: dict, splits, where: Path | str) -> None:
         )
 
 
-def splits_for(record: dict, where: Path | str = CONFIG_NAME):
+def splits_for(record: dict, where: Path | str = CONFIG_FILE):
     """Returns the data splits a run was trained on, rebuilt from its config.json record;
     ConfigError (naming `where`) when the data no longer match the run's data_fingerprint."""
     from lowbit.data import load_splits

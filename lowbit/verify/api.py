@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from lowbit.artifacts import GRAPH_FILES
+from lowbit.artifacts import DESCRIPTION_FILE, GRAPH_FILES, VERIFY_FILE
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.io import atomic_write_json
-from lowbit.manifest import DESCRIPTION_FILE, check_export
+from lowbit.manifest import check_export
 from lowbit.models.build import LowbitModel
 from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
@@ -257,7 +257,7 @@ def verify_export(
         "first_mismatch": first,
     }
     if write:
-        atomic_write_json(export_dir / "verify.json", report)
+        atomic_write_json(export_dir / VERIFY_FILE, report)
     return report
 
 

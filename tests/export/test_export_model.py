@@ -8,9 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from lowbit.artifacts import GRAPH_FILES, MANIFEST_FILE
 from lowbit.errors import ConfigError
-from lowbit.export.api import GRAPH_FILES, export_model, parse_batch
-from lowbit.manifest import MANIFEST_FILE
+from lowbit.export.api import export_model, parse_batch
 from lowbit.models import build_model
 from lowbit.quant import get_recipe, recipe_from_dict
 
