@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export
@@ -65,9 +65,9 @@ def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None]:
     if export_dir is None or not (export_dir / DESCRIPTION_FILE).is_file():
         return None, None
     from lowbit.core.feature_scores import load_export_stats
-    from lowbit.fewshot.predict import needs_features, read_export_description
+    from lowbit.fewshot.predict import needs_features
 
-    description = read_export_description(export_dir)
+    description = read_description(export_dir)
     ood = description.get("ood")
     if not isinstance(ood, dict) or ood.get("threshold") is None:
         return None, None

@@ -31,6 +31,9 @@ from lowbit.artifacts import (
     DESCRIPTION_FILE,
     MANIFEST_FILE,
     VERIFY_FILE,
+    load_onnx,
+    read_description,
+    read_json,
 )
 from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
@@ -47,13 +50,6 @@ log = logging.getLogger(__name__)
 ENROLLED = "enrolled"  # export_dir/enrolled/NNN: one run folder per enrollment or removal
 STAGING = ".enroll-staging"
 RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
-
-
-def read_model_json(export_dir: Path) -> dict:
-    """Returns export_dir/model.json; ModelFileError names it when missing or unreadable."""
-    from lowbit.verify.api import read_description
-
-    return read_description(Path(export_dir))
 
 
 def with_head_rows(model, weight):
@@ -129,9 +125,9 @@ def _fixed_batch(graph: onnx.ModelProto) -> int | None:
 def _locked_export(export_dir: Path) -> Iterator[dict]:
     """Holds the export folder's writer lock; yields its model.json, read under the lock."""
     if not export_dir.is_dir():
-        read_model_json(export_dir)  # names the missing model.json; the lock would create it
+        read_description(export_dir)  # names the missing model.json; the lock would create it
     with writer_lock(export_dir):
-        yield read_model_json(export_dir)
+        yield read_description(export_dir)
 
 
 @contextmanager
@@ -191,7 +187,7 @@ def _rebuild(
     more or less); an export without statistics stays without."""
     from lowbit.artifacts import crop_rule_of
     from lowbit.export.api import export_model
-    from lowbit.train.run import read_json, splits_for
+    from lowbit.train.run import splits_for
     from lowbit.verify.api import build_inputs, verify_export
 
     with _staging_folder(export_dir) as staging:
@@ -203,10 +199,10 @@ def _rebuild(
         make_dir(staging / slot)
         _save_run(model, record, staging / slot)
         config_path = staging / slot / CONFIG_FILE
-        splits = splits_for(read_json(config_path), config_path)
+        splits = splits_for(read_json(config_path, "config"), config_path)
         ood = description.get("ood") or {}
         stats = load_export_stats(export_dir, description)
-        old_graph = onnx.load(str(export_dir / description["files"]["int"]))
+        old_graph = load_onnx(export_dir / description["files"]["int"])
         new_description = export_model(
             model,
             staging,

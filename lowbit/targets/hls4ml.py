@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lowbit.artifacts import INT_GRAPH_FILE
+from lowbit.artifacts import INT_GRAPH_FILE, load_onnx
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.manifest import check_export
@@ -292,7 +292,7 @@ def convert_hls4ml(export_dir: str | Path, output_dir: str | Path, *, io_type: s
 
     export_dir = Path(export_dir)
     config = json.loads((export_dir / CONFIG_FILE).read_text())
-    graph = onnx.load(str(export_dir / config["onnx_model"]))
+    graph = load_onnx(export_dir / config["onnx_model"])
     model = hls4ml.converters.convert_from_onnx_model(
         graph,
         output_dir=str(output_dir),

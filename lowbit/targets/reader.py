@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lowbit.artifacts import load_onnx
 from lowbit.errors import ConfigError, ModelFileError
 
 
@@ -86,7 +87,7 @@ def read_int_graph(path: str | Path) -> HandOff:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     meta = {entry.key: entry.value for entry in model.metadata_props}
     if "lowbit" not in meta:
         raise ModelFileError(f"{path}: no 'lowbit' metadata; export it with `lowbit export`")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
+from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, read_json
 from lowbit.errors import ConfigError, DataError
 from lowbit.io import make_dir, remove_stale_temps
 from lowbit.lock import writer_lock
@@ -41,7 +41,6 @@ from lowbit.train.outliers import make_outliers, uniform_loss
 from lowbit.train.run import (
     check_same_data,
     check_version,
-    read_json,
     run_record,
     write_json,
 )
@@ -264,7 +263,7 @@ def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, splits) -> dic
     if not path.is_file() and not (run_dir / CONFIG_FILE).is_file():
         logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
         return None
-    record = read_json(run_dir / CONFIG_FILE)
+    record = read_json(run_dir / CONFIG_FILE, "config")
     check_version(record, run_dir / CONFIG_FILE)
     saved = TrainConfig.with_defaults(record.get("train") or {})
     current = config.to_dict()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import lowbit
-from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE
+from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, read_json
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.models import LowbitModel, ModelConfig, build_model
@@ -34,20 +34,6 @@ def write_json(path: Path, data: dict) -> None:
     """Writes `data` as indented strict JSON (NaN is an error, not a token), atomically."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
-
-
-def read_json(path: Path) -> dict:
-    """Returns a JSON object from `path`; ConfigError names the file when it is missing or bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; is this a run directory written by `lowbit train`?")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
 
 
 def run_record(
@@ -93,7 +79,7 @@ def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
     """Returns (model in eval mode with the run's weights, config.json contents)."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
-    record = read_json(path)
+    record = read_json(path, "config")
     check_version(record, path)
     try:
         recipe = recipe_from_dict(record["recipe"])

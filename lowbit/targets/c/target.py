@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 import lowbit
-from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, deployed_bits_of
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, deployed_bits_of, load_onnx
 from lowbit.core.feature_scores import load_export_stats
 from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
@@ -195,7 +195,7 @@ def write_c_target(
                 "(the feature statistics file); re-export the model with them"
             )
     files = generate_c(
-        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path), stats=stats
+        load_onnx(graph_path), description, prefix=prefix, label=str(graph_path), stats=stats
     )
     paths = [
         atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()
