@@ -3,6 +3,7 @@ required field with one line naming the file and the field; the one ONNX loader.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lowbit import artifacts
 from lowbit.artifacts import (
     CONFIG_FILE,
     DESCRIPTION_FILE,
@@ -123,3 +125,38 @@ def test_load_onnx(written, tmp_path) -> None:
     with pytest.raises(ModelFileError, match="bad.onnx: not a readable ONNX model") as error:
         load_onnx(tmp_path / "bad.onnx")
     assert "\n" not in str(error.value)
+
+
+def _artifact_names() -> set[str]:
+    names = {value for key, value in vars(artifacts).items() if key.endswith("_FILE")}
+    return names | set(artifacts.GRAPH_FILES.values())
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes: prose may mention a file; code must use the constant."""
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr):
+            found.add(id(node.body[0].value))
+    return found
+
+
+def test_artifact_names_are_spelled_only_in_artifacts() -> None:
+    names = _artifact_names()
+    package = Path(artifacts.__file__).parent
+    spelled = []
+    for path in sorted(package.rglob("*.py")):
+        if path == Path(artifacts.__file__):
+            continue
+        tree = ast.parse(path.read_text())
+        prose = _docstrings(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in prose
+                and (node.value in names or node.value.rsplit("/", 1)[-1] in names)
+            ):
+                spelled.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.value!r}")
+    assert not spelled, "import the name from lowbit.artifacts: " + ", ".join(spelled)
