@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,13 @@ def test_artifact_names_are_spelled_only_in_artifacts() -> None:
             ):
                 spelled.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.value!r}")
     assert not spelled, "import the name from lowbit.artifacts: " + ", ".join(spelled)
+
+
+def test_importing_artifacts_loads_no_stage() -> None:
+    probe = (
+        "import json, sys, lowbit.artifacts; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'lowbit')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["lowbit", "lowbit.artifacts", "lowbit.errors"]
