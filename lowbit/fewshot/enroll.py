@@ -31,6 +31,7 @@ from lowbit.artifacts import (
     DESCRIPTION_FILE,
     MANIFEST_FILE,
     VERIFY_FILE,
+    crop_rule_of,
     load_onnx,
     read_description,
     read_json,
@@ -185,7 +186,6 @@ def _rebuild(
 
     `refit` turns the export's feature-score statistics into the changed model's (one class
     more or less); an export without statistics stays without."""
-    from lowbit.artifacts import crop_rule_of
     from lowbit.export.api import export_model
     from lowbit.train.run import splits_for
     from lowbit.verify.api import build_inputs, verify_export
