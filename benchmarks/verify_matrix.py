@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbit.artifacts import GRAPH_FILES
 from lowbit.data import NORMALIZATION, load_splits
-from lowbit.export.api import GRAPH_FILES, export_model
+from lowbit.export.api import export_model
 from lowbit.io import atomic_write_json
 from lowbit.models import ModelConfig, build_model
 from lowbit.quant import get_recipe

@@ -1,14 +1,29 @@
-"""Readers of model.json fields whose name or presence changed between format versions.
+"""lowbit's artifact files: their names, their safe loaders and the fields a reader relies on.
+
+Every module names a file through these constants and reads one through `read_json`,
+`read_description` or `load_onnx`; docs/artifacts.md documents every key. This module imports
+nothing of lowbit but the errors at load time: the torch-free runtime, targets and `predict`
+read artifacts through it.
 
 model.json format 1 named the deployed size `model_bits` and did not record how inputs were cut;
 format 2 calls the size `deployed_bits` (to set it apart from metrics.json's `parameter_bits`)
-and records the crop rule as `input.crop`. Every reader goes through these functions, so files
-of either format read the same.
+and records the crop rule as `input.crop`. `deployed_bits_of` and `crop_rule_of` read either
+format the same.
 """
 
 from __future__ import annotations
 
-# File names of lowbit's artifacts, written here once (schemas: docs/artifacts.md).
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lowbit.errors import ConfigError, LowbitError, ModelFileError
+
+if TYPE_CHECKING:
+    import onnx
+
 # A run folder (lowbit train):
 CONFIG_FILE = "config.json"  # the TrainConfig, data fingerprint, class names
 METRICS_FILE = "metrics.json"  # test accuracy, unknown-type scores, sizes
@@ -22,6 +37,144 @@ MANIFEST_FILE = "model.manifest.json"  # sha256 of every published file, written
 VERIFY_FILE = "verify.json"  # lowbit verify's report
 # A bench folder (lowbit bench):
 RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What readers rely on in one JSON artifact: required fields (dotted paths into nested
+    objects) and the types each may have. Other keys are free: files of older or newer lowbit
+    versions carry more or fewer of them."""
+
+    file: str
+    error: type[LowbitError]  # ConfigError for a run or bench folder, ModelFileError for an export
+    when_missing: str  # what the message says when the file is not there
+    remedy: str  # what to do about a file that lacks a field
+    fields: dict[str, tuple[type, ...]]
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+SCHEMAS = {
+    "config": Schema(
+        CONFIG_FILE,
+        ConfigError,
+        "not found; is this a run directory written by `lowbit train`?",
+        "train the run again",
+        {"recipe": (dict,), "model": (dict,), "versions": (dict,), "versions.lowbit": (str,)},
+    ),
+    "metrics": Schema(
+        METRICS_FILE,
+        ConfigError,
+        "not found; the run is unfinished: train it (again)",
+        "train the run again",
+        {
+            "recipe": (str,),
+            "accuracy": _OPTIONAL_NUMBER,
+            "class_names": (list,),
+            "ood": (dict, type(None)),
+        },
+    ),
+    "model": Schema(
+        DESCRIPTION_FILE,
+        ModelFileError,
+        "missing; run `lowbit export` first",
+        "export the model again",
+        {
+            "format_version": (int,),
+            "class_names": (list,),
+            "model": (dict,),
+            "model.image_size": (int,),
+            "input": (dict,),
+            "layers": (list,),
+            "head": (dict,),
+            "files": (dict,),
+            "files.int": (str,),
+        },
+    ),
+    "verify": Schema(
+        VERIFY_FILE,
+        ModelFileError,
+        "missing; run `lowbit verify` first",
+        "run `lowbit verify` again",
+        {
+            "inputs": (dict,),
+            "checked_values": (int,),
+            "mismatches": (int,),
+            "unexplained": (int,),
+            "tail_tolerance": _NUMBER,
+            "executors": (list,),
+            "layers": (list,),
+        },
+    ),
+    "results": Schema(
+        RESULTS_FILE,
+        ConfigError,
+        "not found; run `lowbit bench` first",
+        "run `lowbit bench` again",
+        {"schema_version": (int,), "options": (dict,), "rows": (list,)},
+    ),
+}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def check_schema(data: object, schema_name: str, path: str | os.PathLike) -> dict:
+    """Returns `data` when it has every field of the schema with an accepted type; else the
+    schema's error names `path` and the first field at fault."""
+    schema = SCHEMAS[schema_name]
+    if not isinstance(data, dict):
+        raise schema.error(f"{path}: not a lowbit {schema.file} (expected a JSON object)")
+    for field, types in schema.fields.items():
+        value: object = data
+        for key in field.split("."):  # the parent's type is checked first: it is a dict here
+            if key not in value:
+                raise schema.error(f"{path}: field '{field}' is missing; {schema.remedy}")
+            value = value[key]
+        # bool is an int to isinstance; no schema field accepts a bool where it wants a number
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise schema.error(
+                f"{path}: field '{field}' is {type(value).__name__}, expected "
+                f"{_type_names(types)}; {schema.remedy}"
+            )
+    return data
+
+
+def read_json(path: str | os.PathLike, schema_name: str) -> dict:
+    """Returns the JSON object in `path` after checking it against SCHEMAS[schema_name]; the
+    schema's error (ConfigError or ModelFileError) names the file and the field at fault."""
+    schema = SCHEMAS[schema_name]
+    path = Path(path)
+    if not path.is_file():
+        raise schema.error(f"{path}: {schema.when_missing}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise schema.error(f"{path}: not valid JSON ({error})") from None
+    return check_schema(data, schema_name, path)
+
+
+def read_description(export_dir: str | os.PathLike) -> dict:
+    """Returns model.json of an export folder whose files match its manifest; ModelFileError
+    names the file when the folder, model.json or one of its fields is missing or bad."""
+    from lowbit.manifest import check_export  # lowbit.manifest names files through this module
+
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ModelFileError(
+            f"{export_dir}: not a folder; pass an export folder ({DESCRIPTION_FILE})"
+        )
+    check_export(export_dir)
+    return read_json(export_dir / DESCRIPTION_FILE, "model")
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Returns the ModelProto stored at `path`, external data left unread; ModelFileError names
+    the file when it is missing or not ONNX (lowbit.runtime.untrusted.load_onnx)."""
+    from lowbit.runtime.untrusted import load_onnx as load  # the runtime imports no lowbit stage
+
+    return load(path)
 
 
 def deployed_bits_of(description: dict) -> dict:

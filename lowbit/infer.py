@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import DESCRIPTION_FILE, check_export
+from lowbit.manifest import check_export
 
 log = logging.getLogger(__name__)
-
-INT_GRAPH = "model.int.onnx"
 
 
 def _read_header(handle: io.BufferedReader, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -66,9 +65,9 @@ def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None]:
     if export_dir is None or not (export_dir / DESCRIPTION_FILE).is_file():
         return None, None
     from lowbit.core.feature_scores import load_export_stats
-    from lowbit.fewshot.predict import needs_features, read_export_description
+    from lowbit.fewshot.predict import needs_features
 
-    description = read_export_description(export_dir)
+    description = read_description(export_dir)
     ood = description.get("ood")
     if not isinstance(ood, dict) or ood.get("threshold") is None:
         return None, None
@@ -98,7 +97,7 @@ def infer_file(
     export_dir = model if model.is_dir() else None
     if export_dir is not None:  # a folder is an export: its files must match its manifest
         check_export(export_dir)
-        model = model / INT_GRAPH
+        model = model / INT_GRAPH_FILE
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
     runtime = Runtime(model)

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import lowbit
+from lowbit.artifacts import DESCRIPTION_FILE, MANIFEST_FILE
 from lowbit.errors import ModelFileError, WriteError
 from lowbit.io import (
     STAGING_PREFIX,
@@ -50,8 +51,6 @@ from lowbit.io import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "model.manifest.json"
-DESCRIPTION_FILE = "model.json"  # moved into place first; names the manifest (export/api.py)
 MANIFEST_VERSION = 1
 
 
@@ -104,7 +103,9 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
         raise ModelFileError(f"{path}: not valid JSON ({error}); export again") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or DESCRIPTION_FILE not in files:
-        raise ModelFileError(f"{path}: not a lowbit export manifest (no files with model.json)")
+        raise ModelFileError(
+            f"{path}: not a lowbit export manifest (no files with {DESCRIPTION_FILE})"
+        )
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise ModelFileError(
             f"{path}: format_version {manifest.get('format_version')!r}, this lowbit reads "
@@ -136,8 +137,8 @@ def check_export(folder: str | os.PathLike) -> dict | None:
     if manifest is None:
         if _names_manifest(description):
             raise ModelFileError(
-                f"{folder / MANIFEST_FILE}: missing although model.json names it: the export is "
-                "incomplete (interrupted while it was written?); export again"
+                f"{folder / MANIFEST_FILE}: missing although {DESCRIPTION_FILE} names it: the "
+                "export is incomplete (interrupted while it was written?); export again"
             )
         if description.is_file():
             log.warning(

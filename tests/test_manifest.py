@@ -12,9 +12,10 @@ import os
 import pytest
 
 import lowbit
+from lowbit.artifacts import MANIFEST_FILE
 from lowbit.errors import ModelFileError, WriteError
 from lowbit.io import atomic_write_bytes, write_error
-from lowbit.manifest import MANIFEST_FILE, check_export, read_manifest, seal, staged
+from lowbit.manifest import check_export, read_manifest, seal, staged
 
 SET = {"model.json": b'{"manifest": "model.manifest.json"}', "model.int.onnx": b"graph"}
 

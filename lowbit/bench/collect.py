@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import deployed_bits_of
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, deployed_bits_of
 from lowbit.errors import LowbitError
 from lowbit.models import LowbitModel
 from lowbit.models.accounting import parameter_bits_by_layer
@@ -39,7 +39,7 @@ def deployed_size(model: LowbitModel, description: dict | None) -> dict:
             "total": weights + thresholds,
             "weights": weights,
             "thresholds": thresholds,
-            "source": "model.json",
+            "source": DESCRIPTION_FILE,
         }
     rows = parameter_bits_by_layer(model)
     # BatchNorm modules are named bn, bn1, bn2, bn_sc by the backbones
@@ -115,7 +115,7 @@ def latency_ms(export_dir: Path, images: np.ndarray, repeats: int) -> dict:
     """Returns {"1": ms, "64": ms}: median integer-runtime wall time at batch 1 and 64."""
     from lowbit.runtime import Runtime
 
-    runtime = Runtime(export_dir / "model.int.onnx")
+    runtime = Runtime(export_dir / INT_GRAPH_FILE)
     result = {}
     for batch in (1, 64):
         reps = -(-batch // max(1, len(images)))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.artifacts import RESULTS_FILE
 from lowbit.core.scores import SCORES
 from lowbit.io import atomic_write_bytes, atomic_write_json
 
@@ -281,7 +282,7 @@ def readme_section(results: dict, command: str | None = None) -> str:
 
 def write_reports(results: dict, out: Path, plots: dict[str, str], command: str | None = None):
     """Writes results.json, results.csv, report.md and readme_section.md under `out`."""
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / "results.csv", csv_text(results["rows"]).encode())
     atomic_write_bytes(out / "report.md", markdown(results, plots, command).encode())
     atomic_write_bytes(out / "readme_section.md", readme_section(results, command).encode())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lowbit.artifacts import VERIFY_FILE, read_description, read_json
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_json
 from lowbit.lock import writer_lock
@@ -145,7 +146,7 @@ def is_finished(run_dir: Path, train_cfg, splits) -> bool:
 
     if not is_trained(run_dir, train_cfg, splits):
         return False
-    return train_cfg.recipe == "fp32" or (run_dir / "verify.json").is_file()
+    return train_cfg.recipe == "fp32" or (run_dir / VERIFY_FILE).is_file()
 
 
 def _measure_key(options: BenchOptions) -> dict:
@@ -175,7 +176,6 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     from lowbit.bench import collect
     from lowbit.pipeline import train_or_reuse
     from lowbit.train import load_run
-    from lowbit.verify.api import read_description
     from lowbit.workflow import export_run, verify_run
 
     run_dir = run_dir_of(out, config)
@@ -190,7 +190,7 @@ def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progre
     if config["recipe"] != "fp32":
         if finished:
             description = read_description(run_dir)  # checked against its manifest
-            verify = json.loads((run_dir / "verify.json").read_text())
+            verify = read_json(run_dir / VERIFY_FILE, "verify")
         else:
             _, description = export_run(run_dir)
             n = options.verify_n

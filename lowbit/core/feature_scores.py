@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import DESCRIPTION_FILE, STATS_FILE
+
 STATS_VERSION = 1
-STATS_FILE = "model.ood.npz"  # beside model.json in an export folder
 FEATURE_TENSOR = "backbone.features"  # the integer graph's feature codes (lowbit/export/lower.py)
 FEATURE_SCORES = ("prototype", "mahalanobis", "rel_mahalanobis", "residual", "vim")
 PRINCIPAL_ENERGY = 0.9  # ViM keeps the top principal directions; this fraction fixes how many
@@ -257,7 +258,7 @@ def load_export_stats(export_dir, description: dict) -> dict | None:
     name = str(entry.get("file", STATS_FILE))
     if Path(name).name != name or name in ("", ".", ".."):
         raise ModelFileError(
-            f"{Path(export_dir) / 'model.json'}: ood.stats.file {name!r} must be "
+            f"{Path(export_dir) / DESCRIPTION_FILE}: ood.stats.file {name!r} must be "
             "a file name in the export folder"
         )
     path = Path(export_dir) / name

@@ -15,14 +15,14 @@ from pathlib import Path
 import onnx
 
 import lowbit
-from lowbit.artifacts import GRAPH_FILES
-from lowbit.core.feature_scores import STATS_FILE, STATS_VERSION, stats_to_bytes
+from lowbit.artifacts import DESCRIPTION_FILE, GRAPH_FILES, MANIFEST_FILE, STATS_FILE
+from lowbit.core.feature_scores import STATS_VERSION, stats_to_bytes
 from lowbit.errors import ConfigError
 from lowbit.export.lower import lower_model
 from lowbit.export.qcdq import quant_to_qcdq
 from lowbit.export.qonnx_export import export_qonnx_model, runnable_qonnx, set_static_batch
 from lowbit.io import json_bytes, write_new_file
-from lowbit.manifest import DESCRIPTION_FILE, MANIFEST_FILE, seal, staged
+from lowbit.manifest import seal, staged
 from lowbit.models.build import LowbitModel
 from lowbit.quant.layers import quant_scale
 

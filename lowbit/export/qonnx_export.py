@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
+from lowbit.artifacts import load_onnx
 from lowbit.export.names import scope_to_name
 from lowbit.models.build import LowbitModel
 from lowbit.models.heads import CosineHead
@@ -140,7 +141,7 @@ def export_qonnx_model(model: LowbitModel) -> onnx.ModelProto:
         # dynamo=False: the torchscript exporter writes one self-contained file, keeps module
         # scopes in node names, and gives GlobalAveragePool/Flatten rather than ReduceMean.
         export_qonnx(ready, torch.zeros(1, 3, size, size), export_path=str(path), dynamo=False)
-        raw = onnx.load(str(path))
+        raw = load_onnx(path)
     unsigned_binary_activations(raw)
     for node in raw.graph.node:
         if node.op_type in ("Quant", "BipolarQuant"):

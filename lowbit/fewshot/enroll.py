@@ -25,6 +25,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.artifacts import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DESCRIPTION_FILE,
+    MANIFEST_FILE,
+    VERIFY_FILE,
+    crop_rule_of,
+    load_onnx,
+    read_description,
+    read_json,
+)
 from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
 from lowbit.errors import ConfigError, ModelFileError, VerifyError, WriteError
@@ -33,21 +44,13 @@ from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import integer_calibration
 from lowbit.io import make_dir, named_in, writing
 from lowbit.lock import writer_lock
-from lowbit.manifest import MANIFEST_FILE, publish, read_manifest
+from lowbit.manifest import publish, read_manifest
 
 log = logging.getLogger(__name__)
 
 ENROLLED = "enrolled"  # export_dir/enrolled/NNN: one run folder per enrollment or removal
 STAGING = ".enroll-staging"
-VERIFY_FILE = "verify.json"
 RESERVED = ("unknown",)  # what `lowbit predict` prints for an open-set reject
-
-
-def read_model_json(export_dir: Path) -> dict:
-    """Returns export_dir/model.json; ModelFileError names it when missing or unreadable."""
-    from lowbit.verify.api import read_description
-
-    return read_description(Path(export_dir))
 
 
 def with_head_rows(model, weight):
@@ -95,8 +98,8 @@ def _save_run(model, record: dict, run_dir: Path) -> None:
     import torch
 
     from lowbit.io import atomic_write_bytes
-    from lowbit.train.checkpoint import CHECKPOINT_NAME, model_identity, runtime_stats_state
-    from lowbit.train.run import CONFIG_NAME, write_json
+    from lowbit.train.checkpoint import model_identity, runtime_stats_state
+    from lowbit.train.run import write_json
 
     buffer = io.BytesIO()
     checkpoint = {
@@ -105,8 +108,8 @@ def _save_run(model, record: dict, run_dir: Path) -> None:
         "config": model_identity(model),  # load_run refuses it under another recipe
     }
     torch.save(checkpoint, buffer)
-    atomic_write_bytes(run_dir / CHECKPOINT_NAME, buffer.getvalue())
-    write_json(run_dir / CONFIG_NAME, record)
+    atomic_write_bytes(run_dir / CHECKPOINT_FILE, buffer.getvalue())
+    write_json(run_dir / CONFIG_FILE, record)
 
 
 def _next_slot(export_dir: Path) -> str:
@@ -123,9 +126,9 @@ def _fixed_batch(graph: onnx.ModelProto) -> int | None:
 def _locked_export(export_dir: Path) -> Iterator[dict]:
     """Holds the export folder's writer lock; yields its model.json, read under the lock."""
     if not export_dir.is_dir():
-        read_model_json(export_dir)  # names the missing model.json; the lock would create it
+        read_description(export_dir)  # names the missing model.json; the lock would create it
     with writer_lock(export_dir):
-        yield read_model_json(export_dir)
+        yield read_description(export_dir)
 
 
 @contextmanager
@@ -183,9 +186,8 @@ def _rebuild(
 
     `refit` turns the export's feature-score statistics into the changed model's (one class
     more or less); an export without statistics stays without."""
-    from lowbit.artifacts import crop_rule_of
     from lowbit.export.api import export_model
-    from lowbit.train.run import read_json, splits_for
+    from lowbit.train.run import splits_for
     from lowbit.verify.api import build_inputs, verify_export
 
     with _staging_folder(export_dir) as staging:
@@ -196,11 +198,11 @@ def _rebuild(
         record["model"] = {**record["model"], "num_classes": len(change["class_names"])}
         make_dir(staging / slot)
         _save_run(model, record, staging / slot)
-        config_path = staging / slot / "config.json"
-        splits = splits_for(read_json(config_path), config_path)
+        config_path = staging / slot / CONFIG_FILE
+        splits = splits_for(read_json(config_path, "config"), config_path)
         ood = description.get("ood") or {}
         stats = load_export_stats(export_dir, description)
-        old_graph = onnx.load(str(export_dir / description["files"]["int"]))
+        old_graph = load_onnx(export_dir / description["files"]["int"])
         new_description = export_model(
             model,
             staging,
@@ -248,7 +250,7 @@ def _load_source(export_dir: Path, description: dict):
     model, record = load_run(run_dir)
     if list(record["class_names"]) != list(description["class_names"]):
         raise ModelFileError(
-            f"{export_dir / 'model.json'}: class_names differ from {run_dir / 'config.json'}; "
+            f"{export_dir / DESCRIPTION_FILE}: class_names differ from {run_dir / CONFIG_FILE}; "
             "re-export the run"
         )
     return model, record

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
 from lowbit.errors import ConfigError
 from lowbit.fewshot.features import l2_normalize, model_features, runtime_features
 
@@ -144,28 +145,24 @@ def novel_pool(run_dir: Path, record: dict, way: int) -> tuple[list[str], np.nda
     if len(novel) < way:
         hint = f"`--way {len(novel)}`, or " if len(novel) >= 2 else ""
         raise ConfigError(
-            f"{run_dir / 'config.json'}: the run holds out {len(novel)} novel class(es) "
+            f"{run_dir / CONFIG_FILE}: the run holds out {len(novel)} novel class(es) "
             f"{novel}, {way}-way episodes need {way}; use {hint}train with "
             "`--unknown a,b,c,d,e` to hold out more"
         )
-    splits = splits_for(record, run_dir / "config.json")
+    splits = splits_for(record, run_dir / CONFIG_FILE)
     return novel, splits.ood.x, np.asarray(splits.ood_types, dtype=np.int64)
 
 
 def _integer_runtime(run_dir: Path, model):
     """Returns a Runtime of run_dir/model.int.onnx when it was exported from this run, else of
     the model lowered in memory (the same graph `lowbit export` would write)."""
-    import json
-
-    from lowbit.manifest import DESCRIPTION_FILE, check_export
     from lowbit.runtime import Runtime
 
     description_path = run_dir / DESCRIPTION_FILE
-    if description_path.is_file() and (run_dir / "model.int.onnx").is_file():
-        check_export(run_dir)
-        source = json.loads(description_path.read_text()).get("source_run", ".")
+    if description_path.is_file() and (run_dir / INT_GRAPH_FILE).is_file():
+        source = read_description(run_dir).get("source_run", ".")
         if (run_dir / source).resolve() == run_dir.resolve():
-            return Runtime(run_dir / "model.int.onnx")
+            return Runtime(run_dir / INT_GRAPH_FILE)
     from lowbit.export.lower import lower_model
 
     log.info("%s: no model.int.onnx of this run; lowering the model in memory", run_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lowbit.artifacts import INT_GRAPH_FILE
 from lowbit.core import scores as score_lib
 from lowbit.core.scores import SCORES
 from lowbit.errors import ConfigError
@@ -93,7 +94,7 @@ def integer_calibration(
             "tpr": tpr,
             "calibrated_on": calibrated_on,
             "calibration_images": int(len(x_val)),
-            "units": f"{score} of model.int.onnx's outputs",
+            "units": f"{score} of {INT_GRAPH_FILE}'s outputs",
         }
         if fitted is not None:
             entry["stats"] = {

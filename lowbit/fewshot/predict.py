@@ -10,50 +10,27 @@ be classified, wrongly, without a word."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import crop_rule_of
+from lowbit.artifacts import DESCRIPTION_FILE, crop_rule_of, read_description
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
-from lowbit.errors import ConfigError, ModelFileError
+from lowbit.errors import ConfigError
 from lowbit.fewshot.images import image_name, load_crops
 from lowbit.fewshot.openset import ood_score
 from lowbit.fewshot.regions import Region, regions_for
-from lowbit.manifest import DESCRIPTION_FILE, check_export
 from lowbit.tables import format_table
 
 UNKNOWN = "unknown"
-
-
-def read_export_description(export_dir: str | Path) -> dict:
-    """Returns model.json of an export folder whose files match its manifest; ModelFileError
-    names the file when the folder, model.json or one of its fields is missing or bad."""
-    export_dir = Path(export_dir)
-    path = export_dir / DESCRIPTION_FILE
-    if not export_dir.is_dir():
-        raise ModelFileError(f"{export_dir}: not a folder; pass an export folder (model.json)")
-    check_export(export_dir)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    try:
-        description = json.loads(path.read_text())
-        _, size = description["files"]["int"], description["model"]["image_size"]
-        names = description["class_names"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ModelFileError(f"{path}: not a lowbit model.json ({error})") from None
-    if not isinstance(size, int) or not isinstance(names, list):
-        raise ModelFileError(f"{path}: model.image_size or class_names has the wrong type")
-    return description
 
 
 def load_export(export_dir: str | Path) -> tuple[dict, object]:
     """Returns (model.json dict, Runtime of its integer graph); ModelFileError names the file."""
     from lowbit.runtime import Runtime
 
-    description = read_export_description(export_dir)
+    description = read_description(export_dir)
     return description, Runtime(Path(export_dir) / description["files"]["int"])
 
 
@@ -131,7 +108,7 @@ def predict(
     description, runtime = load_export(export_dir)
     crop = crop_rule_of(description)
     regions = regions_for(len(images), masks, boxes)
-    check_regions(crop, regions, whole_image, Path(export_dir) / "model.json")
+    check_regions(crop, regions, whole_image, Path(export_dir) / DESCRIPTION_FILE)
     x, defect_boxes = load_crops(
         images,
         regions,

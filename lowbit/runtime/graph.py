@@ -26,7 +26,7 @@ from lowbit.runtime.untrusted import (
     check_opsets,
     check_text,
     initializer_array,
-    load_model_file,
+    load_onnx,
 )
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -122,10 +122,7 @@ def load_graph(model: str | os.PathLike | onnx.ModelProto) -> Graph:
         label = f"<model '{model.graph.name}'>"
     else:
         label = os.fspath(model)
-        if not os.path.isfile(label):
-            raise ModelFileError(f"{label}: no such model file")
-        # external data would make the graph read other files: lowbit never writes it
-        model = load_model_file(label, label)
+        model = load_onnx(label)
     graph = model.graph
     check_text(model, label)
     initializers = {t.name: initializer_array(t, label) for t in graph.initializer}

@@ -1,9 +1,10 @@
 """Reading the raw protobuf of a model file that may be corrupt or hostile, before any check.
 
-Each function turns what protobuf or numpy would raise (or silently accept) into a
-`ModelFileError` naming the file and the field: strings that are not UTF-8 (protobuf hands
-them back as bytes), initializers whose declared shape their data does not fill, data kept in
-external files (reading them would open other paths), attributes without a readable value.
+`load_onnx` is lowbit's one reader of ONNX files (lowbit.artifacts re-exports it). Each
+function turns what protobuf or numpy would raise (or silently accept) into a `ModelFileError`
+naming the file and the field: strings that are not UTF-8 (protobuf hands them back as bytes),
+initializers whose declared shape their data does not fill, data kept in external files
+(reading them would open other paths), attributes without a readable value.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from onnx import TensorProto, numpy_helper
 from lowbit.errors import ModelFileError
 
 
-def load_model_file(path: str | os.PathLike, label: str) -> onnx.ModelProto:
-    """Returns the ModelProto parsed from the file at `path`, its external data not followed: an
-    initializer that keeps its data elsewhere stays a reference, which `initializer_array`
-    refuses. Unparsable bytes are a ModelFileError naming `label`."""
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Returns the ModelProto stored at `path`, external data left unread; ModelFileError names
+    the file when it is missing or not ONNX."""
+    label = os.fspath(path)
+    if not os.path.isfile(label):
+        raise ModelFileError(f"{label}: no such model file")
+    try:  # external data would make the graph read other files: lowbit never writes it
+        return onnx.load(label, load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError subclasses
-        raise ModelFileError(f"{label}: not a readable ONNX model ({error})") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{label}: not a readable ONNX model ({reason})") from None
 
 
 def check_text(model: onnx.ModelProto, label: str) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lowbit.artifacts import GRAPH_FILES
+from lowbit.artifacts import DESCRIPTION_FILE, GRAPH_FILES
 from lowbit.errors import ConfigError
-from lowbit.manifest import DESCRIPTION_FILE, check_export, seal
+from lowbit.manifest import check_export, seal
 
 Writer = Callable[[Path, dict], list[Path]]
 

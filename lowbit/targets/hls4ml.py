@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.artifacts import load_onnx
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.onnx_graph import FLOAT, QONNX_DOMAIN, GraphBuilder, value_info
@@ -40,7 +41,6 @@ from lowbit.targets.affine_requant import fraction_bits, solve_layer
 from lowbit.targets.reader import (
     HandOff,
     head_bound,
-    load_onnx,
     read_int_graph,
     read_json_object,
     signed_bits,

@@ -26,10 +26,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
 from lowbit.errors import ConfigError, ModelFileError
-from lowbit.manifest import check_export
-from lowbit.runtime.untrusted import check_text, initializer_array, load_model_file
+from lowbit.runtime.untrusted import check_text, initializer_array, load_onnx
 
 
 @dataclass(frozen=True)
@@ -44,16 +43,10 @@ class IntExport:
     initializers: dict[str, np.ndarray] = field(repr=False)  # the graph's, by name
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Returns the ONNX model at `path` with every initializer embedded; ModelFileError (one line,
-    naming the file) when it is missing, unreadable, or keeps data in external files."""
-    return _load_with_initializers(Path(path))[0]
-
-
 def _load_with_initializers(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    model = load_model_file(path, str(path))
+    model = load_onnx(path)
     check_text(model, str(path))
     arrays = {t.name: initializer_array(t, str(path)) for t in model.graph.initializer}
     return model, arrays
@@ -75,7 +68,7 @@ def read_json_object(path: Path) -> dict:
 def read_export(export_dir: str | Path) -> IntExport:
     """Returns the checked export at `export_dir`: model.int.onnx and model.json, loaded."""
     export_dir = Path(export_dir)
-    check_export(export_dir)
+    description = read_description(export_dir)  # checks the folder against its manifest first
     graph_path = export_dir / INT_GRAPH_FILE
     model, initializers = _load_with_initializers(graph_path)
     description_path = export_dir / DESCRIPTION_FILE
@@ -84,7 +77,7 @@ def read_export(export_dir: str | Path) -> IntExport:
         graph_path=graph_path,
         description_path=description_path,
         model=model,
-        description=read_json_object(description_path),
+        description=description,
         initializers=initializers,
     )
 

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowbit.artifacts import CHECKPOINT_FILE
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def _runtime_stats_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -171,10 +170,10 @@ def init_from_run(model: nn.Module, run_dir: Path) -> list[str]:
     skipped and measured afresh from statistics. Same name, different shape is a ConfigError.
     """
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT_FILE
     if not run_dir.is_dir() or not path.is_file():
         raise ConfigError(
-            f"init run {run_dir}: no {CHECKPOINT_NAME}; pass a finished run directory"
+            f"init run {run_dir}: no {CHECKPOINT_FILE}; pass a finished run directory"
         )
     source = load_checkpoint(path)["model"]
     skip = tuple(f"{name}." for name in _runtime_stats_modules(model))

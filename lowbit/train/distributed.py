@@ -222,8 +222,8 @@ def train_parallel(
 
     nproc=1 outside torchrun is plain `train`. `splits` must be picklable to reach new processes.
     """
+    from lowbit.artifacts import METRICS_FILE, read_json
     from lowbit.train.loop import train  # loop.py imports this module
-    from lowbit.train.run import METRICS_NAME, read_json
 
     if not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"nproc={nproc!r} must be a positive integer")
@@ -243,4 +243,4 @@ def train_parallel(
         config.batch_size // nproc,
     )
     launch(nproc, _train_worker, config, str(run_dir), splits, resume, progress)
-    return read_json(Path(run_dir) / METRICS_NAME)
+    return read_json(Path(run_dir) / METRICS_FILE, "metrics")

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, read_json
 from lowbit.errors import ConfigError, DataError
 from lowbit.io import make_dir, remove_stale_temps
 from lowbit.lock import writer_lock
 from lowbit.models import ModelConfig, build_model
 from lowbit.quant.recipes import get_recipe
 from lowbit.train.checkpoint import (
-    CHECKPOINT_NAME,
     init_from_run,
     load_checkpoint,
     load_model_state,
@@ -39,11 +39,8 @@ from lowbit.train.evaluate import evaluate, split_accuracy
 from lowbit.train.losses import SCALE_INVARIANT_LOSSES, make_loss, with_distillation
 from lowbit.train.outliers import make_outliers, uniform_loss
 from lowbit.train.run import (
-    CONFIG_NAME,
-    METRICS_NAME,
     check_same_data,
     check_version,
-    read_json,
     run_record,
     write_json,
 )
@@ -260,22 +257,22 @@ def _resume(run_dir: Path, config: TrainConfig, model: nn.Module, splits) -> dic
     A run killed before its first checkpoint resumes from the beginning: that is exactly what
     the uninterrupted run computed. Only a run directory that does not exist is an error.
     """
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT_FILE
     if not run_dir.is_dir():  # train() checks it before the lock would create the folder
         raise ConfigError(f"{path}: nothing to resume; train without resume first")
-    if not path.is_file() and not (run_dir / CONFIG_NAME).is_file():
+    if not path.is_file() and not (run_dir / CONFIG_FILE).is_file():
         logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
         return None
-    record = read_json(run_dir / CONFIG_NAME)
-    check_version(record, run_dir / CONFIG_NAME)
+    record = read_json(run_dir / CONFIG_FILE, "config")
+    check_version(record, run_dir / CONFIG_FILE)
     saved = TrainConfig.with_defaults(record.get("train") or {})
     current = config.to_dict()
     changed = sorted(key for key in current if saved.get(key) != current[key])
     if changed:
         raise ConfigError(
-            f"{run_dir / CONFIG_NAME}: resume needs the same config; differs in {changed}"
+            f"{run_dir / CONFIG_FILE}: resume needs the same config; differs in {changed}"
         )
-    check_same_data(record, splits, run_dir / CONFIG_NAME)
+    check_same_data(record, splits, run_dir / CONFIG_FILE)
     if not path.is_file():
         logger.warning("%s: no checkpoint yet, starting from the beginning", run_dir)
         return None
@@ -318,7 +315,7 @@ def train(
     model = build_model(recipe, model_config)
     if resume and not run_dir.is_dir():
         raise ConfigError(
-            f"{run_dir / CHECKPOINT_NAME}: nothing to resume; train without resume first"
+            f"{run_dir / CHECKPOINT_FILE}: nothing to resume; train without resume first"
         )
     # one writer per run directory: rank 0 writes, so rank 0 holds the lock (lowbit/lock.py)
     with writer_lock(run_dir) if world.is_main else nullcontext():
@@ -352,7 +349,7 @@ def train(
                 config.data,
                 splits_fingerprint(splits),
             )
-            world.on_main(write_json, run_dir / CONFIG_NAME, record)
+            world.on_main(write_json, run_dir / CONFIG_FILE, record)
         data = (torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y))
         loss_fn = make_loss(config.loss, config.tau)
         teacher = _load_teacher(config, list(splits.class_names))
@@ -385,12 +382,12 @@ def train(
                 )
                 world.on_main(
                     save_checkpoint,
-                    run_dir / CHECKPOINT_NAME,
+                    run_dir / CHECKPOINT_FILE,
                     model,
                     optimizer,
                     step=step,
                     epoch=epoch + 1,
                 )
             metrics = world.on_main(evaluate, model, splits, config=config)
-        world.on_main(write_json, run_dir / METRICS_NAME, metrics)
+        world.on_main(write_json, run_dir / METRICS_FILE, metrics)
         return metrics

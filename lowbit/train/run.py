@@ -11,15 +11,13 @@ import numpy as np
 import torch
 
 import lowbit
+from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, read_json
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.models import LowbitModel, ModelConfig, build_model
 from lowbit.quant.recipes import Recipe, recipe_from_dict
-from lowbit.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state
+from lowbit.train.checkpoint import load_checkpoint, load_model_state
 from lowbit.train.config import TrainConfig
-
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.json"
 
 
 def versions() -> dict[str, str]:
@@ -36,20 +34,6 @@ def write_json(path: Path, data: dict) -> None:
     """Writes `data` as indented strict JSON (NaN is an error, not a token), atomically."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
-
-
-def read_json(path: Path) -> dict:
-    """Returns a JSON object from `path`; ConfigError names the file when it is missing or bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; is this a run directory written by `lowbit train`?")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
 
 
 def run_record(
@@ -94,8 +78,8 @@ def check_version(record: dict, path: Path) -> None:
 def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
     """Returns (model in eval mode with the run's weights, config.json contents)."""
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG_NAME
-    record = read_json(path)
+    path = run_dir / CONFIG_FILE
+    record = read_json(path, "config")
     check_version(record, path)
     try:
         recipe = recipe_from_dict(record["recipe"])
@@ -107,7 +91,7 @@ def load_run(run_dir: Path) -> tuple[LowbitModel, dict]:
             f"{path}: model fields do not match this lowbit version ({error})"
         ) from None
     model = build_model(recipe, model_config)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
+    checkpoint_path = run_dir / CHECKPOINT_FILE
     load_model_state(model, load_checkpoint(checkpoint_path), checkpoint_path)
     model.eval()
     return model, record
@@ -129,7 +113,7 @@ def check_same_data(record: dict, splits, where: Path | str) -> None:
         )
 
 
-def splits_for(record: dict, where: Path | str = CONFIG_NAME):
+def splits_for(record: dict, where: Path | str = CONFIG_FILE):
     """Returns the data splits a run was trained on, rebuilt from its config.json record;
     ConfigError (naming `where`) when the data no longer match the run's data_fingerprint."""
     from lowbit.data import load_splits

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,11 +9,10 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from lowbit.artifacts import GRAPH_FILES
+from lowbit.artifacts import GRAPH_FILES, VERIFY_FILE, load_onnx, read_description
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.io import atomic_write_json
-from lowbit.manifest import DESCRIPTION_FILE, check_export
 from lowbit.models.build import LowbitModel
 from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes
@@ -40,19 +38,13 @@ EXECUTORS = ("runtime", "qcdq", "qonnx")
 SAFE_DOMAINS = ("", "ai.onnx", "qonnx.custom_op.general", "onnx.brevitas")
 """Node domains a witness may run. qonnx's executor imports a Python module named by a node's
 domain, so a graph with any other domain could run code from the file's say-so."""
-DESCRIPTION_KEYS = ("model", "input", "head", "class_names")
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
     """The checked graph at `path`: self-contained, standard or qonnx ops only."""
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises several types for corrupt files
-        raise ModelFileError(
-            f"{path}: not a readable ONNX model ({type(error).__name__})"
-        ) from None
+    model = load_onnx(path)
     for node in model.graph.node:
         if node.domain not in SAFE_DOMAINS:
             raise ModelFileError(
@@ -68,24 +60,6 @@ def load_graph(path: Path) -> onnx.ModelProto:
         message = str(error).strip().splitlines()[0]
         raise ModelFileError(f"{path}: ONNX checker: {message}") from None
     return model
-
-
-def read_description(export_dir: Path) -> dict:
-    """model.json of an export folder whose files match its manifest; ModelFileError names the
-    file when it is missing, bad, or not the one the manifest lists (lowbit.manifest)."""
-    check_export(export_dir)
-    path = Path(export_dir) / DESCRIPTION_FILE
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; run `lowbit export` first")
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error})") from None
-    keys = description if isinstance(description, dict) else {}
-    missing = [key for key in DESCRIPTION_KEYS if key not in keys]
-    if missing:
-        raise ModelFileError(f"{path}: not a lowbit model.json (missing {missing})")
-    return description
 
 
 def build_inputs(
@@ -257,7 +231,7 @@ def verify_export(
         "first_mismatch": first,
     }
     if write:
-        atomic_write_json(export_dir / "verify.json", report)
+        atomic_write_json(export_dir / VERIFY_FILE, report)
     return report
 
 

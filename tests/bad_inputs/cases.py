@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 import torch
 
-from lowbit.manifest import MANIFEST_FILE, read_manifest, seal
+from lowbit.artifacts import MANIFEST_FILE
+from lowbit.manifest import read_manifest, seal
 
 from . import files
 from .files import IMAGE_SIZE, ONNX_DEFECTS

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lowbit.artifacts import GRAPH_FILES, MANIFEST_FILE, STATS_FILE
 from lowbit.cli import main
-from lowbit.core.feature_scores import STATS_FILE
 from lowbit.errors import BusyError, ModelFileError, WriteError
-from lowbit.export.api import GRAPH_FILES
 from lowbit.io import STAGING_PREFIX
 from lowbit.lock import LOCK_FILE
-from lowbit.manifest import MANIFEST_FILE, check_export
+from lowbit.manifest import check_export
 from lowbit.train.checkpoint import load_checkpoint
 
 from .files import CLASSES, IMAGE_SIZE

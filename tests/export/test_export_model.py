@@ -11,9 +11,9 @@ import pytest
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 
+from lowbit.artifacts import GRAPH_FILES, MANIFEST_FILE
 from lowbit.errors import ConfigError
-from lowbit.export.api import GRAPH_FILES, export_model, parse_batch
-from lowbit.manifest import MANIFEST_FILE
+from lowbit.export.api import export_model, parse_batch
 from lowbit.models import build_model
 from lowbit.quant import get_recipe, recipe_from_dict
 from lowbit.runtime import Runtime

@@ -13,11 +13,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from lowbit.artifacts import MANIFEST_FILE
 from lowbit.errors import ConfigError, VerifyError, WriteError
 from lowbit.fewshot import enroll_class, remove_class, runtime_features, save_images
 from lowbit.fewshot.enroll import append_class, drop_class
 from lowbit.lock import LOCK_FILE
-from lowbit.manifest import MANIFEST_FILE, check_export, read_manifest, seal
+from lowbit.manifest import check_export, read_manifest, seal
 from lowbit.models import build_model
 from lowbit.quant import get_recipe
 from lowbit.runtime import Runtime

@@ -19,9 +19,9 @@ import onnx
 import pytest
 import torch
 
+from lowbit.artifacts import STATS_FILE
 from lowbit.core.feature_scores import (
     FEATURE_TENSOR,
-    STATS_FILE,
     drop_class,
     load_export_stats,
     normalize_rows,

@@ -34,6 +34,7 @@ MODULES = [
     "lowbit.core.scores",
     "lowbit.core.feature_scores",
     "lowbit.onnx_graph",
+    "lowbit.artifacts",
 ]
 
 

@@ -11,8 +11,9 @@ import pytest
 from export.helpers import calibrated, run_int_graph  # tests/ is on sys.path under pytest
 from onnx import numpy_helper
 
+from lowbit.artifacts import GRAPH_FILES
 from lowbit.errors import ModelFileError
-from lowbit.export.api import GRAPH_FILES, export_model
+from lowbit.export.api import export_model
 from lowbit.manifest import read_manifest, seal
 from lowbit.verify.api import build_inputs, format_report, load_graph, verify_export
 from lowbit.verify.capture import torch_codes

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit.core.feature_scores import FEATURE_SCORES, STATS_FILE, normalize_rows, residual_norm
+from lowbit.artifacts import STATS_FILE
+from lowbit.core.feature_scores import FEATURE_SCORES, normalize_rows, residual_norm
 from lowbit.core.scores import LOGIT_SCORES, SCORES
 from lowbit.errors import ModelFileError
 from lowbit.targets.c import templates as T

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 import lowbit
-from lowbit.artifacts import deployed_bits_of
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, deployed_bits_of
 from lowbit.core.feature_scores import load_export_stats
 from lowbit.core.scores import is_feature_score
 from lowbit.errors import ConfigError, ModelFileError
@@ -96,7 +96,7 @@ def generate_c(
     description: dict,
     *,
     prefix: str = "lowbit",
-    label: str = "model.int.onnx",
+    label: str = INT_GRAPH_FILE,
     stats: dict | None = None,
 ) -> dict[str, str]:
     """Returns {file name: text} of the C99 header and source for an integer graph.
@@ -188,7 +188,7 @@ def write_c_target(
         stats = load_export_stats(export_dir, description)
         if stats is None:
             raise ModelFileError(
-                f"{export_dir / 'model.json'}: ood.score {ood['score']!r} needs ood.stats "
+                f"{export_dir / DESCRIPTION_FILE}: ood.score {ood['score']!r} needs ood.stats "
                 "(the feature statistics file); re-export the model with them"
             )
     files = generate_c(
