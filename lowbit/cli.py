@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, VERIFY_FILE
 from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
@@ -117,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     config = None
     if isinstance(record.get("train"), dict):
         config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
-    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"), config=config)
+    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / CONFIG_FILE), config=config)
     if not args.json:
         print(eval_report(metrics, record, own_export(Path(args.run_dir)), args.run_dir))
     return metrics
@@ -127,7 +128,7 @@ def own_export(run_dir: Path) -> dict | None:
     """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
     from lowbit.verify.api import read_description
 
-    if not (run_dir / "model.json").is_file():
+    if not (run_dir / DESCRIPTION_FILE).is_file():
         return None
     description = read_description(run_dir)
     return description if description.get("source_run", ".") == "." else None
@@ -135,8 +136,8 @@ def own_export(run_dir: Path) -> dict | None:
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
+    from lowbit.jobs import export_with_targets
     from lowbit.targets import parse_targets
-    from lowbit.workflow import export_with_targets
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
     out_dir, description, written = export_with_targets(
@@ -156,8 +157,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
+    from lowbit.jobs import verify_run
     from lowbit.verify.api import format_report
-    from lowbit.workflow import verify_run
 
     report = verify_run(
         args.dir,
@@ -172,7 +173,7 @@ def cmd_verify(args: argparse.Namespace) -> dict:
         print(format_report(report))
     if report["unexplained"]:
         raise VerifyError(
-            f"{args.dir}: {report['unexplained']} unexplained mismatches (see verify.json)"
+            f"{args.dir}: {report['unexplained']} unexplained mismatches (see {VERIFY_FILE})"
         )
     return report
 
@@ -184,11 +185,12 @@ def cmd_infer(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from lowbit.pipeline import main_job_text, run_main_job
+    from lowbit.jobs import MAIN_JOB_QAT_RUN, run_main_job
+    from lowbit.report_text import main_job_text
 
     result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
     if not args.json:
-        report = json.loads((Path(args.out) / "w1a2" / "verify.json").read_text())
+        report = json.loads((Path(args.out) / MAIN_JOB_QAT_RUN / VERIFY_FILE).read_text())
         print(main_job_text(result, report))
     return result
 
@@ -400,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     export = sub.add_parser(
-        "export", parents=[common], help="write QONNX, QCDQ and integer graphs + model.json"
+        "export",
+        parents=[common],
+        help=f"write QONNX, QCDQ and integer graphs + {DESCRIPTION_FILE}",
     )
     export.add_argument("run_dir")
     export.add_argument("--out", default=None, help="output folder (default: the run directory)")
@@ -421,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", parents=[common], help="compare every quantized tensor across executors"
     )
-    verify.add_argument("dir", help="export folder (holds model.json)")
+    verify.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     verify.add_argument(
         "--data", default=None, help="'builtin' or a data folder (default: the run's)"
     )
@@ -478,10 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     infer = sub.add_parser(
-        "infer", parents=[common], help="run model.int.onnx on a .npy input with the runtime"
+        "infer", parents=[common], help=f"run {INT_GRAPH_FILE} on a .npy input with the runtime"
     )
-    infer.add_argument("model", help="model.int.onnx, or an export folder holding it")
-    infer.add_argument("input", help=".npy float32 [N, C, H, W], normalized as in model.json")
+    infer.add_argument("model", help=f"{INT_GRAPH_FILE}, or an export folder holding it")
+    infer.add_argument(
+        "input", help=f".npy float32 [N, C, H, W], normalized as in {DESCRIPTION_FILE}"
+    )
     infer.add_argument("--out", required=True, help=".npz file for the outputs (atomic)")
     infer.add_argument("--batch-size", type=int, default=None, help="samples per chunk")
     infer.set_defaults(func=cmd_infer)
@@ -495,14 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--queries", type=int, default=15, help="query images per class")
     fewshot.add_argument("--episodes", type=int, default=600)
     fewshot.add_argument("--methods", default="imprint,finetune", help="imprint,finetune")
-    fewshot.add_argument("--integer", action="store_true", help="features from model.int.onnx")
+    fewshot.add_argument("--integer", action="store_true", help=f"features from {INT_GRAPH_FILE}")
     fewshot.add_argument("--seed", type=int, default=0)
     fewshot.set_defaults(func=cmd_fewshot)
 
     enroll = sub.add_parser(
         "enroll", parents=[common], help="add (or --remove) a class in an exported model"
     )
-    enroll.add_argument("dir", help="export folder (holds model.json)")
+    enroll.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     enroll.add_argument("--class", dest="class_name", default=None, help="name of the new class")
     enroll.add_argument("--images", nargs="+", default=None, help="support images of the class")
     enroll.add_argument("--remove", default=None, help="remove this class instead")
@@ -516,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify defects a detector found: each image is cut around its mask or "
         "box exactly as the training images were (docs/predict.md).",
     )
-    predict.add_argument("dir", help="export folder (holds model.json)")
+    predict.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument(
         "--mask",

@@ -113,7 +113,7 @@ def run_selection(
 ) -> dict:
     """Trains every candidate on every fold under `out`; returns (and writes) selection.json."""
     from lowbit.data import load_splits
-    from lowbit.pipeline import train_or_reuse
+    from lowbit.jobs import train_or_reuse
     from lowbit.train import TrainConfig, load_run
 
     known, unknown = known_types(options)

@@ -56,7 +56,7 @@ def test_warnings_follow_the_log_level_and_dependency_noise_is_dropped(caplog):
 
 
 def test_main_job_summary_is_words_of_its_result():
-    from lowbit.pipeline import main_job_text
+    from lowbit.report_text import main_job_text
 
     ood = {"msp": {"auroc": 0.9, "fpr95": 0.4}}
     result = {
