@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export
@@ -55,8 +56,8 @@ def input_thresholds(scale: float, bits: int) -> np.ndarray:
     float input then equals lowbit's `Div` + `Quant` exactly, for any scale.
     """
     scale32 = np.float32(scale)
-    low_code = -(2 ** (bits - 1))
-    targets = low_code + np.arange(1, 2**bits, dtype=np.int64)
+    low_code, high_code = int_range(bits, signed=True)
+    targets = np.arange(low_code + 1, high_code + 1, dtype=np.int64)
 
     def code(x: np.ndarray) -> np.ndarray:
         return np.round(x / scale32).astype(np.int64)  # clamp is monotone: not needed here
@@ -95,15 +96,15 @@ class _Graph:
                 raise ConfigError(f"finn target: {name}: 1-bit weights must be bipolar ±1 codes")
             scale = self.const(f"{name}_scale", np.float32(1.0))
             return self.node("BipolarQuant", [values, scale], name, QONNX)
-        half = 2 ** (bits - 1)
-        if codes.max() > half - 1 or codes.min() < -half:
+        low, high = int_range(bits, signed=True)
+        if codes.max() > high or codes.min() < low:
             raise ConfigError(f"finn target: {name}: weight codes do not fit INT{bits}")
         params = [
             self.const(f"{name}_scale", np.float32(1.0)),
             self.const(f"{name}_zeropt", np.float32(0.0)),
             self.const(f"{name}_bitwidth", np.float32(bits)),
         ]
-        narrow = int(codes.min() > -half)
+        narrow = int(codes.min() > low)
         return self.node(
             "Quant", [values, *params], name, QONNX, signed=1, narrow=narrow, rounding_mode="ROUND"
         )
@@ -136,7 +137,7 @@ def build_finn_graph(handoff: HandOff) -> onnx.ModelProto:
     bits = handoff.input_bits
     x = g.threshold(
         "image", input_thresholds(handoff.input_scale, bits), "input_codes",
-        bits=bits, signed=True, out_bias=-(2 ** (bits - 1)),
+        bits=bits, signed=True, out_bias=int_range(bits, signed=True)[0],
     )  # fmt: skip
     for index, layer in enumerate(handoff.layers):
         name = f"layer{index}"

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError, ModelFileError
 
 
@@ -95,8 +96,7 @@ def read_int_graph(path: str | Path) -> HandOff:
     records = {layer["name"]: layer for layer in description["layers"]}
     producers = {node.output[0]: node for node in model.graph.node}
     layers: list[ConvLayer] = []
-    half = 2 ** (int(description["input"]["input_bits"]) - 1)
-    input_range = (-half, half - 1)
+    input_range = int_range(int(description["input"]["input_bits"]), signed=True)
     for node in model.graph.node:
         if node.op_type in ("Add", "ReduceSum") and not node.output[0].startswith("head."):
             raise ConfigError(
