@@ -76,7 +76,7 @@ def known_types(options: SelectionOptions) -> tuple[tuple[str, ...], tuple[str, 
 
 def fold_metrics(model, splits) -> dict:
     """Returns {score: {auroc, fpr95}} of a fold's model: known test crops vs pseudo-unknown."""
-    from lowbit.train.evaluate import model_outputs, ood_evaluation
+    from lowbit.train.evaluation import model_outputs, ood_evaluation
 
     return ood_evaluation(model, splits, *model_outputs(model, splits.test.x))
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.core.logit_scores import energy
+
 STATS_VERSION = 1
 STATS_FILE = "model.ood.npz"  # beside model.json in an export folder
 FEATURE_TENSOR = "backbone.features"  # the integer graph's feature codes (lowbit/export/lower.py)
@@ -165,8 +167,6 @@ def feature_score(
     if name == "vim":
         if logits is None:
             raise ValueError("score 'vim' needs the logits too")
-        from lowbit.core.scores import energy
-
         return energy(logits) - float(stats["vim_alpha"]) * residual_norm(features, stats)
     if name not in SCORE_FUNCTIONS:
         raise ValueError(f"unknown feature score {name!r}: choose from {', '.join(FEATURE_SCORES)}")

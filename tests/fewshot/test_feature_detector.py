@@ -17,7 +17,7 @@ from lowbit.fewshot.features import runtime_features, runtime_outputs
 from lowbit.jobs import export_run, verify_run
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
-from lowbit.train.evaluate import feature_codes, predict_logits
+from lowbit.train.evaluation import feature_codes, predict_logits
 from lowbit.train.run import splits_for
 from tests.fewshot.conftest import NOVEL
 
