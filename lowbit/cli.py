@@ -81,7 +81,8 @@ def _train_config(args: argparse.Namespace, **changes: object):
 
 
 def cmd_train(args: argparse.Namespace) -> dict | None:
-    from lowbit.train.distributed import is_main_process, train_parallel
+    from lowbit.train.distributed import is_main_process
+    from lowbit.train.parallel import train_parallel
 
     metrics = train_parallel(
         _train_config(args),
