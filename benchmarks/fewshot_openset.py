@@ -13,7 +13,7 @@ the base features have seen similar cues but never the type itself:
 Rows: fp32 / w2a2 / w1a2 x ce / logitnorm. Every row, fp32 included, starts from one fp32
 pre-training run of the same loss (`fp32_pretrain_<loss>`, --epochs epochs) and trains --epochs
 more at its recipe, so fp32 and the quantized rows have the same training budget (float
-pre-training then QAT, like lowbit/pipeline.py). Per row: 5-way 1-shot and 5-shot
+pre-training then QAT, like lowbit/jobs.py's main job). Per row: 5-way 1-shot and 5-shot
 accuracy (600 seeded episodes, 15 queries per class, mean +- 95% CI) for `imprint` and
 `finetune`; the quantized rows use integer features from the integer runtime (`integer=True`);
 open-set AUROC / FPR95 (MSP) of the base model, known test images vs all novel-type images; and
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from lowbit.io import atomic_write_bytes, atomic_write_json
-from lowbit.pipeline import _train_or_reuse
+from lowbit.jobs import train_or_reuse
 from lowbit.train import TrainConfig
 
 NOVEL = ("burn", "fold", "crack", "hole", "discoloration")
@@ -57,11 +57,11 @@ def train_models(out: Path, epochs: int) -> dict[tuple[str, str], dict]:
     )
     for loss in LOSSES:
         pretrain = run_dir(out, "fp32_pretrain", loss)
-        _train_or_reuse(TrainConfig(recipe="fp32", loss=loss, **common), pretrain, progress=False)
+        train_or_reuse(TrainConfig(recipe="fp32", loss=loss, **common), pretrain, progress=False)
         for recipe in RECIPES:
             config = TrainConfig(recipe=recipe, loss=loss, init=str(pretrain), **common)
             start = time.perf_counter()
-            metrics = _train_or_reuse(config, run_dir(out, recipe, loss), progress=False)
+            metrics = train_or_reuse(config, run_dir(out, recipe, loss), progress=False)
             seconds = round(time.perf_counter() - start, 1)
             results[(recipe, loss)] = {**metrics, "train_seconds": seconds}
             print(f"trained {recipe} {loss}: accuracy {metrics['accuracy']:.3f} ({seconds} s)")
@@ -70,7 +70,7 @@ def train_models(out: Path, epochs: int) -> dict[tuple[str, str], dict]:
 
 def fewshot_rows(out: Path, episodes: int) -> dict[tuple[str, str], dict]:
     from lowbit.fewshot import evaluate_fewshot
-    from lowbit.workflow import export_run
+    from lowbit.jobs import export_run
 
     rows = {}
     for loss in LOSSES:
@@ -100,7 +100,7 @@ def enrollment_timing(out: Path, recipe: str = "w1a2", loss: str = "logitnorm") 
     export_dir = out / "enroll_demo"
     shutil.rmtree(export_dir, ignore_errors=True)
     export_dir.mkdir(parents=True)
-    from lowbit.workflow import export_run
+    from lowbit.jobs import export_run
 
     export_run(source, export_dir)
     splits = load_splits("builtin", image_size=32, unknown=NOVEL, seed=0)

@@ -9,12 +9,14 @@ same verbosity, and those of dependencies that tell a lowbit user nothing are dr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import warnings
 from pathlib import Path
 
+from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, VERIFY_FILE
 from lowbit.errors import LowbitError, VerifyError
 
 log = logging.getLogger("lowbit")
@@ -57,46 +59,30 @@ def cmd_data_make(args: argparse.Namespace) -> dict:
     return {"out": str(root)}
 
 
+def _given(args: argparse.Namespace, config: type) -> dict:
+    """Returns {field: value} of the `config` dataclass's options given on the command line;
+    the others are absent from `args` (see _config_option), so the dataclass supplies them."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.name in args}
+
+
 def _train_config(args: argparse.Namespace, **changes: object):
     from lowbit.train import TrainConfig
 
-    fields = dict(
-        recipe=args.recipe,
-        recipe_overrides=_recipe_overrides(args),
-        backbone=args.backbone,
-        head=args.head,
-        width=args.width,
-        cosine_scale=args.cosine_scale,
-        learn_scale=args.learn_scale,
-        loss=args.loss,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        data=args.data,
-        image_size=args.image_size,
-        crop=not args.no_crop,
-        per_class=args.per_class,
-        unknown=_csv(args.unknown),
-        init=args.init,
-        teacher=args.teacher,
-    )
-    if args.distill_weight is not None:
-        fields["distill_weight"] = args.distill_weight
-    if args.tau is not None:
-        fields["tau"] = args.tau
-    for name in ("oe_weight", "oe_fraction"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    if args.oe_kinds is not None:
-        fields["oe_kinds"] = _csv(args.oe_kinds) or ()
+    fields = _given(args, TrainConfig)
+    if "unknown" in fields:
+        fields["unknown"] = _csv(fields["unknown"])
+    if "oe_kinds" in fields:
+        fields["oe_kinds"] = _csv(fields["oe_kinds"]) or ()
+    if getattr(args, "no_crop", False):
+        fields["crop"] = False
+    fields["recipe_overrides"] = _recipe_overrides(args)
     fields.update(changes)
     return TrainConfig(**fields)
 
 
 def cmd_train(args: argparse.Namespace) -> dict | None:
-    from lowbit.train.distributed import is_main_process, train_parallel
+    from lowbit.train.distributed import is_main_process
+    from lowbit.train.parallel import train_parallel
 
     metrics = train_parallel(
         _train_config(args),
@@ -117,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     config = None
     if isinstance(record.get("train"), dict):
         config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
-    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / "config.json"), config=config)
+    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / CONFIG_FILE), config=config)
     if not args.json:
         print(eval_report(metrics, record, own_export(Path(args.run_dir)), args.run_dir))
     return metrics
@@ -127,7 +113,7 @@ def own_export(run_dir: Path) -> dict | None:
     """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
     from lowbit.verify.api import read_description
 
-    if not (run_dir / "model.json").is_file():
+    if not (run_dir / DESCRIPTION_FILE).is_file():
         return None
     description = read_description(run_dir)
     return description if description.get("source_run", ".") == "." else None
@@ -135,8 +121,8 @@ def own_export(run_dir: Path) -> dict | None:
 
 def cmd_export(args: argparse.Namespace) -> dict:
     from lowbit.export.api import parse_batch
+    from lowbit.jobs import export_with_targets
     from lowbit.targets import parse_targets
-    from lowbit.workflow import export_with_targets
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
     out_dir, description, written = export_with_targets(
@@ -156,8 +142,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
+    from lowbit.jobs import verify_run
     from lowbit.verify.api import format_report
-    from lowbit.workflow import verify_run
 
     report = verify_run(
         args.dir,
@@ -172,7 +158,7 @@ def cmd_verify(args: argparse.Namespace) -> dict:
         print(format_report(report))
     if report["unexplained"]:
         raise VerifyError(
-            f"{args.dir}: {report['unexplained']} unexplained mismatches (see verify.json)"
+            f"{args.dir}: {report['unexplained']} unexplained mismatches (see {VERIFY_FILE})"
         )
     return report
 
@@ -184,42 +170,50 @@ def cmd_infer(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from lowbit.pipeline import main_job_text, run_main_job
+    from lowbit.jobs import MAIN_JOB_QAT_RUN, run_main_job
+    from lowbit.report_text import main_job_text
 
     result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
     if not args.json:
-        report = json.loads((Path(args.out) / "w1a2" / "verify.json").read_text())
+        report = json.loads((Path(args.out) / MAIN_JOB_QAT_RUN / VERIFY_FILE).read_text())
         print(main_job_text(result, report))
     return result
 
 
+def _bench_options(args: argparse.Namespace):
+    """Returns (BenchOptions of the given options, the command line the report records: the
+    sweep's main choices always, the other options as given)."""
+    from lowbit.bench import BenchOptions
+
+    fields = _given(args, BenchOptions)
+    for name in ("recipes", "heads", "losses", "unknown"):
+        if name in fields:
+            fields[name] = _csv(fields[name])
+    options = BenchOptions(**fields)
+    typed = vars(args)
+    listed = {
+        "--data": options.data,
+        **{f"--{name}": typed.get(name, ",".join(getattr(options, name)))
+           for name in ("recipes", "heads", "losses")},
+        "--seeds": options.seeds,
+        **{f"--{name.replace('_', '-')}": typed[name]
+           for name in ("unknown", "epochs", "verify_n", "per_class", "oe_weight")
+           if typed.get(name) is not None},
+        "--out": args.out,
+    }  # fmt: skip
+    command = " ".join(
+        ["lowbit bench", *[f"{k} {v}" for k, v in listed.items()]]
+        + ["--learn-scale"] * options.learn_scale
+        + ["--quick"] * options.quick
+    )
+    return options, command
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from lowbit.bench import BenchOptions, run_bench
+    from lowbit.bench import run_bench
     from lowbit.bench.report import summary_table
 
-    options = BenchOptions(
-        data=args.data,
-        recipes=_csv(args.recipes),
-        heads=_csv(args.heads),
-        losses=_csv(args.losses),
-        seeds=args.seeds,
-        epochs=args.epochs,
-        verify_n=args.verify_n,
-        unknown=_csv(args.unknown),
-        per_class=args.per_class,
-        learn_scale=args.learn_scale,
-        oe_weight=args.oe_weight,
-        quick=args.quick,
-    )
-    given = {"--data": args.data, "--recipes": args.recipes, "--heads": args.heads,
-             "--losses": args.losses, "--seeds": args.seeds, "--unknown": args.unknown,
-             "--epochs": args.epochs, "--verify-n": args.verify_n, "--per-class": args.per_class,
-             "--oe-weight": args.oe_weight, "--out": args.out}  # fmt: skip
-    command = " ".join(
-        ["lowbit bench", *[f"{k} {v}" for k, v in given.items() if v is not None]]
-        + ["--learn-scale"] * args.learn_scale
-        + ["--quick"] * args.quick
-    )
+    options, command = _bench_options(args)
     results = run_bench(options, Path(args.out), progress=not args.quiet, command=command)
     if not args.json:
         print(summary_table(results))
@@ -289,62 +283,86 @@ def cmd_predict(args: argparse.Namespace) -> dict:
     return {"predictions": rows}
 
 
+class ConfigDefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default from its config dataclass (see _config_option),
+    imported only when help is printed: the dataclasses import torch, parsing does not."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        source = getattr(action, "config_field", None)
+        if source is None:
+            return action.help
+        value = config_default(*source)
+        if value is None or isinstance(value, bool):  # None: the help says what it means
+            return action.help
+        shown = ",".join(value) if isinstance(value, tuple) else value
+        return f"{action.help} (default: {shown})".replace("%", "%%")
+
+
+def config_default(config: str, field_name: str) -> object:
+    """Returns the default of `field_name` in the "train" (TrainConfig) or "bench"
+    (BenchOptions) dataclass."""
+    if config == "train":
+        from lowbit.train import TrainConfig as dataclass_type
+    else:
+        from lowbit.bench import BenchOptions as dataclass_type
+    field = {f.name: f for f in dataclasses.fields(dataclass_type)}[field_name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _config_option(parser: argparse.ArgumentParser, config: str, *flags: str, **kwargs) -> None:
+    """Adds an option for the `config` dataclass field named like its dest. Its default is the
+    dataclass's: the option is absent from the parsed args unless given (SUPPRESS), so the
+    dataclass is the one source of defaults."""
+    action = parser.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+    action.config_field = (config, action.dest)
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", default="w1a2", help="fp32, w8a8, w4a4, w2a4, w2a2, w1a2, w1a1")
-    parser.add_argument("--backbone", default="conv4", choices=["conv4", "resnet8"])
-    parser.add_argument("--head", default="cosine", choices=["cosine", "linear"])
-    parser.add_argument(
-        "--cosine-scale", type=float, default=10.0, help="cosine head's logit scale (default 10)"
-    )
-    parser.add_argument(
+    def option(*flags: str, **kwargs) -> None:
+        _config_option(parser, "train", *flags, **kwargs)
+
+    option("--recipe", help="fp32, w8a8, w4a4, w2a4, w2a2, w1a2, w1a1")
+    option("--backbone", choices=["conv4", "resnet8"], help="network body")
+    option("--head", choices=["cosine", "linear"], help="classifier head")
+    option("--cosine-scale", type=float, help="cosine head's logit scale")
+    option(
         "--learn-scale",
         action="store_true",
         help="train the cosine scale, starting at --cosine-scale (ignored by logitnorm)",
     )
-    parser.add_argument("--loss", default="logitnorm", choices=["ce", "logitnorm"])
-    parser.add_argument("--tau", type=float, default=None, help="LogitNorm temperature")
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument(
+    option("--loss", choices=["ce", "logitnorm"], help="training loss")
+    option("--tau", type=float, help="LogitNorm temperature")
+    option("--width", type=int, help="backbone channel width (default: the backbone's)")
+    option(
         "--optimizer",
-        default="auto",
         choices=["auto", "sgd", "adamw"],
         help="auto: AdamW for 1-bit weights, else SGD",
     )
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default="builtin", help="'builtin' or a data folder")
-    parser.add_argument("--image-size", type=int, default=32)
+    option("--lr", type=float, help="learning rate (default: the optimizer's)")
+    option("--epochs", type=int, help="training epochs")
+    option("--batch-size", type=int, help="samples per step")
+    option("--seed", type=int, help="random seed")
+    option("--data", help="'builtin' or a data folder")
+    option("--image-size", type=int, help="input side in pixels")
     parser.add_argument("--no-crop", action="store_true", help="use whole images, not mask crops")
-    parser.add_argument(
+    option(
         "--per-class",
         type=int,
-        default=None,
         help="images per class: built-in data generates N (default 600), a folder is capped at N",
     )
-    parser.add_argument(
-        "--unknown", default=None, help="classes held out as unknown, comma-separated"
-    )
-    parser.add_argument("--init", default=None, help="run directory whose weights start training")
-    parser.add_argument(
-        "--teacher", default=None, help="run directory to distill from (usually the --init run)"
-    )
-    parser.add_argument(
-        "--distill-weight", type=float, default=None, help="weight of the distillation term"
-    )
-    parser.add_argument(
+    option("--unknown", help="classes held out as unknown, comma-separated")
+    option("--init", help="run directory whose weights start training")
+    option("--teacher", help="run directory to distill from (usually the --init run)")
+    option("--distill-weight", type=float, help="weight of the distillation term")
+    option(
         "--oe-weight",
         type=float,
-        default=None,
         help="outlier exposure from known crops: weight of the flat-distribution term (0: off)",
     )
-    parser.add_argument(
-        "--oe-kinds", default=None, help="synthetic outlier kinds: cutmix,mixup,shuffle,erase"
-    )
-    parser.add_argument(
-        "--oe-fraction", type=float, default=None, help="outliers per batch, x batch size"
-    )
+    option("--oe-kinds", help="comma-separated synthetic outlier kinds")
+    option("--oe-fraction", type=float, help="outliers per batch, x batch size")
     parser.add_argument("--input-bits", type=int, default=None)
     parser.add_argument("--first-bits", type=int, default=None, help="first conv weight bits")
     parser.add_argument("--head-bits", type=int, default=None, help="head weight bits")
@@ -385,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(func=cmd_data_make)
 
     train = sub.add_parser(
-        "train", parents=[common], help="quantization-aware training into a run directory"
+        "train",
+        parents=[common],
+        help="quantization-aware training into a run directory",
+        formatter_class=ConfigDefaultsFormatter,
     )
     _add_train_options(train)
     train.add_argument("--out", required=True, help="run directory")
@@ -400,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     export = sub.add_parser(
-        "export", parents=[common], help="write QONNX, QCDQ and integer graphs + model.json"
+        "export",
+        parents=[common],
+        help=f"write QONNX, QCDQ and integer graphs + {DESCRIPTION_FILE}",
     )
     export.add_argument("run_dir")
     export.add_argument("--out", default=None, help="output folder (default: the run directory)")
@@ -425,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", parents=[common], help="compare every quantized tensor across executors"
     )
-    verify.add_argument("dir", help="export folder (holds model.json)")
+    verify.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     verify.add_argument(
         "--data", default=None, help="'builtin' or a data folder (default: the run's)"
     )
@@ -448,44 +471,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser(
-        "bench", parents=[common], help="recipe sweep: train, export, verify, measure, report"
+        "bench",
+        parents=[common],
+        help="recipe sweep: train, export, verify, measure, report",
+        formatter_class=ConfigDefaultsFormatter,
     )
-    bench.add_argument("--data", default="builtin", help="'builtin' or a data folder")
-    bench.add_argument(
-        "--recipes", default="fp32,w8a8,w4a4,w2a4,w2a2,w1a2,w1a1", help="comma-separated recipes"
-    )
-    bench.add_argument("--heads", default="cosine", help="cosine,linear")
-    bench.add_argument("--losses", default="logitnorm", help="ce,logitnorm")
-    bench.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. N-1)")
-    bench.add_argument("--unknown", default=None, help="classes held out as unknown")
-    bench.add_argument("--epochs", type=int, default=None, help="default 15 (1 with --quick)")
-    bench.add_argument(
-        "--verify-n", type=int, default=None, help="real and random verify inputs (default 1000)"
-    )
-    bench.add_argument(
+
+    def bench_option(*flags: str, **kwargs) -> None:
+        _config_option(bench, "bench", *flags, **kwargs)
+
+    bench_option("--data", help="'builtin' or a data folder")
+    bench_option("--recipes", help="comma-separated recipes")
+    bench_option("--heads", help="cosine,linear")
+    bench_option("--losses", help="ce,logitnorm")
+    bench_option("--seeds", type=int, help="number of seeds (0 .. N-1)")
+    bench_option("--unknown", help="classes held out as unknown")
+    bench_option("--epochs", type=int, help="default 15 (1 with --quick)")
+    bench_option("--verify-n", type=int, help="real and random verify inputs (default 1000)")
+    bench_option(
         "--per-class",
         type=int,
-        default=None,
         help="images per class (built-in: default 600, 120 with --quick; folder: a cap)",
     )
-    bench.add_argument(
+    bench_option(
         "--learn-scale", action="store_true", help="train the cosine heads' scale (see train)"
     )
-    bench.add_argument(
+    bench_option(
         "--oe-weight",
         type=float,
-        default=None,
         help="outlier exposure weight for every run (default: train's; 0: off)",
     )
-    bench.add_argument("--quick", action="store_true", help="tiny settings for smoke tests")
+    bench_option("--quick", action="store_true", help="tiny settings for smoke tests")
     bench.add_argument("--out", default="runs/bench", help="sweep folder (reused: it resumes)")
     bench.set_defaults(func=cmd_bench)
 
     infer = sub.add_parser(
-        "infer", parents=[common], help="run model.int.onnx on a .npy input with the runtime"
+        "infer", parents=[common], help=f"run {INT_GRAPH_FILE} on a .npy input with the runtime"
     )
-    infer.add_argument("model", help="model.int.onnx, or an export folder holding it")
-    infer.add_argument("input", help=".npy float32 [N, C, H, W], normalized as in model.json")
+    infer.add_argument("model", help=f"{INT_GRAPH_FILE}, or an export folder holding it")
+    infer.add_argument(
+        "input", help=f".npy float32 [N, C, H, W], normalized as in {DESCRIPTION_FILE}"
+    )
     infer.add_argument("--out", required=True, help=".npz file for the outputs (atomic)")
     infer.add_argument("--batch-size", type=int, default=None, help="samples per chunk")
     infer.set_defaults(func=cmd_infer)
@@ -499,14 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_argument("--queries", type=int, default=15, help="query images per class")
     fewshot.add_argument("--episodes", type=int, default=600)
     fewshot.add_argument("--methods", default="imprint,finetune", help="imprint,finetune")
-    fewshot.add_argument("--integer", action="store_true", help="features from model.int.onnx")
+    fewshot.add_argument("--integer", action="store_true", help=f"features from {INT_GRAPH_FILE}")
     fewshot.add_argument("--seed", type=int, default=0)
     fewshot.set_defaults(func=cmd_fewshot)
 
     enroll = sub.add_parser(
         "enroll", parents=[common], help="add (or --remove) a class in an exported model"
     )
-    enroll.add_argument("dir", help="export folder (holds model.json)")
+    enroll.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     enroll.add_argument("--class", dest="class_name", default=None, help="name of the new class")
     enroll.add_argument("--images", nargs="+", default=None, help="support images of the class")
     enroll.add_argument("--remove", default=None, help="remove this class instead")
@@ -520,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify defects a detector found: each image is cut around its mask or "
         "box exactly as the training images were (docs/predict.md).",
     )
-    predict.add_argument("dir", help="export folder (holds model.json)")
+    predict.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument(
         "--mask",

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, deployed_bits_of
+from lowbit.core.scores import msp
 from lowbit.errors import LowbitError
 from lowbit.models import LowbitModel
 from lowbit.models.accounting import parameter_bits_by_layer
-from lowbit.train.metrics import msp
 
 log = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def known_types(options: SelectionOptions) -> tuple[tuple[str, ...], tuple[str, 
 
 def fold_metrics(model, splits) -> dict:
     """Returns {score: {auroc, fpr95}} of a fold's model: known test crops vs pseudo-unknown."""
-    from lowbit.train.evaluate import model_outputs, ood_evaluation
+    from lowbit.train.evaluation import model_outputs, ood_evaluation
 
     return ood_evaluation(model, splits, *model_outputs(model, splits.test.x))
 
@@ -113,7 +113,7 @@ def run_selection(
 ) -> dict:
     """Trains every candidate on every fold under `out`; returns (and writes) selection.json."""
     from lowbit.data import load_splits
-    from lowbit.pipeline import train_or_reuse
+    from lowbit.jobs import train_or_reuse
     from lowbit.train import TrainConfig, load_run
 
     known, unknown = known_types(options)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.artifacts import DESCRIPTION_FILE, STATS_FILE
+from lowbit.core.logit_scores import energy
 
 STATS_VERSION = 1
 FEATURE_TENSOR = "backbone.features"  # the integer graph's feature codes (lowbit/export/lower.py)
@@ -166,8 +167,6 @@ def feature_score(
     if name == "vim":
         if logits is None:
             raise ValueError("score 'vim' needs the logits too")
-        from lowbit.core.scores import energy
-
         return energy(logits) - float(stats["vim_alpha"]) * residual_norm(features, stats)
     if name not in SCORE_FUNCTIONS:
         raise ValueError(f"unknown feature score {name!r}: choose from {', '.join(FEATURE_SCORES)}")

@@ -1,46 +1,37 @@
-"""Every unknown-type score lowbit computes, by name: logit scores and feature scores.
+"""Every unknown-type score lowbit computes, by name, and how a score is judged and deployed:
+AUROC, FPR at 95 % TPR, and the threshold that keeps a target share of known samples.
 
-One convention: higher = more like a known class. Logit scores need the head's logits only;
-feature scores (lowbit/core/feature_scores.py) need the backbone's feature codes and statistics
-fitted on the training split.
+One convention: higher = more like a known class. In-distribution samples are the positive
+class of AUROC and of the true-positive rate. Logit scores (lowbit/core/logit_scores.py) need
+the head's logits only; feature scores (lowbit/core/feature_scores.py) need the backbone's
+feature codes and statistics fitted on the training split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 
 import numpy as np
 
 from lowbit.core.feature_scores import FEATURE_SCORES, feature_score
+from lowbit.core.logit_scores import LOGIT_SCORES, energy, max_logit, msp
+
+__all__ = [
+    "DEFAULT_OOD_SCORE",
+    "LOGIT_SCORES",
+    "SCORES",
+    "all_scores",
+    "auroc",
+    "energy",
+    "fpr_at_95_tpr",
+    "is_feature_score",
+    "max_logit",
+    "msp",
+    "score",
+    "threshold_at_tpr",
+]
 
 
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-
-
-def msp(logits: np.ndarray) -> np.ndarray:
-    """Returns the maximum softmax probability per row (Hendrycks & Gimpel 2017), float64."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(logits.max(axis=1) - _logsumexp(logits))
-
-
-def max_logit(logits: np.ndarray) -> np.ndarray:
-    """Returns the largest logit per row (Hendrycks et al. 2022, MaxLogit), float64."""
-    return np.asarray(logits, dtype=np.float64).max(axis=1)
-
-
-def energy(logits: np.ndarray) -> np.ndarray:
-    """Returns the negative free energy logsumexp(logits) at T = 1 (Liu et al. 2020), float64."""
-    return _logsumexp(logits)
-
-
-LOGIT_SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "msp": msp,
-    "max_logit": max_logit,
-    "energy": energy,
-}
 SCORES = (*LOGIT_SCORES, *FEATURE_SCORES)
 
 
@@ -75,3 +66,55 @@ def all_scores(
 # The score an export deploys by default (model.json "ood"), chosen by leave-one-known-type-out
 # validation (lowbit/bench/ood_selection.py; docs/unknown_types.md gives the command and table).
 DEFAULT_OOD_SCORE = "rel_mahalanobis"
+
+
+def _check_scores(scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores_in = np.asarray(scores_in, dtype=np.float64).ravel()
+    scores_out = np.asarray(scores_out, dtype=np.float64).ravel()
+    if not len(scores_in) or not len(scores_out):
+        raise ValueError("OOD metrics need at least one in-distribution and one OOD score")
+    if np.isnan(scores_in).any() or np.isnan(scores_out).any():
+        raise ValueError("OOD scores contain NaN")
+    return scores_in, scores_out
+
+
+def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
+    """Returns P(s_in > s_out) + P(s_in == s_out) / 2: the area under the ROC curve.
+
+    This is the Mann-Whitney U statistic over n_in * n_out, counted exactly in integers: each
+    (in, out) pair scores 2 when the in-distribution score is higher, 1 on a tie, 0 otherwise.
+    """
+    scores_in, scores_out = _check_scores(scores_in, scores_out)
+    ordered = np.sort(scores_in)
+    below_or_equal = np.searchsorted(ordered, scores_out, side="right")
+    below = np.searchsorted(ordered, scores_out, side="left")
+    higher = len(ordered) - below_or_equal
+    ties = below_or_equal - below
+    twice_u = int(np.sum(2 * higher + ties, dtype=np.int64))
+    return twice_u / (2 * len(scores_in) * len(scores_out))
+
+
+def threshold_at_tpr(scores_in: np.ndarray, tpr: float = 0.95) -> float:
+    """Returns the largest threshold t with mean(scores_in >= t) >= tpr: with
+    k = ceil(tpr * n), the k-th largest score (ValueError for a tpr outside (0, 1] or no scores).
+
+    A sample is called known when its score >= t; every larger threshold keeps fewer than k.
+    Ties at t are all kept, so the kept share may exceed `tpr`.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr={tpr} must lie in (0, 1]")
+    ordered = np.sort(np.asarray(scores_in, dtype=np.float64).ravel())[::-1]
+    if ordered.size == 0:
+        raise ValueError("no scores to take a threshold of")
+    # 1e-9 absorbs float error in tpr * n: 0.55 * 100 is 55.00000000000001, and 55 must be kept
+    keep = max(1, math.ceil(tpr * ordered.size - 1e-9))
+    return float(ordered[keep - 1])
+
+
+def fpr_at_95_tpr(scores_in: np.ndarray, scores_out: np.ndarray, tpr: float = 0.95) -> float:
+    """Returns the fraction of OOD scores >= threshold_at_tpr(scores_in, tpr).
+
+    OOD scores equal to the threshold count as false positives (the pessimistic reading of a tie).
+    """
+    scores_in, scores_out = _check_scores(scores_in, scores_out)
+    return float(np.mean(scores_out >= threshold_at_tpr(scores_in, tpr)))

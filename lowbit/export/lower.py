@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lowbit.core.feature_scores import FEATURE_TENSOR
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError
 from lowbit.export.float_error import float_error_per_unit
 from lowbit.export.thresholds import derive_thresholds
@@ -88,7 +89,7 @@ class Lowering:
             rounding_mode="ROUND",
         )
         name = g.node("Cast", [quant], "backbone.input_quant", to=INT8)
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        lo, hi = int_range(bits, signed=True)
         codes = Codes(name, scale, lo, hi, bits, True, channels=3)
         g.annotate(name, codes.datatype)
         return codes
@@ -108,7 +109,8 @@ class Lowering:
         out_scale = _scalar(quant_scale(out))
         out_bits = quant_bits(out)
         signed = out.__class__.__name__ == "QuantIdentity"
-        out_bias = -(2 ** (out_bits - 1)) if signed else 0
+        lo_code, hi_code = int_range(out_bits, signed)
+        out_bias = lo_code
         if conv is not None:
             codes, wscale, wbits = weight_codes(conv)
             w = codes.numpy().astype(np.int64)
@@ -123,7 +125,7 @@ class Lowering:
             hi = np.full(channels, inp.hi, dtype=np.int64)
             scale_in = torch.full((channels,), inp.scale, dtype=torch.float32)
         requant = _requant(modules + [out], scale_in, out_scale)
-        result = derive_thresholds(requant, lo, hi, levels=2**out_bits - 1, out_bias=out_bias)
+        result = derive_thresholds(requant, lo, hi, levels=hi_code - lo_code, out_bias=out_bias)
         acc = inp.name
         record = {
             "name": name,
@@ -195,7 +197,6 @@ class Lowering:
             data_layout="NCHW",
         )
         code_name = g.node("Cast", [thresholded], name, to=INT8 if signed else UINT8)
-        lo_code, hi_code = out_bias, out_bias + 2**out_bits - 1
         codes_out = Codes(code_name, out_scale, lo_code, hi_code, out_bits, signed, channels)
         g.annotate(code_name, codes_out.datatype)
         self.layers.append(record)

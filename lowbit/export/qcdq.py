@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lowbit.core.integers import int_range, quantize
 from lowbit.errors import ModelFileError
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "finn")
@@ -26,12 +27,6 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
         if attribute.name == name:
             return helper.get_attribute_value(attribute)
     return default
-
-
-def _int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
-    if signed:
-        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1 - int(narrow)
 
 
 def quant_to_qcdq(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -59,7 +54,7 @@ def quant_to_qcdq(model: onnx.ModelProto) -> onnx.ModelProto:
             signed, narrow = bool(_attr(node, "signed", 1)), bool(_attr(node, "narrow", 0))
             if _attr(node, "rounding_mode", b"ROUND") not in (b"ROUND", "ROUND"):
                 raise ModelFileError(f"{where}: only rounding_mode ROUND lowers to QuantizeLinear")
-            lo, hi = _int_range(bits, signed, narrow)
+            lo, hi = int_range(bits, signed, narrow)
         if bits > 8:
             raise ModelFileError(
                 f"{where}: {bits}-bit quantization does not fit QuantizeLinear's int8"
@@ -84,7 +79,7 @@ def quant_to_qcdq(model: onnx.ModelProto) -> onnx.ModelProto:
             if node.op_type == "BipolarQuant":
                 codes = np.where(weights >= 0, 1, -1)
             else:
-                codes = np.clip(np.round(weights / scale), lo, hi)
+                codes = quantize(weights, scale, lo, hi)
             codes_name = f"{node.output[0]}.codes"
             graph.initializer.append(numpy_helper.from_array(codes.astype(qtype), codes_name))
             new_nodes.append(

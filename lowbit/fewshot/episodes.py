@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
+from lowbit.core.integers import int_range, quantize
 from lowbit.errors import ConfigError
 from lowbit.fewshot.features import l2_normalize, model_features, runtime_features
 
@@ -57,11 +58,11 @@ def quantize_rows(rows: np.ndarray, bits: int | None, pow2: bool = True) -> np.n
     rows = l2_normalize(rows)
     if bits is None:
         return rows
-    levels = 2 ** (bits - 1) - 1
+    _, levels = int_range(bits, signed=True, narrow=True)
     scale = np.maximum(np.abs(rows).max(axis=-1, keepdims=True), 1e-12) / levels
     if pow2:
         scale = 2.0 ** np.ceil(np.log2(scale))
-    return np.clip(np.round(rows / scale), -levels, levels) * scale
+    return quantize(rows, scale, -levels, levels) * scale
 
 
 def cosine_ce(

@@ -17,7 +17,7 @@ from lowbit.core.feature_scores import FEATURE_TENSOR  # noqa: F401  re-exported
 
 def model_features(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Returns int64 feature codes [N, F] of a quantized model, float32 features of an fp32 one."""
-    from lowbit.train.evaluate import feature_codes
+    from lowbit.train.evaluation import feature_codes
 
     return feature_codes(model, x, batch_size)
 

@@ -34,11 +34,9 @@ def calibrate_threshold(scores: np.ndarray, tpr: float = 0.95) -> float:
     """Returns the largest threshold t with mean(scores >= t) >= tpr (known samples kept)."""
     if not 0 < tpr <= 1:
         raise ConfigError(f"tpr={tpr}: must lie in (0, 1]")
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    if ordered.size == 0:
+    if np.asarray(scores).size == 0:
         raise ConfigError("cannot calibrate an OOD threshold on an empty calibration set")
-    keep = int(np.ceil(tpr * ordered.size - 1e-9))  # samples that must stay at or above t
-    return float(ordered[max(keep, 1) - 1])
+    return score_lib.threshold_at_tpr(scores, tpr)
 
 
 def is_known(

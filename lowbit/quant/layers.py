@@ -17,6 +17,7 @@ from brevitas.quant.base import IntQuant, NarrowIntQuant, UintQuant
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from torch import nn
 
+from lowbit.core.integers import int_range
 from lowbit.quant.recipes import Recipe
 
 # Runtime statistics for activation scales are collected over this many training steps, then
@@ -140,7 +141,7 @@ def fake_quant_rows(
     Used for the cosine head, whose rows are L2-normalized before quantization, which a Brevitas
     weight proxy (quantizing a module's own parameter) cannot express.
     """
-    levels = 2 ** (bits - 1) - 1
+    _, levels = int_range(bits, signed=True, narrow=True)
     max_abs = weight.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
     scale = max_abs / levels
     if pow2:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_bytes
 from lowbit.onnx_graph import FLOAT, QONNX_DOMAIN, GraphBuilder, value_info
@@ -53,8 +54,8 @@ def input_thresholds(scale: float, bits: int) -> np.ndarray:
     float input then equals lowbit's `Div` + `Quant` exactly, for any scale.
     """
     scale32 = np.float32(scale)
-    low_code = -(2 ** (bits - 1))
-    targets = low_code + np.arange(1, 2**bits, dtype=np.int64)
+    low_code, high_code = int_range(bits, signed=True)
+    targets = np.arange(low_code + 1, high_code + 1, dtype=np.int64)
 
     def code(x: np.ndarray) -> np.ndarray:
         return np.round(x / scale32).astype(np.int64)  # clamp is monotone: not needed here
@@ -90,15 +91,15 @@ def _weights(g: GraphBuilder, name: str, codes: np.ndarray, bits: int) -> str:
             raise ConfigError(f"finn target: {name}: 1-bit weights must be bipolar ±1 codes")
         scale = _const(g, f"{name}_scale", np.float32(1.0))
         return _node(g, "BipolarQuant", [values, scale], name, domain=QONNX_DOMAIN)
-    half = 2 ** (bits - 1)
-    if codes.max() > half - 1 or codes.min() < -half:
+    low, high = int_range(bits, signed=True)
+    if codes.max() > high or codes.min() < low:
         raise ConfigError(f"finn target: {name}: weight codes do not fit INT{bits}")
     params = [
         _const(g, f"{name}_scale", np.float32(1.0)),
         _const(g, f"{name}_zeropt", np.float32(0.0)),
         _const(g, f"{name}_bitwidth", np.float32(bits)),
     ]
-    narrow = int(codes.min() > -half)
+    narrow = int(codes.min() > low)
     return _node(
         g, "Quant", [values, *params], name, domain=QONNX_DOMAIN,
         signed=1, narrow=narrow, rounding_mode="ROUND",
@@ -134,7 +135,7 @@ def build_finn_graph(handoff: HandOff) -> onnx.ModelProto:
     bits = handoff.input_bits
     x = _threshold(
         g, "image", input_thresholds(handoff.input_scale, bits), "input_codes",
-        bits=bits, signed=True, out_bias=-(2 ** (bits - 1)),
+        bits=bits, signed=True, out_bias=int_range(bits, signed=True)[0],
     )  # fmt: skip
     for index, layer in enumerate(handoff.layers):
         name = f"layer{index}"

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from lowbit.artifacts import load_onnx
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.onnx_graph import FLOAT, QONNX_DOMAIN, GraphBuilder, value_info
@@ -86,8 +87,9 @@ def _dyadic_type(values: list[Fraction]) -> str:
 def _weight_quant(codes: np.ndarray, bits: int, where: str) -> tuple[int, bool]:
     """Returns (bits, narrow) of a signed Quant holding `codes`: bipolar codes use narrow INT2."""
     bits = max(bits, 2)  # ±1 in INT2 narrow: hls4ml's bipolar (XNOR) path needs binary inputs
-    narrow = codes.min() > -(2 ** (bits - 1))
-    if codes.max() > 2 ** (bits - 1) - 1 or codes.min() < -(2 ** (bits - 1)):
+    low, high = int_range(bits, signed=True)
+    narrow = codes.min() > low
+    if codes.max() > high or codes.min() < low:
         raise ConfigError(f"hls4ml target: {where}: weight codes do not fit {bits} bits")
     return bits, bool(narrow)
 

@@ -27,6 +27,7 @@ import onnx
 from onnx import helper
 
 from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
+from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.runtime.untrusted import check_text, initializer_array, load_onnx
 
@@ -149,8 +150,7 @@ def read_int_graph(source: str | Path | IntExport) -> HandOff:
     records = {layer["name"]: layer for layer in description["layers"]}
     producers = {node.output[0]: node for node in model.graph.node}
     layers: list[ConvLayer] = []
-    half = 2 ** (int(description["input"]["input_bits"]) - 1)
-    input_range = (-half, half - 1)
+    input_range = int_range(int(description["input"]["input_bits"]), signed=True)
     for node in model.graph.node:
         if node.op_type in ("Add", "ReduceSum") and not node.output[0].startswith("head."):
             raise ConfigError(

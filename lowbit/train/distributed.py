@@ -1,4 +1,6 @@
-"""Multi-process training: `train_parallel(config, run_dir, nproc=N)` or a `torchrun` launch.
+"""Multi-process training: the process group, replica checks and launch train_parallel uses.
+
+`train_parallel(config, run_dir, nproc=N)` (lowbit/train/parallel.py) or a `torchrun` launch.
 
 N processes train one model as if one process trained it with the same global batch:
 - every rank holds the data and draws the same epoch order and augmentation (loop.py seeds them
@@ -23,9 +25,8 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,6 @@ from torch.multiprocessing.spawn import ProcessException
 from torch.nn.parallel import DistributedDataParallel
 
 from lowbit.errors import ConfigError, LowbitError
-from lowbit.train.config import TrainConfig
 from lowbit.train.replicas import replica_digest, synchronized
 
 logger = logging.getLogger(__name__)
@@ -201,46 +201,3 @@ def launch(nproc: int, fn: Callable, *args) -> None:
         if not errors.empty():
             raise errors.get() from None
         raise
-
-
-def _train_worker(config: TrainConfig, run_dir: str, splits, resume: bool, progress: bool):
-    from lowbit.train.loop import train  # loop.py imports this module
-
-    train(config, run_dir, splits=splits, resume=resume, progress=progress)
-
-
-def train_parallel(
-    config: TrainConfig,
-    run_dir: str | Path,
-    *,
-    nproc: int = 1,
-    splits=None,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Trains like `train` in nproc processes (or in its torchrun group); returns the metrics.
-
-    nproc=1 outside torchrun is plain `train`. `splits` must be picklable to reach new processes.
-    """
-    from lowbit.artifacts import METRICS_FILE, read_json
-    from lowbit.train.loop import train  # loop.py imports this module
-
-    if not isinstance(nproc, int) or nproc < 1:
-        raise ConfigError(f"nproc={nproc!r} must be a positive integer")
-    if launched_by_torchrun() or dist.is_initialized():
-        if nproc != 1:
-            raise ConfigError(f"nproc={nproc}: already launched by torchrun; leave out --nproc")
-        joined = nullcontext() if dist.is_initialized() else process_group()
-        with joined:
-            return train(config, run_dir, splits=splits, resume=resume, progress=progress)
-    if nproc == 1:
-        return train(config, run_dir, splits=splits, resume=resume, progress=progress)
-    World(size=nproc).check_batch_size(config.batch_size)  # before starting any process
-    logger.info(
-        "training in %d processes (%s), %d samples each per step",
-        nproc,
-        backend(),
-        config.batch_size // nproc,
-    )
-    launch(nproc, _train_worker, config, str(run_dir), splits, resume, progress)
-    return read_json(Path(run_dir) / METRICS_FILE, "metrics")

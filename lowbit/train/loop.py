@@ -35,7 +35,7 @@ from lowbit.train.checkpoint import (
 )
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import SINGLE, World, current_world
-from lowbit.train.evaluate import evaluate, split_accuracy
+from lowbit.train.evaluation import evaluate, split_accuracy
 from lowbit.train.losses import SCALE_INVARIANT_LOSSES, make_loss, with_distillation
 from lowbit.train.outliers import make_outliers, uniform_loss
 from lowbit.train.run import (

@@ -1,7 +1,7 @@
 """`lowbit eval`'s text report: the run's recipe and training, accuracy with its sampling error,
 per-class accuracy, the confusion matrix, every unknown-type score, and both model sizes.
 
-Pure formatting of metrics.json (lowbit.train.evaluate), config.json and, when the run has been
+Pure formatting of metrics.json (lowbit.train.evaluation), config.json and, when the run has been
 exported into its own folder, model.json; `--json` prints the metrics themselves.
 """
 

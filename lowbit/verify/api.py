@@ -263,7 +263,7 @@ class _Detector:
             return None
         features = None
         if self.feature_score:
-            from lowbit.train.evaluate import feature_codes
+            from lowbit.train.evaluation import feature_codes
 
             features = feature_codes(model, x)
         return self.scores(logits, features)

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lowbit.core.integers import int_range, quantize
+
 log = logging.getLogger(__name__)
 PIXEL_STEPS = np.array([1, 2, 3, 5, 8, 13, 21, 34])  # code changes tried per pixel, both signs
 
@@ -122,8 +124,8 @@ def boundary_inputs(
     acc_name = node.output[0]
     thresholds = next(t for _, acc, t in layers if acc == acc_name)
     rng = np.random.default_rng(seed)
-    low, high = -(2 ** (input_bits - 1)), 2 ** (input_bits - 1) - 1
-    codes = np.clip(np.round(start[rng.integers(len(start), size=count)] / input_scale), low, high)
+    low, high = int_range(input_bits, signed=True)
+    codes = quantize(start[rng.integers(len(start), size=count)], input_scale, low, high)
     codes = codes.astype(np.int64)
     runtime = Runtime(graph)
     acc = runtime.run((codes * input_scale).astype(np.float32), keep_intermediates=True)[acc_name]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lowbit.core.integers import int_range
+
 
 def random_inputs(count: int, size: int, *, max_abs: float, seed: int) -> np.ndarray:
     """Returns `count` seeded images: half uniform over the input range, half Gaussian."""
@@ -25,7 +27,7 @@ def tie_inputs(
     quantizer must round half to even; half of the images use even k, half odd k.
     """
     rng = np.random.default_rng(seed)
-    low, high = -(2 ** (input_bits - 1)), 2 ** (input_bits - 1) - 1
+    low, high = int_range(input_bits, signed=True)
     k = rng.integers(low, high, size=(count, 3, size, size))
     k[: count // 2] &= ~1  # even k: ties round down to k (toward even)
     k[count // 2 :] |= 1  # odd k: ties round up to k + 1

@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 import pytest
 
+from lowbit.jobs import export_run
 from lowbit.train import TrainConfig, train
-from lowbit.workflow import export_run
 
 from . import files
 from .cases import CASES, Case, Env

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 import lowbit.data
+import lowbit.jobs
 import lowbit.train
-import lowbit.workflow
 from lowbit.bench import BenchOptions, run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
-from lowbit.cli import build_parser, cmd_bench
+from lowbit.cli import _bench_options, build_parser, cmd_bench
 from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
 from lowbit.errors import ConfigError
 
@@ -81,15 +81,25 @@ def test_cli_bench_options():
         ["bench", "--quick", "--recipes", "w2a2,w1a2", "--seeds", "2", "--verify-n", "8"]
     )
     assert args.func is cmd_bench
-    assert (args.recipes, args.seeds, args.verify_n, args.quick) == ("w2a2,w1a2", 2, 8, True)
-    assert (args.heads, args.losses, args.out) == ("cosine", "logitnorm", "runs/bench")
-    assert args.per_class is None
+    given, command = _bench_options(args)
+    assert (given.recipes, given.seeds, given.verify_n, given.quick) == (
+        ("w2a2", "w1a2"),
+        2,
+        8,
+        True,
+    )
+    assert (given.heads, given.losses, args.out) == (("cosine",), ("logitnorm",), "runs/bench")
+    assert given.per_class is None
+    assert command == (
+        "lowbit bench --data builtin --recipes w2a2,w1a2 --heads cosine --losses logitnorm "
+        "--seeds 2 --verify-n 8 --out runs/bench --quick"
+    )
     options = BenchOptions(quick=True).resolved()
     assert options.per_class == 120 and BenchOptions().resolved().per_class is None
     assert train_config(BenchOptions(per_class=30).resolved(), {"recipe": "w1a2", "head": "cosine",
                         "loss": "ce", "seed": 0}, Path("out")).per_class == 30  # fmt: skip
-    assert not args.learn_scale
-    assert build_parser().parse_args(["bench", "--learn-scale"]).learn_scale
+    assert not given.learn_scale
+    assert _bench_options(build_parser().parse_args(["bench", "--learn-scale"]))[0].learn_scale
     learned = BenchOptions(learn_scale=True).resolved()
     for head, learns in (("cosine", True), ("linear", False)):  # a linear head has no scale
         config = {"recipe": "w1a2", "head": head, "loss": "ce", "seed": 0}
@@ -112,8 +122,8 @@ def test_resume_trains_nothing_when_finished(tiny_sweep, monkeypatch):
         raise AssertionError("a finished configuration was trained, exported or verified again")
 
     monkeypatch.setattr(lowbit.train, "train", refuse)
-    monkeypatch.setattr(lowbit.workflow, "export_run", refuse)
-    monkeypatch.setattr(lowbit.workflow, "verify_run", refuse)
+    monkeypatch.setattr(lowbit.jobs, "export_run", refuse)
+    monkeypatch.setattr(lowbit.jobs, "verify_run", refuse)
     second = run_bench(options, out, progress=False)
     assert calls == []
     assert [path.stat().st_mtime_ns for path in checkpoints] == mtimes

@@ -3,13 +3,18 @@ no dependency warnings (each command in a fresh process, as a user runs it)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import warnings
 
-from lowbit.cli import IGNORED_WARNINGS, configure_output
+import pytest
+from tqdm import tqdm
+
+from lowbit import jobs
+from lowbit.cli import IGNORED_WARNINGS, configure_output, main
 
 
 def lowbit(*argv: str) -> subprocess.CompletedProcess:
@@ -56,7 +61,7 @@ def test_warnings_follow_the_log_level_and_dependency_noise_is_dropped(caplog):
 
 
 def test_main_job_summary_is_words_of_its_result():
-    from lowbit.pipeline import main_job_text
+    from lowbit.report_text import main_job_text
 
     ood = {"msp": {"auroc": 0.9, "fpr95": 0.4}}
     result = {
@@ -74,3 +79,28 @@ def test_main_job_summary_is_words_of_its_result():
         "accuracy 0.957" in text and "QAT: 0.942" in text and "msp (deployed) AUROC 0.900" in text
     )
     assert "150,784 bits (18.4 KiB)" in text and "integer runtime: 0 of 10 codes" in text
+
+
+def test_json_run_prints_only_json_while_the_job_logs_and_shows_progress(
+    tmp_path, monkeypatch, capsys
+):
+    result = {"out": str(tmp_path), "deployed_bits": 151_168, "verify": {"unexplained": 0}}
+
+    def job(out, *, quick, progress):
+        logging.getLogger("lowbit.jobs").info("training %s", out)
+        for _ in tqdm(range(3), disable=not progress):
+            pass
+        return result
+
+    monkeypatch.setattr(jobs, "run_main_job", job)
+    assert main(["--json", "run", "--quick", "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out) == result
+
+
+@pytest.mark.slow
+def test_json_run_quick_prints_only_json(tmp_path):
+    run = lowbit("--json", "run", "--quick", "--out", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)  # the whole of stdout is one JSON document
+    assert result["verify"]["unexplained"] == 0 and result["deployed_bits"] > 0
+    assert "INFO" in run.stderr  # logs and progress went to stderr

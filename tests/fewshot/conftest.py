@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from lowbit.data import write_mvtec
+from lowbit.jobs import export_run
 from lowbit.train import TrainConfig, train
-from lowbit.workflow import export_run
 
 BASE = ("aa_red", "bb_green", "cc_blue")
 NOVEL = ("dd_yellow", "ee_cyan", "ff_magenta")

@@ -14,11 +14,11 @@ from lowbit.core.scores import score
 from lowbit.errors import ModelFileError
 from lowbit.fewshot import calibrate_threshold, enroll_class, predict, remove_class, save_images
 from lowbit.fewshot.features import runtime_features, runtime_outputs
+from lowbit.jobs import export_run, verify_run
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
-from lowbit.train.evaluate import feature_codes, predict_logits
+from lowbit.train.evaluation import feature_codes, predict_logits
 from lowbit.train.run import splits_for
-from lowbit.workflow import export_run, verify_run
 from tests.fewshot.conftest import NOVEL
 
 SCORE = "rel_mahalanobis"

@@ -11,9 +11,8 @@ import torch
 
 from lowbit.cli import main
 from lowbit.errors import ConfigError
-from lowbit.pipeline import is_trained
+from lowbit.jobs import export_run, is_trained, verify_run
 from lowbit.train import TrainConfig, load_run, train
-from lowbit.workflow import export_run, verify_run
 
 from .conftest import tiny_config
 

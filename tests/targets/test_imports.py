@@ -31,6 +31,8 @@ MODULES = [
     "lowbit.targets.c.run",
     "lowbit.targets.finn",
     "lowbit.targets.hls4ml",
+    "lowbit.core.integers",
+    "lowbit.core.logit_scores",
     "lowbit.core.scores",
     "lowbit.core.feature_scores",
     "lowbit.onnx_graph",

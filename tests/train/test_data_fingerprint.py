@@ -12,7 +12,7 @@ import pytest
 from lowbit.cli import main
 from lowbit.data import splits_fingerprint
 from lowbit.errors import ConfigError
-from lowbit.pipeline import train_or_reuse
+from lowbit.jobs import train_or_reuse
 from lowbit.train import train
 from lowbit.train.run import check_same_data
 

@@ -23,7 +23,8 @@ from lowbit.quant.layers import ACT_STATS_STEPS
 from lowbit.train import distributed as dist_module
 from lowbit.train import load_run, train
 from lowbit.train.checkpoint import load_checkpoint, runtime_stats_state
-from lowbit.train.distributed import World, launch, train_parallel
+from lowbit.train.distributed import World, launch
+from lowbit.train.parallel import train_parallel
 from lowbit.train.replicas import replica_state
 
 from .conftest import make_splits, tiny_config

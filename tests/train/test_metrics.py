@@ -4,17 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.train.metrics import (
-    accuracy,
-    auroc,
-    confusion_matrix,
-    energy,
-    fpr_at_95_tpr,
-    max_logit,
-    msp,
-    ood_metrics,
-    per_class_accuracy,
-)
+from lowbit.core.scores import auroc, energy, fpr_at_95_tpr, max_logit, msp
+from lowbit.train.metrics import accuracy, confusion_matrix, ood_metrics, per_class_accuracy
 
 
 def test_accuracy_per_class_and_confusion():
