@@ -33,7 +33,7 @@ MODULES = [
     "lowbit.targets.hls4ml",
     "lowbit.core.scores",
     "lowbit.core.feature_scores",
-    "lowbit.core.memory_bank",
+    "lowbit.detect.memory_bank",
     "lowbit.onnx_graph",
 ]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.core.memory_bank import (
+from lowbit.detect.memory_bank import (
     INT64_LIMIT,
     anomaly_map,
     distance_bound,

@@ -11,14 +11,16 @@ quantized trunk's integer codes, so every distance is an exact integer:
 Overflow bound, for codes in [low, high] over C channels and m = max(|low|, |high|):
 ||a||^2 <= C m^2, |a.b| <= C m^2, 2 a.b - ||b||^2 lies in [-3 C m^2, 2 C m^2], d in
 [0, 4 C m^2]; `distance_bound` returns 4 C m^2 and every function checks it against int64.
-The dot products a.b run as a float GEMM when C m^2 < 2^24 (float32) or < 2^53 (float64):
-every partial sum is then an integer that the float type holds exactly, in any order of
-summation, so the result equals the int64 one (numpy's int64 matmul has no BLAS).
+Every partial sum of a.b lies in [-C m^2, C m^2], so the dot products run through the
+runtime's exact-GEMM rule (lowbit/runtime/gemm.py: float32 BLAS below 2^24, float64 below
+2^53, else int64) and equal the int64 ones.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from lowbit.runtime.gemm import exact_gemm_dtype
 
 INT64_LIMIT = 2**63 - 1
 _QUERY_CHUNK_ENTRIES = 1 << 22  # queries x bank entries per chunk: 16 MiB of float32 dots
@@ -36,11 +38,7 @@ def distance_bound(code_range: tuple[int, int], channels: int) -> int:
 def _dot_dtype(code_range: tuple[int, int], channels: int) -> type:
     """Return the GEMM dtype that holds every partial sum of a.b exactly (bound C m^2)."""
     dot_bound = distance_bound(code_range, channels) // 4
-    if dot_bound < 2**24:
-        return np.float32
-    if dot_bound < 2**53:
-        return np.float64
-    return np.int64
+    return {"float32": np.float32, "float64": np.float64}.get(exact_gemm_dtype(dot_bound), np.int64)
 
 
 def check_codes(codes: np.ndarray, code_range: tuple[int, int]) -> np.ndarray:
