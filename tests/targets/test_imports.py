@@ -34,6 +34,7 @@ MODULES = [
     "lowbit.core.scores",
     "lowbit.core.feature_scores",
     "lowbit.detect.memory_bank",
+    "lowbit.detect.trunk",
     "lowbit.onnx_graph",
 ]
 
