@@ -11,9 +11,11 @@ quantized trunk's integer codes, so every distance is an exact integer:
 Overflow bound, for codes in [low, high] over C channels and m = max(|low|, |high|):
 ||a||^2 <= C m^2, |a.b| <= C m^2, 2 a.b - ||b||^2 lies in [-3 C m^2, 2 C m^2], d in
 [0, 4 C m^2]; `distance_bound` returns 4 C m^2 and every function checks it against int64.
-Every partial sum of a.b lies in [-C m^2, C m^2], so the dot products run through the
-runtime's exact-GEMM rule (lowbit/runtime/gemm.py: float32 BLAS below 2^24, float64 below
-2^53, else int64) and equal the int64 ones.
+Every value formed on the way (the GEMM's partial sums of a.b, within C m^2; 2 a.b - ||b||^2,
+within 3 C m^2; a coreset distance ||x||^2 - 2 x.p + ||p||^2, within 4 C m^2) is an integer
+under 4 C m^2, so the whole computation runs in the type the runtime's exact-GEMM rule picks
+for that bound (lowbit/runtime/gemm.py: float32 BLAS below 2^24, float64 below 2^53, else
+int64) and equals the int64 one; only the per-query minimum is cast to int64.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def distance_bound(code_range: tuple[int, int], channels: int) -> int:
     return 4 * channels * largest * largest
 
 
-def _dot_dtype(code_range: tuple[int, int], channels: int) -> type:
-    """Return the GEMM dtype that holds every partial sum of a.b exactly (bound C m^2)."""
-    dot_bound = distance_bound(code_range, channels) // 4
-    return {"float32": np.float32, "float64": np.float64}.get(exact_gemm_dtype(dot_bound), np.int64)
+def _exact_dtype(code_range: tuple[int, int], channels: int) -> type:
+    """Return the cheapest dtype that holds every integer within 4 C m^2 exactly."""
+    bound = distance_bound(code_range, channels)
+    return {"float32": np.float32, "float64": np.float64}.get(exact_gemm_dtype(bound), np.int64)
 
 
 def check_codes(codes: np.ndarray, code_range: tuple[int, int]) -> np.ndarray:
@@ -64,11 +66,6 @@ def patch_vectors(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(codes, 1, -1).reshape(n * h * w, c))
 
 
-def _dots(queries: np.ndarray, bank: np.ndarray, dtype: type) -> np.ndarray:
-    """Return the int64 matrix queries @ bank.T, computed exactly in `dtype`."""
-    return (queries.astype(dtype) @ bank.astype(dtype).T).astype(np.int64)
-
-
 def nearest_squared_distance(
     queries: np.ndarray, bank: np.ndarray, code_range: tuple[int, int]
 ) -> np.ndarray:
@@ -76,15 +73,22 @@ def nearest_squared_distance(
     queries, bank = check_codes(queries, code_range), check_codes(bank, code_range)
     if len(bank) == 0:
         raise ValueError("the memory bank is empty")
-    dtype = _dot_dtype(code_range, bank.shape[1])
+    dtype = _exact_dtype(code_range, bank.shape[1])
     bank_sq = np.einsum("ij,ij->i", bank, bank)
     query_sq = np.einsum("ij,ij->i", queries, queries)
+    bank_t, bank_sq_t, queries_t = (
+        bank.T.astype(dtype),
+        bank_sq.astype(dtype),
+        queries.astype(dtype),
+    )
     best = np.empty(len(queries), dtype=np.int64)
     step = max(1, _QUERY_CHUNK_ENTRIES // len(bank))
     for start in range(0, len(queries), step):
         part = slice(start, start + step)
-        closeness = 2 * _dots(queries[part], bank, dtype) - bank_sq  # 2 a.b - ||b||^2
-        best[part] = query_sq[part] - closeness.max(axis=1)
+        closeness = queries_t[part] @ bank_t
+        closeness *= 2
+        closeness -= bank_sq_t  # 2 a.b - ||b||^2, exact in dtype
+        best[part] = query_sq[part] - closeness.max(axis=1).astype(np.int64)
     return best
 
 
@@ -101,19 +105,26 @@ def greedy_coreset(
     vectors = check_codes(vectors, code_range)
     if max_entries < 1 or len(vectors) == 0:
         raise ValueError(f"need max_entries >= 1 and rows, got {max_entries}, {len(vectors)}")
-    dtype = _dot_dtype(code_range, vectors.shape[1])
+    dtype = _exact_dtype(code_range, vectors.shape[1])
     as_dtype = vectors.astype(dtype)
-    squares = np.einsum("ij,ij->i", vectors, vectors)
+    squares = np.einsum("ij,ij->i", vectors, vectors).astype(dtype)
+
+    def distances_to(row: int) -> np.ndarray:  # ||x||^2 - 2 x.p + ||p||^2, exact in dtype
+        distances = as_dtype @ as_dtype[row]
+        distances *= -2
+        distances += squares
+        distances += squares[row]
+        return distances
+
     picks, radii = [0], []
-    nearest = squares - 2 * (as_dtype @ as_dtype[0]).astype(np.int64) + squares[0]
+    nearest = distances_to(0)
     while True:
         farthest = int(np.argmax(nearest))
         radii.append(int(nearest[farthest]))
         if len(picks) == max_entries or radii[-1] == 0:
             break
         picks.append(farthest)
-        to_pick = squares - 2 * (as_dtype @ as_dtype[farthest]).astype(np.int64) + squares[farthest]
-        np.minimum(nearest, to_pick, out=nearest)
+        np.minimum(nearest, distances_to(farthest), out=nearest)
     return np.array(picks, dtype=np.int64), np.array(radii, dtype=np.int64)
 
 
