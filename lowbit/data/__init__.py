@@ -25,6 +25,7 @@ from lowbit.data.synth import (
     write_mvtec,
 )
 from lowbit.data.textures import CATEGORIES, load_texture, random_crop
+from lowbit.data.whole import WholeImageSet, load_whole_images, make_whole_images
 
 __all__ = [
     "ArraySet",
@@ -36,6 +37,7 @@ __all__ = [
     "RawSet",
     "Record",
     "Splits",
+    "WholeImageSet",
     "box_mask",
     "crop_rule",
     "crop_to_mask",
@@ -45,6 +47,8 @@ __all__ = [
     "load_folder",
     "load_splits",
     "load_texture",
+    "load_whole_images",
+    "make_whole_images",
     "paint_defect",
     "prepare_image",
     "prepare_images",

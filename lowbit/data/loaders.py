@@ -42,11 +42,13 @@ def _entries(folder: Path) -> list[Path]:
         raise DataError(f"{folder}: cannot list folder ({error.strerror or error})") from None
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
+    """Return the sorted visible subfolders of `folder`."""
     return sorted(p for p in _entries(folder) if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Return the sorted visible image files of `folder` (IMAGE_SUFFIXES, any case)."""
     images = [
         p
         for p in _entries(folder)
@@ -62,7 +64,7 @@ def is_mvtec_category(folder: Path) -> bool:
     """Return whether `folder` looks like one MVTec AD category (test/<defect>/ + train or gt)."""
     test = folder / "test"
     has_partner = (folder / "ground_truth").is_dir() or (folder / "train").is_dir()
-    return test.is_dir() and has_partner and bool(_subdirs(test))
+    return test.is_dir() and has_partner and bool(subdirs(test))
 
 
 def detect_layout(root: Path) -> str:
@@ -70,7 +72,7 @@ def detect_layout(root: Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
-    children = _subdirs(root)
+    children = subdirs(root)
     if is_mvtec_category(root) or any(is_mvtec_category(child) for child in children):
         return "mvtec"
     if children:
@@ -81,7 +83,8 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def _find_mask(category: Path, defect: str, image_path: Path) -> Path:
+def find_mask(category: Path, defect: str, image_path: Path) -> Path:
+    """Return the ground-truth mask of `image_path`: `<stem>_mask.png`, or `<stem>.png`."""
     folder = category / "ground_truth" / defect
     for name in (f"{image_path.stem}_mask.png", f"{image_path.stem}.png"):
         if (folder / name).is_file():
@@ -94,17 +97,28 @@ def _find_mask(category: Path, defect: str, image_path: Path) -> Path:
 def scan_mvtec_category(category: Path, prefix_category: bool = False) -> list[Record]:
     """Return the defect images of one MVTec AD category with their masks."""
     records = []
-    for defect_dir in _subdirs(category / "test"):
+    for defect_dir in subdirs(category / "test"):
         if defect_dir.name == GOOD:
             continue
-        images = _image_files(defect_dir)
+        images = image_files(defect_dir)
         if not images:
             raise DataError(
                 f"defect folder {defect_dir} has no images ({', '.join(IMAGE_SUFFIXES)})"
             )
         name = f"{category.name}/{defect_dir.name}" if prefix_category else defect_dir.name
-        records += [Record(p, _find_mask(category, defect_dir.name, p), name) for p in images]
+        records += [Record(p, find_mask(category, defect_dir.name, p), name) for p in images]
     return records
+
+
+def scan_good(category: Path, split: str = "train") -> list[Path]:
+    """Return the defect-free images of `<category>/<split>/good`, sorted by name."""
+    folder = Path(category) / split / GOOD
+    if not folder.is_dir():
+        raise DataError(f"{category}: no {split}/{GOOD} folder of defect-free images")
+    images = image_files(folder)
+    if not images:
+        raise DataError(f"{folder}: no defect-free images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
 
 
 def scan_mvtec(root: Path, prefix_category: bool = False) -> list[Record]:
@@ -113,8 +127,8 @@ def scan_mvtec(root: Path, prefix_category: bool = False) -> list[Record]:
     if is_mvtec_category(root):
         categories = [root]
     else:
-        categories = [child for child in _subdirs(root) if is_mvtec_category(child)]
-        skipped = sorted({child.name for child in _subdirs(root)} - {c.name for c in categories})
+        categories = [child for child in subdirs(root) if is_mvtec_category(child)]
+        skipped = sorted({child.name for child in subdirs(root)} - {c.name for c in categories})
         if skipped:
             log.warning("%s: skipping folders that are not MVTec AD categories: %s", root, skipped)
     records = [r for category in categories for r in scan_mvtec_category(category, prefix_category)]
@@ -127,8 +141,8 @@ def scan_image_folder(root: Path) -> list[Record]:
     """Return the images of `<root>/<class>/*`, one class per subfolder, without masks."""
     root = Path(root)
     records = []
-    for class_dir in _subdirs(root):
-        images = _image_files(class_dir)
+    for class_dir in subdirs(root):
+        images = image_files(class_dir)
         if not images:
             raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
         records += [Record(p, None, class_dir.name) for p in images]

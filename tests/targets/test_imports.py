@@ -35,6 +35,8 @@ MODULES = [
     "lowbit.core.logit_scores",
     "lowbit.core.scores",
     "lowbit.core.feature_scores",
+    "lowbit.detect.memory_bank",
+    "lowbit.detect.trunk",
     "lowbit.onnx_graph",
     "lowbit.artifacts",
 ]
