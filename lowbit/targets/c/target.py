@@ -98,15 +98,17 @@ def generate_c(
     prefix: str = "lowbit",
     label: str = "model.int.onnx",
     stats: dict | None = None,
+    kernel: str = "bitserial",
 ) -> dict[str, str]:
     """Returns {file name: text} of the C99 header and source for an integer graph.
 
     `stats`: the feature statistics (lowbit.core.feature_scores.load_export_stats) that
-    model.json's "ood" score needs when it is a feature score.
+    model.json's "ood" score needs when it is a feature score. `kernel`: "bitserial" (popcount
+    kernels for 1- and 2-bit weight layers, c/bitserial.py) or "scalar" (the reference).
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise ConfigError(f"C target: prefix {prefix!r} is not a C identifier")
-    plan = build_plan(model, description, label)
+    plan = build_plan(model, description, label, kernel)
     ood = plan_ood(plan, description.get("ood"), stats, prefix)
     pools, slots = _layout(plan, ood)
     classes = plan.logits.size
@@ -173,7 +175,7 @@ def generate_c(
 
 
 def write_c_target(
-    export_dir: str | Path, description: dict, *, prefix: str = "lowbit"
+    export_dir: str | Path, description: dict, *, prefix: str = "lowbit", kernel: str = "bitserial"
 ) -> list[Path]:
     """Writes `<export_dir>/c/<prefix>_model.{h,c}` from model.int.onnx; returns their paths.
 
@@ -195,7 +197,12 @@ def write_c_target(
                 "(the feature statistics file); re-export the model with them"
             )
     files = generate_c(
-        onnx.load(str(graph_path)), description, prefix=prefix, label=str(graph_path), stats=stats
+        onnx.load(str(graph_path)),
+        description,
+        prefix=prefix,
+        label=str(graph_path),
+        stats=stats,
+        kernel=kernel,
     )
     paths = [
         atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()

@@ -16,6 +16,7 @@ SHORT_TYPES = {
     "uint16_t": "u16",
     "int32_t": "i32",
     "int64_t": "i64",
+    "uint64_t": "u64",
     "float": "f32",
     "double": "f64",
 }

@@ -1,0 +1,300 @@
+"""The C target's fast convolutions (`kernel="bitserial"`): bit-serial popcount kernels for 1- and
+2-bit weight layers, vectorizable multiply-adds for the others.
+
+A `ConvInteger` whose weights are bipolar 1-bit or 2-bit codes (model.json weight_bits) and whose
+input is unsigned codes below 2^4 (the range its MultiThreshold gives, through MaxPool and
+aliases) runs as two steps: `lb_pack_planes` writes the input's bit planes into a zero-padded
+pixel grid (bitplanes.py: [ph][pw][words][planes], one bit per channel), then `lb_bitconv_*`
+computes each accumulator as AND + popcount sums over the 64-bit words of its window, against
+weight planes packed once at export ([cout][kh][kw][words][planes]). One kernel is written per
+(activation planes, weight planes, kh, kw, words) so its loops have constant bounds and its
+popcount terms are written out. Every other convolution (the 8-bit first layer) copies its input
+into a zero-padded int16 grid and adds weight × input row, eight columns at a time: loops that
+compilers vectorize at -O2. The accumulators are the graph's NCHW int32 tensors, equal to the
+scalar reference's (`kernel="scalar"`, templates.CONV), which stays the oracle.
+"""
+
+from __future__ import annotations
+
+import math
+from string import Template
+
+import numpy as np
+import onnx
+
+from lowbit.targets.c import templates as T
+from lowbit.targets.c.bitplanes import (
+    MAX_ACTIVATION_BITS,
+    MAX_WEIGHT_BITS,
+    plane_coefficients,
+    weight_planes,
+    words_per_pixel,
+)
+from lowbit.targets.c.pack import c_type
+from lowbit.targets.c.plan import CPlan, Tensor
+
+KERNELS = ("bitserial", "scalar")
+"""`kernel=` of generate_c: the fast kernels of this module, or the scalar reference only."""
+
+POPCOUNT = """\
+/* Population count of a 64-bit word. GCC and Clang: __builtin_popcountll, one instruction
+   where the target has one. On x86 without -mpopcnt the builtin would call libgcc, so each
+   bit-serial kernel is compiled twice, with and without the POPCNT instruction, and picks one
+   at run time (__builtin_cpu_supports). Other compilers, or -DLOWBIT_NO_BUILTIN_POPCOUNT: a
+   portable SWAR count (Warren, "Hacker's Delight", 2nd ed., sec. 5-1). */
+#if !defined(LOWBIT_NO_BUILTIN_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
+#define LB_BUILTIN_POPCOUNT 1
+#define lb_popcount_builtin(x) __builtin_popcountll(x)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__POPCNT__)
+#define LB_POPCNT_AT_RUN_TIME 1
+#define LB_POPCNT_TARGET __attribute__((target("popcnt")))
+#else
+#define LB_POPCNT_TARGET
+#endif
+#endif
+
+#if !defined(LB_BUILTIN_POPCOUNT) || defined(LB_POPCNT_AT_RUN_TIME)
+static int lb_popcount_portable(uint64_t x)
+{
+    x = x - ((x >> 1) & UINT64_C(0x5555555555555555));
+    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (int)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
+#endif
+"""
+
+PACK_PLANES = """\
+/* Unsigned codes (NCHW, batch 1, each < 2^planes) -> bit planes of the zero-padded input,
+   [ph][pw][words][planes] 64-bit words: bit c % 64 of word c / 64 of plane b of padded pixel
+   (y + pt, x + pl) is bit b of channel c's code. Padding pixels and channels past cin stay 0,
+   the code ConvInteger pads with. */
+static void lb_pack_planes(const uint8_t *restrict x, int cin, int h, int w, int pt, int pl,
+                           int ph, int pw, int planes, uint64_t *restrict packed)
+{
+    int words = (cin + 63) / 64, c, y, i, b;
+    long n;
+    for (n = 0; n < (long)ph * pw * words * planes; ++n) packed[n] = 0;
+    for (c = 0; c < cin; ++c) {
+        const uint8_t *channel = x + (long)c * h * w;
+        unsigned shift = (unsigned)c & 63u;
+        for (y = 0; y < h; ++y) {
+            uint64_t *word = packed + (((long)(y + pt) * pw + pl) * words + c / 64) * planes;
+            for (i = 0; i < w; ++i, word += (long)words * planes) {
+                uint64_t code = channel[(long)y * w + i];
+                for (b = 0; b < planes; ++b) word[b] |= ((code >> b) & 1u) << shift;
+            }
+        }
+    }
+}
+"""
+
+CONV_ROWS = Template("""\
+/* ONNX ConvInteger (group 1, no zero points), NCHW, batch 1: int32 acc[M][HO][WO], as
+   multiply-adds that compilers vectorize. The input is copied into a zero-padded int16 grid
+   [cin][ph][pw] (no bounds tests left), then each weight adds weight * input row to an output
+   row, eight columns at a time for stride 1 (products fit int32: |code| < 2^8, |w| <= 2^15). */
+static void lb_conv_rows_$x(const $X *restrict x, int cin, int h, int w,
+                           const uint8_t *packed, unsigned bits, int cout, int kh, int kw,
+                           int sh, int sw, int pt, int pl, int ph, int pw, int ho, int wo,
+                           int16_t *restrict padded, int32_t *restrict acc)
+{
+    uint32_t index = 0;
+    int co, ci, ky, kx, oy, ox, k, y;
+    long n;
+    for (n = 0; n < (long)cin * ph * pw; ++n) padded[n] = 0;
+    for (ci = 0; ci < cin; ++ci)
+        for (y = 0; y < h; ++y)
+            for (ox = 0; ox < w; ++ox)
+                padded[((long)ci * ph + y + pt) * pw + pl + ox] = x[((long)ci * h + y) * w + ox];
+    for (co = 0; co < cout; ++co) {
+        int32_t *plane = acc + (long)co * ho * wo;
+        for (n = 0; n < (long)ho * wo; ++n) plane[n] = 0;
+        for (ci = 0; ci < cin; ++ci) {
+            for (ky = 0; ky < kh; ++ky) {
+                for (kx = 0; kx < kw; ++kx, ++index) {
+                    int32_t weight = lb_weight(packed, index, bits);
+                    if (weight == 0) continue;
+                    for (oy = 0; oy < ho; ++oy) {
+                        const int16_t *row = padded + ((long)ci * ph + oy * sh + ky) * pw + kx;
+                        int32_t *out = plane + (long)oy * wo;
+                        if (sw != 1) {
+                            for (ox = 0; ox < wo; ++ox) out[ox] += weight * row[(long)ox * sw];
+                            continue;
+                        }
+                        for (ox = 0; ox + 8 <= wo; ox += 8)
+                            for (k = 0; k < 8; ++k) out[ox + k] += weight * row[ox + k];
+                        for (; ox < wo; ++ox) out[ox] += weight * row[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+""")
+
+
+SIGNATURE = (
+    "(const uint64_t *restrict packed, int pw, const uint64_t *restrict weights, int cout,\n"
+    "    int sh, int sw, int ho, int wo, int32_t *restrict acc)"
+)
+
+
+def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) -> str:
+    """The body of a bit-serial kernel (see bitconv_kernel) counting bits with `popcount`."""
+    kh, kw, words = shape
+    coefficients = plane_coefficients(weight_bits)
+    sums = [f"s{b}_{j}" for b in range(planes) for j in range(len(coefficients))]
+    lines = [
+        f"    const long pixel = {words * planes}, row = (long)pw * pixel;",
+        "    int oy, ox, co, ky, t;",
+        "    for (oy = 0; oy < ho; ++oy) {",
+        "        for (ox = 0; ox < wo; ++ox) {",
+        "            const uint64_t *window = packed + (oy * sh * row + ox * sw * pixel);",
+        "            const uint64_t *w = weights;",
+        "            int32_t *out = acc + (long)oy * wo + ox;",
+    ]
+    if weight_bits == 1:  # Σ a·w = Σ_b 2^b (2 popcount(a_b & w) - popcount(a_b)): n_b per window
+        lines += [
+            "            int32_t " + ", ".join(f"n{b} = 0" for b in range(planes)) + ";",
+            f"            for (ky = 0; ky < {kh}; ++ky)",
+            f"                for (t = 0; t < {kw * words}; ++t) {{",
+            *(
+                f"                    n{b} += {popcount}(window[ky * row + t * {planes} + {b}]);"
+                for b in range(planes)
+            ),
+            "                }",
+        ]
+        total = " + ".join(f"{2 ** (b + 1)} * s{b}_0 - {2**b} * n{b}" for b in range(planes))
+    else:
+        total = " + ".join(
+            f"({coefficient * 2**b}) * s{b}_{j}"
+            for b in range(planes)
+            for j, coefficient in enumerate(coefficients)
+        )
+    lines += [
+        "            for (co = 0; co < cout; ++co) {",
+        "                int32_t " + ", ".join(f"{s} = 0" for s in sums) + ";",
+        f"                for (ky = 0; ky < {kh}; ++ky) {{",
+        "                    const uint64_t *a = window + ky * row;",
+        f"                    for (t = 0; t < {kw * words}; ++t, w += {len(coefficients)}) {{",
+        *(
+            f"                        s{b}_{j} += {popcount}(a[t * {planes} + {b}] & w[{j}]);"
+            for b in range(planes)
+            for j in range(len(coefficients))
+        ),
+        "                    }",
+        "                }",
+        f"                out[(long)co * ho * wo] = {total};",
+        "            }",
+        "        }",
+        "    }",
+    ]
+    return "{\n" + "\n".join(lines) + "\n}\n"
+
+
+def bitconv_kernel(planes: int, weight_bits: int, shape: tuple[int, int, int]) -> tuple[str, str]:
+    """(name, C text) of the bit-serial ConvInteger for `planes` activation bit planes,
+    `weight_bits` (1: bipolar), kernel (kh, kw) and `words` 64-channel words per pixel."""
+    kh, kw, words = shape
+    name = f"lb_bitconv_a{planes}_w{weight_bits}_{kh}x{kw}_c{words}"
+    args = "(packed, pw, weights, cout, sh, sw, ho, wo, acc)"
+    kind = "bipolar 1-bit weights" if weight_bits == 1 else f"{weight_bits}-bit weights"
+    return name, (
+        f"/* Bit-serial ONNX ConvInteger, {kh}x{kw} kernel, {words} word(s) of 64 input channels"
+        f" per pixel,\n   {planes} activation bit plane(s) x {kind}"
+        " (lowbit/targets/c/bitplanes.py):\n"
+        "   acc[co][oy][ox] = sum_b 2^b sum_j c_j popcount(a_b & w_j) over the window's words;\n"
+        "   `packed`: lb_pack_planes' grid of width pw; `weights`: [cout][kh][kw][words][planes].\n"
+        "   Compiled with the builtin popcount and/or the portable one (see lb_popcount_*). */\n"
+        "#ifdef LB_BUILTIN_POPCOUNT\n"
+        f"static void LB_POPCNT_TARGET {name}_builtin{SIGNATURE}\n"
+        + _bitconv_body("lb_popcount_builtin", planes, weight_bits, shape)
+        + "#endif\n#if !defined(LB_BUILTIN_POPCOUNT) || defined(LB_POPCNT_AT_RUN_TIME)\n"
+        f"static void {name}_portable{SIGNATURE}\n"
+        + _bitconv_body("lb_popcount_portable", planes, weight_bits, shape)
+        + "#endif\n"
+        f"static void {name}{SIGNATURE}\n{{\n"
+        "#if defined(LB_POPCNT_AT_RUN_TIME)\n"
+        f'    if (__builtin_cpu_supports("popcnt")) {name}_builtin{args};\n'
+        f"    else {name}_portable{args};\n"
+        "#elif defined(LB_BUILTIN_POPCOUNT)\n"
+        f"    {name}_builtin{args};\n"
+        "#else\n"
+        f"    {name}_portable{args};\n"
+        "#endif\n}\n"
+    )
+
+
+def bitserial_planes(plan: CPlan, x: Tensor, bits: int) -> int | None:
+    """Activation bit planes of a conv input that the bit-serial kernel takes, else None."""
+    codes = plan.code_ranges.get(x.name)
+    if x.dtype != np.uint8 or codes is None or not 1 <= bits <= MAX_WEIGHT_BITS:
+        return None
+    low, high = codes
+    if low < 0 or high >= 2**MAX_ACTIVATION_BITS:
+        return None
+    return max(int(high).bit_length(), 1)
+
+
+def conv_bitserial(
+    plan: CPlan, node: onnx.NodeProto, x: Tensor, weights: np.ndarray, bits: int, planes: int,
+    pads: list[int], strides: list[int], out_shape: tuple[int, int],
+) -> Tensor:  # fmt: skip
+    """Emits lb_pack_planes + the bit-serial kernel for one ConvInteger; returns the acc."""
+    layer = node.output[0].removesuffix(".acc")
+    cout, cin, kh, kw = weights.shape
+    words = words_per_pixel(cin)
+    packed_weights = weight_planes(weights, bits, f"{plan.label}: {layer}")
+    var = plan.const(f"lb_w{len(plan.constants)}", np.uint64, packed_weights)
+    plan.sizes[layer]["weights"] = (var, packed_weights.nbytes)
+    plan.kernels.setdefault("popcount", POPCOUNT)
+    plan.kernels.setdefault("pack_planes", PACK_PLANES)
+    name, text = bitconv_kernel(planes, bits, (kh, kw, words))
+    plan.kernels.setdefault(name, text)
+    h, w = x.shape[2:]
+    ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
+    grid = plan.buffer(f"{node.output[0]}.planes", np.uint64, (ph * pw * words * planes,))
+    plan.emit(
+        f"    lb_pack_planes({x.var}, {cin}, {h}, {w}, {pads[0]}, {pads[1]}, {ph}, {pw}, "
+        f"{planes}, {grid.var});\n",
+        grid,
+        x,
+        tap=False,
+    )
+    ho, wo = out_shape
+    out = plan.buffer(node.output[0], np.int32, (1, cout, ho, wo))
+    plan.emit(
+        f"    {name}({grid.var}, {pw}, {var}, {cout}, {strides[0]}, {strides[1]}, {ho}, "
+        f"{wo}, {out.var});\n",
+        out,
+        grid,
+    )
+    return out
+
+
+def conv_rows(
+    plan: CPlan, node: onnx.NodeProto, x: Tensor, weights: np.ndarray, bits: int,
+    pads: list[int], strides: list[int], out_shape: tuple[int, int],
+) -> Tensor:  # fmt: skip
+    """Emits the vectorizable multiply-add ConvInteger (lb_conv_rows); returns the acc."""
+    layer = node.output[0].removesuffix(".acc")
+    var = plan.packed(layer, weights, bits)
+    short = T.SHORT_TYPES[c_type(x.dtype)]
+    fn = plan.kernel(f"conv_rows_{short}", CONV_ROWS, x=short, X=c_type(x.dtype))
+    cout, cin, kh, kw = weights.shape
+    h, w = x.shape[2:]
+    ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
+    padded = plan.buffer(f"{node.output[0]}.padded", np.int16, (math.prod((cin, ph, pw)),))
+    plan.emit("", padded, tap=False)  # scratch: defined here, used by the next step only
+    ho, wo = out_shape
+    out = plan.buffer(node.output[0], np.int32, (1, cout, ho, wo))
+    plan.emit(
+        f"    {fn}({x.var}, {cin}, {h}, {w}, {var}, {bits}u, {cout}, {kh}, {kw}, {strides[0]}, "
+        f"{strides[1]}, {pads[0]}, {pads[1]}, {ph}, {pw}, {ho}, {wo}, {padded.var}, "
+        f"{out.var});\n",
+        out,
+        x,
+        padded,
+    )
+    return out
