@@ -16,7 +16,6 @@ scalar reference's (`kernel="scalar"`, templates.CONV), which stays the oracle.
 
 from __future__ import annotations
 
-import math
 from string import Template
 
 import numpy as np
@@ -89,44 +88,48 @@ static void lb_pack_planes(const uint8_t *restrict x, int cin, int h, int w, int
 }
 """
 
-CONV_ROWS = Template("""\
-/* ONNX ConvInteger (group 1, no zero points), NCHW, batch 1: int32 acc[M][HO][WO], as
-   multiply-adds that compilers vectorize. The input is copied into a zero-padded int16 grid
-   [cin][ph][pw] (no bounds tests left), then each weight adds weight * input row to an output
-   row, eight columns at a time for stride 1 (products fit int32: |code| < 2^8, |w| <= 2^15). */
-static void lb_conv_rows_$x(const $X *restrict x, int cin, int h, int w,
-                           const uint8_t *packed, unsigned bits, int cout, int kh, int kw,
-                           int sh, int sw, int pt, int pl, int ph, int pw, int ho, int wo,
-                           int16_t *restrict padded, int32_t *restrict acc)
+CONV_DOT = Template("""\
+/* ONNX ConvInteger (group 1, no zero points), NCHW, batch 1: int32 acc[M][HO][WO], as int16 dot
+   products of $TAPS terms, a loop with constant bounds that compilers vectorize (x86: pmaddwd).
+   The weights are decoded once per call into rows of $TAPS int16 (cin*kh*kw taps, zero-filled),
+   and per output row the window of each pixel into a column of $TAPS (padding pixels 0).
+   Exact: codes and weights of at most 16 bits fit int16, and every partial sum is bounded by
+   the layer's accumulator bound (< 2^31). */
+static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
+                                 const uint8_t *packed, unsigned bits, int cout, int kh, int kw,
+                                 int sh, int sw, int pt, int pl, int ho, int wo,
+                                 int16_t *restrict weights, int16_t *restrict columns,
+                                 int32_t *restrict acc)
 {
-    uint32_t index = 0;
-    int co, ci, ky, kx, oy, ox, k, y;
-    long n;
-    for (n = 0; n < (long)cin * ph * pw; ++n) padded[n] = 0;
-    for (ci = 0; ci < cin; ++ci)
-        for (y = 0; y < h; ++y)
-            for (ox = 0; ox < w; ++ox)
-                padded[((long)ci * ph + y + pt) * pw + pl + ox] = x[((long)ci * h + y) * w + ox];
-    for (co = 0; co < cout; ++co) {
-        int32_t *plane = acc + (long)co * ho * wo;
-        for (n = 0; n < (long)ho * wo; ++n) plane[n] = 0;
-        for (ci = 0; ci < cin; ++ci) {
-            for (ky = 0; ky < kh; ++ky) {
-                for (kx = 0; kx < kw; ++kx, ++index) {
-                    int32_t weight = lb_weight(packed, index, bits);
-                    if (weight == 0) continue;
-                    for (oy = 0; oy < ho; ++oy) {
-                        const int16_t *row = padded + ((long)ci * ph + oy * sh + ky) * pw + kx;
-                        int32_t *out = plane + (long)oy * wo;
-                        if (sw != 1) {
-                            for (ox = 0; ox < wo; ++ox) out[ox] += weight * row[(long)ox * sw];
-                            continue;
-                        }
-                        for (ox = 0; ox + 8 <= wo; ox += 8)
-                            for (k = 0; k < 8; ++k) out[ox + k] += weight * row[ox + k];
-                        for (; ox < wo; ++ox) out[ox] += weight * row[ox];
+    int taps = cin * kh * kw, co, ci, ky, kx, oy, ox, t;
+    for (co = 0; co < cout; ++co)
+        for (t = 0; t < $TAPS; ++t)
+            weights[co * $TAPS + t] =
+                (int16_t)(t < taps ? lb_weight(packed, (uint32_t)(co * taps + t), bits) : 0);
+    for (oy = 0; oy < ho; ++oy) {
+        for (ox = 0; ox < wo; ++ox) {
+            int16_t *column = columns + (long)ox * $TAPS;
+            t = 0;
+            for (ci = 0; ci < cin; ++ci) {
+                for (ky = 0; ky < kh; ++ky) {
+                    int iy = oy * sh - pt + ky;
+                    for (kx = 0; kx < kw; ++kx, ++t) {
+                        int ix = ox * sw - pl + kx;
+                        column[t] = (int16_t)(iy >= 0 && iy < h && ix >= 0 && ix < w
+                                                  ? x[((long)ci * h + iy) * w + ix] : 0);
                     }
                 }
+            }
+            for (; t < $TAPS; ++t) column[t] = 0;
+        }
+        for (co = 0; co < cout; ++co) {
+            const int16_t *row = weights + (long)co * $TAPS;
+            int32_t *out = acc + ((long)co * ho + oy) * wo;
+            for (ox = 0; ox < wo; ++ox) {
+                const int16_t *column = columns + (long)ox * $TAPS;
+                int32_t sum = 0;
+                for (t = 0; t < $TAPS; ++t) sum += (int32_t)column[t] * (int32_t)row[t];
+                out[ox] = sum;
             }
         }
     }
@@ -273,28 +276,33 @@ def conv_bitserial(
     return out
 
 
-def conv_rows(
+def conv_dot(
     plan: CPlan, node: onnx.NodeProto, x: Tensor, weights: np.ndarray, bits: int,
     pads: list[int], strides: list[int], out_shape: tuple[int, int],
 ) -> Tensor:  # fmt: skip
-    """Emits the vectorizable multiply-add ConvInteger (lb_conv_rows); returns the acc."""
+    """Emits the vectorizable dot-product ConvInteger (lb_conv_dot_*); returns the acc."""
     layer = node.output[0].removesuffix(".acc")
     var = plan.packed(layer, weights, bits)
-    short = T.SHORT_TYPES[c_type(x.dtype)]
-    fn = plan.kernel(f"conv_rows_{short}", CONV_ROWS, x=short, X=c_type(x.dtype))
     cout, cin, kh, kw = weights.shape
-    h, w = x.shape[2:]
-    ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
-    padded = plan.buffer(f"{node.output[0]}.padded", np.int16, (math.prod((cin, ph, pw)),))
-    plan.emit("", padded, tap=False)  # scratch: defined here, used by the next step only
+    taps = -(-cin * kh * kw // 8) * 8
+    short = T.SHORT_TYPES[c_type(x.dtype)]
+    fn = plan.kernel(
+        f"conv_dot_{short}_{taps}", CONV_DOT, x=short, X=c_type(x.dtype), TAPS=str(taps)
+    )
     ho, wo = out_shape
+    rows = plan.buffer(f"{node.output[0]}.weights", np.int16, (cout * taps,))
+    columns = plan.buffer(f"{node.output[0]}.columns", np.int16, (wo * taps,))
+    plan.emit("", rows, tap=False)  # scratch of the next step only
+    plan.emit("", columns, tap=False)
     out = plan.buffer(node.output[0], np.int32, (1, cout, ho, wo))
+    h, w = x.shape[2:]
     plan.emit(
         f"    {fn}({x.var}, {cin}, {h}, {w}, {var}, {bits}u, {cout}, {kh}, {kw}, {strides[0]}, "
-        f"{strides[1]}, {pads[0]}, {pads[1]}, {ph}, {pw}, {ho}, {wo}, {padded.var}, "
+        f"{strides[1]}, {pads[0]}, {pads[1]}, {ho}, {wo}, {rows.var}, {columns.var}, "
         f"{out.var});\n",
         out,
         x,
-        padded,
+        rows,
+        columns,
     )
     return out

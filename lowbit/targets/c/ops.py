@@ -17,7 +17,7 @@ from onnx import helper
 
 from lowbit.errors import ConfigError
 from lowbit.targets.c import templates as T
-from lowbit.targets.c.bitserial import KERNELS, bitserial_planes, conv_bitserial, conv_rows
+from lowbit.targets.c.bitserial import KERNELS, bitserial_planes, conv_bitserial, conv_dot
 from lowbit.targets.c.pack import c_number, c_type, smallest_signed
 from lowbit.targets.c.plan import CPlan, Tensor
 
@@ -180,7 +180,7 @@ def conv_integer(plan: CPlan, node: onnx.NodeProto) -> None:
         if planes is not None:
             conv_bitserial(plan, node, x, weights, bits, planes, pads, strides, (ho, wo))
         else:
-            conv_rows(plan, node, x, weights, bits, pads, strides, (ho, wo))
+            conv_dot(plan, node, x, weights, bits, pads, strides, (ho, wo))
         return
     var = plan.packed(layer, weights, bits)
     short = T.SHORT_TYPES[c_type(x.dtype)]
