@@ -117,31 +117,38 @@ static void lb_conv_$x(const $X *restrict x, int cin, int h, int w,
 """)
 
 THRESHOLD = Template("""\
-/* qonnx MultiThreshold + Cast: y = #{t in row c : x >= t} + bias, rows increasing.
-   Layout [outer][channels][plane]; `per_channel` 0: one row for all channels. */
+/* qonnx MultiThreshold + Cast: y = #{t in row c : x >= t} + bias.
+   Layout [outer][channels][plane]; `per_channel` 0: one row for all channels. `search` (a row
+   sorted increasing): a binary search per element; else one pass over the plane per threshold,
+   sixteen elements at a time (a loop compilers vectorize). */
 static void lb_threshold_${x}_${t}_$y(const $X *restrict x, long outer, long channels,
                                    long plane, const $T *thresholds, int per_channel,
                                    int count, int search, int bias, $Y *restrict y)
 {
-    long o, c, i;
+    long o, c, i, j, blocks = plane - plane % 16;
     for (o = 0; o < outer; ++o) {
         for (c = 0; c < channels; ++c) {
             const $T *row = thresholds + (per_channel ? c * count : 0);
-            long base = (o * channels + c) * plane;
-            for (i = 0; i < plane; ++i) {
-                $X v = x[base + i];
-                int n = 0;
-                if (search) { /* sorted row: n = number of t <= v */
-                    int high = count;
+            const $X *in = x + (o * channels + c) * plane;
+            $Y *out = y + (o * channels + c) * plane;
+            int k;
+            if (search) {
+                for (i = 0; i < plane; ++i) { /* n = number of t <= v */
+                    int n = 0, high = count;
                     while (n < high) {
                         int mid = (n + high) / 2;
-                        if (v >= row[mid]) n = mid + 1; else high = mid;
+                        if (in[i] >= row[mid]) n = mid + 1; else high = mid;
                     }
-                } else {
-                    int k;
-                    for (k = 0; k < count; ++k) n += v >= row[k];
+                    out[i] = ($Y)(n + bias);
                 }
-                y[base + i] = ($Y)(n + bias);
+                continue;
+            }
+            for (i = 0; i < plane; ++i) out[i] = ($Y)bias;
+            for (k = 0; k < count; ++k) {
+                const $T t = row[k];
+                for (i = 0; i < blocks; i += 16)
+                    for (j = 0; j < 16; ++j) out[i + j] = ($Y)(out[i + j] + (in[i + j] >= t));
+                for (i = blocks; i < plane; ++i) out[i] = ($Y)(out[i] + (in[i] >= t));
             }
         }
     }
@@ -149,7 +156,8 @@ static void lb_threshold_${x}_${t}_$y(const $X *restrict x, long outer, long cha
 """)
 
 MAXPOOL = Template("""\
-/* ONNX MaxPool (floor mode, dilation 1) on codes; padding never wins. */
+/* ONNX MaxPool (floor mode, dilation 1) on codes; padding never wins. Without padding every
+   window lies inside the input: no bounds tests. */
 static void lb_maxpool_$x(const $X *restrict x, int c, int h, int w, int kh, int kw, int sh,
                          int sw, int pt, int pl, int ho, int wo, $X *restrict y)
 {
@@ -159,13 +167,20 @@ static void lb_maxpool_$x(const $X *restrict x, int c, int h, int w, int kh, int
         for (oy = 0; oy < ho; ++oy) {
             for (ox = 0; ox < wo; ++ox) {
                 $X best = $MIN;
-                for (ky = 0; ky < kh; ++ky) {
-                    int iy = oy * sh - pt + ky;
-                    if (iy < 0 || iy >= h) continue;
-                    for (kx = 0; kx < kw; ++kx) {
-                        int ix = ox * sw - pl + kx;
-                        if (ix >= 0 && ix < w && plane[iy * w + ix] > best)
-                            best = plane[iy * w + ix];
+                if (pt == 0 && pl == 0) {
+                    const $X *window = plane + (long)oy * sh * w + (long)ox * sw;
+                    for (ky = 0; ky < kh; ++ky)
+                        for (kx = 0; kx < kw; ++kx)
+                            if (window[ky * w + kx] > best) best = window[ky * w + kx];
+                } else {
+                    for (ky = 0; ky < kh; ++ky) {
+                        int iy = oy * sh - pt + ky;
+                        if (iy < 0 || iy >= h) continue;
+                        for (kx = 0; kx < kw; ++kx) {
+                            int ix = ox * sw - pl + kx;
+                            if (ix >= 0 && ix < w && plane[iy * w + ix] > best)
+                                best = plane[iy * w + ix];
+                        }
                     }
                 }
                 y[((long)ch * ho + oy) * wo + ox] = best;
