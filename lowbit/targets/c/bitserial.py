@@ -91,8 +91,9 @@ static void lb_pack_planes(const uint8_t *restrict x, int cin, int h, int w, int
 CONV_DOT = Template("""\
 /* ONNX ConvInteger (group 1, no zero points), NCHW, batch 1: int32 acc[M][HO][WO], as int16 dot
    products of $TAPS terms, a loop with constant bounds that compilers vectorize (x86: pmaddwd).
-   The weights are decoded once per call into rows of $TAPS int16 (cin*kh*kw taps, zero-filled),
-   and per output row the window of each pixel into a column of $TAPS (padding pixels 0).
+   The weights are decoded once per call into rows of $TAPS int16 (cin*kh*kw taps, zero-filled;
+   cout rounded up to a multiple of 4), and per output row the window of each pixel into a
+   column of $TAPS (padding pixels 0); four output channels at a time share the column.
    Exact: codes and weights of at most 16 bits fit int16, and every partial sum is bounded by
    the layer's accumulator bound (< 2^31). */
 static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
@@ -102,10 +103,10 @@ static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
                                  int32_t *restrict acc)
 {
     int taps = cin * kh * kw, co, ci, ky, kx, oy, ox, t;
-    for (co = 0; co < cout; ++co)
+    for (co = 0; co < (cout + 3) / 4 * 4; ++co) /* rows past cout: zero */
         for (t = 0; t < $TAPS; ++t)
-            weights[co * $TAPS + t] =
-                (int16_t)(t < taps ? lb_weight(packed, (uint32_t)(co * taps + t), bits) : 0);
+            weights[co * $TAPS + t] = (int16_t)(co < cout && t < taps
+                ? lb_weight(packed, (uint32_t)(co * taps + t), bits) : 0);
     for (oy = 0; oy < ho; ++oy) {
         for (ox = 0; ox < wo; ++ox) {
             int16_t *column = columns + (long)ox * $TAPS;
@@ -122,14 +123,23 @@ static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
             }
             for (; t < $TAPS; ++t) column[t] = 0;
         }
-        for (co = 0; co < cout; ++co) {
+        for (co = 0; co < cout; co += 4) { /* four output channels share each column load */
             const int16_t *row = weights + (long)co * $TAPS;
             int32_t *out = acc + ((long)co * ho + oy) * wo;
+            long next = (long)ho * wo;
             for (ox = 0; ox < wo; ++ox) {
                 const int16_t *column = columns + (long)ox * $TAPS;
-                int32_t sum = 0;
-                for (t = 0; t < $TAPS; ++t) sum += (int32_t)column[t] * (int32_t)row[t];
-                out[ox] = sum;
+                int32_t sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
+                for (t = 0; t < $TAPS; ++t) {
+                    sum0 += (int32_t)column[t] * (int32_t)row[t];
+                    sum1 += (int32_t)column[t] * (int32_t)row[$TAPS + t];
+                    sum2 += (int32_t)column[t] * (int32_t)row[2 * $TAPS + t];
+                    sum3 += (int32_t)column[t] * (int32_t)row[3 * $TAPS + t];
+                }
+                out[ox] = sum0;
+                if (co + 1 < cout) out[next + ox] = sum1;
+                if (co + 2 < cout) out[2 * next + ox] = sum2;
+                if (co + 3 < cout) out[3 * next + ox] = sum3;
             }
         }
     }
@@ -290,7 +300,7 @@ def conv_dot(
         f"conv_dot_{short}_{taps}", CONV_DOT, x=short, X=c_type(x.dtype), TAPS=str(taps)
     )
     ho, wo = out_shape
-    rows = plan.buffer(f"{node.output[0]}.weights", np.int16, (cout * taps,))
+    rows = plan.buffer(f"{node.output[0]}.weights", np.int16, (-(-cout // 4) * 4 * taps,))
     columns = plan.buffer(f"{node.output[0]}.columns", np.int16, (wo * taps,))
     plan.emit("", rows, tap=False)  # scratch of the next step only
     plan.emit("", columns, tap=False)
