@@ -153,51 +153,73 @@ SIGNATURE = (
 )
 
 
+UNROLL_TERMS = 64
+"""Popcount terms per output value up to which a kernel's window loop is written out."""
+
+
 def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) -> str:
-    """The body of a bit-serial kernel (see bitconv_kernel) counting bits with `popcount`."""
+    """The body of a bit-serial kernel (see bitconv_kernel) counting bits with `popcount`.
+
+    The window's words are first copied into `taps` ([kh * kw * words][planes], the weights'
+    order), shared by all output channels; the sum over them is written out term by term when
+    it has at most UNROLL_TERMS popcounts (conv4-64: 18 or 36), else it is a loop.
+    """
     kh, kw, words = shape
-    coefficients = plane_coefficients(weight_bits)
-    sums = [f"s{b}_{j}" for b in range(planes) for j in range(len(coefficients))]
+    count = kh * kw * words  # words per plane in a window
+    weight_planes = len(plane_coefficients(weight_bits))
+    pairs = [(b, j) for b in range(planes) for j in range(weight_planes)]
     lines = [
         f"    const long pixel = {words * planes}, row = (long)pw * pixel;",
-        "    int oy, ox, co, ky, t;",
+        f"    uint64_t taps[{count * planes}];",
+        "    int oy, ox, co, ky, k;",
         "    for (oy = 0; oy < ho; ++oy) {",
         "        for (ox = 0; ox < wo; ++ox) {",
         "            const uint64_t *window = packed + (oy * sh * row + ox * sw * pixel);",
         "            const uint64_t *w = weights;",
         "            int32_t *out = acc + (long)oy * wo + ox;",
+        f"            for (ky = 0; ky < {kh}; ++ky)",
+        f"                for (k = 0; k < {kw * words * planes}; ++k)",
+        f"                    taps[ky * {kw * words * planes} + k] = window[ky * row + k];",
     ]
     if weight_bits == 1:  # Σ a·w = Σ_b 2^b (2 popcount(a_b & w) - popcount(a_b)): n_b per window
         lines += [
             "            int32_t " + ", ".join(f"n{b} = 0" for b in range(planes)) + ";",
-            f"            for (ky = 0; ky < {kh}; ++ky)",
-            f"                for (t = 0; t < {kw * words}; ++t) {{",
+            f"            for (k = 0; k < {count}; ++k) {{",
             *(
-                f"                    n{b} += {popcount}(window[ky * row + t * {planes} + {b}]);"
+                f"                n{b} += {popcount}(taps[k * {planes} + {b}]);"
                 for b in range(planes)
             ),
-            "                }",
+            "            }",
         ]
         total = " + ".join(f"{2 ** (b + 1)} * s{b}_0 - {2**b} * n{b}" for b in range(planes))
     else:
         total = " + ".join(
             f"({coefficient * 2**b}) * s{b}_{j}"
             for b in range(planes)
-            for j, coefficient in enumerate(coefficients)
+            for j, coefficient in enumerate(plane_coefficients(weight_bits))
         )
     lines += [
-        "            for (co = 0; co < cout; ++co) {",
-        "                int32_t " + ", ".join(f"{s} = 0" for s in sums) + ";",
-        f"                for (ky = 0; ky < {kh}; ++ky) {{",
-        "                    const uint64_t *a = window + ky * row;",
-        f"                    for (t = 0; t < {kw * words}; ++t, w += {len(coefficients)}) {{",
-        *(
-            f"                        s{b}_{j} += {popcount}(a[t * {planes} + {b}] & w[{j}]);"
-            for b in range(planes)
-            for j in range(len(coefficients))
-        ),
-        "                    }",
-        "                }",
+        f"            for (co = 0; co < cout; ++co, w += {count * weight_planes}) {{",
+        "                int32_t " + ", ".join(f"s{b}_{j} = 0" for b, j in pairs) + ";",
+    ]
+    if count * len(pairs) <= UNROLL_TERMS:
+        lines += [
+            f"                s{b}_{j} += "
+            f"{popcount}(taps[{k * planes + b}] & w[{k * weight_planes + j}]);"
+            for k in range(count)
+            for b, j in pairs
+        ]
+    else:
+        lines += [
+            f"                for (k = 0; k < {count}; ++k) {{",
+            *(
+                f"                    s{b}_{j} += "
+                f"{popcount}(taps[k * {planes} + {b}] & w[k * {weight_planes} + {j}]);"
+                for b, j in pairs
+            ),
+            "                }",
+        ]
+    lines += [
         f"                out[(long)co * ho * wo] = {total};",
         "            }",
         "        }",

@@ -35,6 +35,12 @@ from lowbit.targets.c.plan import CPlan
 log = logging.getLogger(__name__)
 
 C_DIR = "c"
+CONV_KERNEL_NOTES = {
+    "bitserial": "bit-serial (AND + popcount over 64-channel words; the weights'\n"
+    " * bit planes packed at export, the activations' per layer) where the weights have 1 or 2\n"
+    " * bits and input codes of at most 4 bits; int16 dot products elsewhere (lb_conv_dot_*).",
+    "scalar": "the scalar reference kernels (one multiply-add per weight and pixel).",
+}
 
 
 def file_names(prefix: str) -> tuple[str, str]:
@@ -149,6 +155,7 @@ def generate_c(
         scratch_bytes=scratch_bytes,
         size_comment=_size_comment(plan, description),
         ood_defines=header_defines(ood, description.get("ood"), prefix),
+        conv_kernels=CONV_KERNEL_NOTES[kernel],
         channels=channels,
         height=height,
         width=width,
