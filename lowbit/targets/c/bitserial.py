@@ -8,10 +8,11 @@ pixel grid (bitplanes.py: [ph][pw][words][planes], one bit per channel), then `l
 computes each accumulator as AND + popcount sums over the 64-bit words of its window, against
 weight planes packed once at export ([cout][kh][kw][words][planes]). One kernel is written per
 (activation planes, weight planes, kh, kw, words) so its loops have constant bounds and its
-popcount terms are written out. Every other convolution (the 8-bit first layer) copies its input
-into a zero-padded int16 grid and adds weight × input row, eight columns at a time: loops that
-compilers vectorize at -O2. The accumulators are the graph's NCHW int32 tensors, equal to the
-scalar reference's (`kernel="scalar"`, templates.CONV), which stays the oracle.
+popcount terms are written out. Every other convolution (the 8-bit first layer) runs as int16
+dot products over a constant number of taps (each output row's windows copied into columns, four
+output channels at a time): a loop compilers vectorize at -O2 (x86: pmaddwd). The accumulators
+are the graph's NCHW int32 tensors, equal to the scalar reference's (`kernel="scalar"`,
+templates.CONV), which stays the oracle.
 """
 
 from __future__ import annotations
@@ -148,8 +149,9 @@ static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
 
 
 SIGNATURE = (
-    "(const uint64_t *restrict packed, int pw, const uint64_t *restrict weights, int cout,\n"
-    "    int sh, int sw, int ho, int wo, int32_t *restrict acc)"
+    "(const uint64_t *restrict packed, int pw,\n"
+    "    const uint64_t *restrict weights, int cout, int sh, int sw, int ho, int wo,\n"
+    "    int32_t *restrict acc)"
 )
 
 
