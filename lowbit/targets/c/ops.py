@@ -332,7 +332,7 @@ def build_plan(
     """Returns the checked C plan of an integer graph (nodes in file order, batch 1).
 
     `kernel`: "bitserial" (bitserial.py: popcount kernels where the weights have 1 or 2 bits,
-    vectorizable multiply-adds elsewhere) or "scalar" (the reference kernels only).
+    int16 dot products elsewhere) or "scalar" (the reference kernels only).
     """
     if kernel not in KERNELS:
         raise ConfigError(f"C target: kernel {kernel!r}, choose one of {', '.join(KERNELS)}")
