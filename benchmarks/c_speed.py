@@ -1,13 +1,19 @@
-"""Per-image latency of the C target next to the numpy runtime and onnxruntime, same inputs.
+"""Per-image latency of the C target's kernels next to the numpy runtime and onnxruntime.
 
-    python benchmarks/c_speed.py [--recipe w2a2] [--images 64] [--repeats 5] [--out DIR]
+    python benchmarks/c_speed.py RUN_DIR [RUN_DIR ...] [--images 64] [--repeats 7] [--out DIR]
+    python benchmarks/c_speed.py --recipe w2a2          # a calibrated conv4-64, exported here
 
-Builds a conv4-64 model at 32x32 for the recipe (calibrated on random data: speed does not depend
-on training), exports it, writes and compiles the C target (-O2, and -O3 -march=native), checks
-that the C outputs equal the runtime's on the benchmark inputs, then times per image, all on one
-thread: the C library called image by image through ctypes (call overhead ~1 us included),
-lowbit's numpy runtime at batch 1 and at batch 64 (per image), onnxruntime on the QCDQ graph at
-batch 1 and 64. Reports medians over repeats of CPU and wall ms per image; writes c_speed.json.
+For each exported model (a run directory with model.int.onnx, model.qcdq.onnx and model.json; it
+is copied, not written to) the script writes the C target twice, `kernel="scalar"` (the
+reference) and `kernel="bitserial"`, compiles each at -O2 and at -O3 -march=native, checks that
+the C logits equal the numpy runtime's on the benchmark inputs, and times per image: the C
+library called image by image through ctypes (one `<prefix>_infer` call per image: input
+quantization, the integer body, the logits and the deployed unknown-type score), lowbit's numpy
+runtime, onnxruntime on the QCDQ graph and on a plain fp32 graph of the same architecture (random
+weights: speed does not depend on them), onnxruntime with its default threads and with one
+thread (intra_op_num_threads=1). Medians over repeats of CPU and wall ms per image (CPU time
+counts every thread of the process). Then the time of each step of the bit-serial -O2 library,
+measured through its debug tap (`--layers`). Writes c_speed.json.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from __future__ import annotations
 import os
 
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")  # one thread everywhere: the C code uses one
+    os.environ.setdefault(_variable, "1")  # one thread for numpy: the C code uses one
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -36,25 +45,47 @@ from lowbit.runtime import Runtime  # noqa: E402
 from lowbit.targets.c.run import CModel, compile_c_target, find_compiler  # noqa: E402
 from lowbit.targets.c.target import C_DIR, write_c_target  # noqa: E402
 
-CLASSES = 8
+OPTIONS = (("-O2", "-O2"), ("-O3 -march=native", "-O3 -march=native"))
 
 
-def calibrated(recipe: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(get_recipe(recipe), ModelConfig(backbone="conv4", num_classes=CLASSES))
+def calibrated_export(recipe: str, out: Path, classes: int = 8) -> None:
+    """Exports a conv4-64 whose activation scales saw random data (no training) into `out`."""
+    torch.manual_seed(0)
+    model = build_model(get_recipe(recipe), ModelConfig(backbone="conv4", num_classes=classes))
     model.train()
     with torch.no_grad():
         for _ in range(40):
             model(torch.randn(32, 3, 32, 32))
-    return model.eval()
+    export_model(
+        model.eval(),
+        out,
+        class_names=[f"c{i}" for i in range(classes)],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+
+
+def fp32_graph(description: dict, out: Path) -> Path:
+    """A plain fp32 ONNX graph of the exported architecture (random weights)."""
+    shape = description["model"]
+    config = ModelConfig(
+        backbone=shape["backbone"], width=shape.get("width"), num_classes=shape["num_classes"]
+    )
+    fp32 = build_model(get_recipe("fp32"), config).eval()
+    path = out / "fp32.onnx"
+    torch.onnx.export(
+        fp32,
+        torch.zeros(1, 3, 32, 32),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+    )
+    return path
 
 
 def per_image_ms(fn, images: int, repeats: int) -> tuple[float, float]:
-    """Medians over repeats of (CPU time, wall time) of fn() / images, in ms; one warm-up first.
-
-    CPU time (process_time, every thread of this process) is the fair measure on a shared
-    machine when everything runs on one thread; wall time counts the waits for a core too.
-    """
+    """Medians over repeats of (CPU time, wall time) of fn() / images, in ms; one warm-up first."""
     fn()
     cpu, wall = [], []
     for _ in range(repeats):
@@ -65,79 +96,156 @@ def per_image_ms(fn, images: int, repeats: int) -> tuple[float, float]:
     return statistics.median(cpu), statistics.median(wall)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="w2a2")
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/c_speed")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp())
-    description = export_model(
-        calibrated(args.recipe),
-        tmp,
-        class_names=[f"c{i}" for i in range(CLASSES)],
-        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+def c_calls(c_model: CModel, x: np.ndarray):
+    """fn() that calls `<prefix>_infer` once per image (no Python work but the ctypes call)."""
+    pointers = [x[i].ctypes.data for i in range(len(x))]
+    result, scratch, infer = ctypes.byref(c_model.result), c_model.scratch, c_model.infer
+
+    def run() -> None:
+        for pointer in pointers:
+            infer(pointer, result, scratch)
+
+    return run
+
+
+def step_times(library: Path, classes: int, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """CPU µs per image from one debug-tap call to the next (the step that computed each
+    tensor), median over repeats; the tap's own cost (~1 µs per step) is included."""
+    c_model = CModel(library, classes)
+    marks: list[tuple[str, float]] = []
+    callback = ctypes.CFUNCTYPE(
+        None, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong
     )
-    write_c_target(tmp, description)
-    x = np.random.default_rng(0).uniform(-2, 2, (args.images, 3, 32, 32)).astype(np.float32)
-    runtime = Runtime(tmp / "model.int.onnx")
+    tap = callback(lambda name, *_: marks.append((name.decode(), time.process_time())))
+    ctypes.c_void_p.in_dll(c_model.lib, "lowbit_tap").value = ctypes.cast(
+        tap, ctypes.c_void_p
+    ).value
+    samples: dict[str, list[float]] = {}
+    run = c_calls(c_model, x[:1])
+    for _ in range(repeats * len(x)):
+        marks.clear()
+        start = time.process_time()
+        run()
+        end = time.process_time()
+        previous = start
+        for name, moment in marks:
+            samples.setdefault(name, []).append((moment - previous) * 1e6)
+            previous = moment
+        samples.setdefault("(after the last tap: head tail, unknown-type score)", []).append(
+            (end - previous) * 1e6
+        )
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def sessions(path: Path) -> dict[str, ort.InferenceSession]:
+    """onnxruntime sessions with default threads and with one thread."""
+    one = ort.SessionOptions()
+    one.intra_op_num_threads = one.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    return {
+        "default threads": ort.InferenceSession(str(path), providers=providers),
+        "1 thread": ort.InferenceSession(str(path), one, providers=providers),
+    }
+
+
+def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict:
+    description = json.loads((export_dir / "model.json").read_text())
+    classes = len(description["class_names"])
+    x = np.random.default_rng(0).uniform(-2, 2, (images, 3, 32, 32)).astype(np.float32)
+    runtime = Runtime(export_dir / "model.int.onnx")
     expected = runtime.run(x)["logits"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(tmp / "model.qcdq.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    timings = {}
-    for label, opt in (("C -O2", "-O2"), ("C -O3 -march=native", "-O3 -march=native")):
-        library = compile_c_target(tmp / C_DIR, tmp / f"model{opt.replace(' ', '')}.so", opt=opt)
-        c_model = CModel(library, CLASSES)
-        got = c_model.run(x)
-        assert np.array_equal(got["logits"], expected), f"{label}: logits differ from the runtime"
-        timings[f"{label} (batch 1)"] = per_image_ms(lambda: c_model.run(x), len(x), args.repeats)
-    single = [x[i : i + 1] for i in range(len(x))]
+    timings: dict[str, tuple[float, float]] = {}
+    for kernel in ("scalar", "bitserial"):
+        write_c_target(export_dir, description, kernel=kernel)
+        for label, opt in OPTIONS:
+            library = compile_c_target(
+                export_dir / C_DIR, work / f"{kernel}{opt.replace(' ', '')}.so", opt=opt
+            )
+            c_model = CModel(library, classes)
+            assert np.array_equal(c_model.run(x)["logits"], expected), f"{kernel} {label}"
+            timings[f"C {kernel} {label} (batch 1)"] = per_image_ms(
+                c_calls(c_model, x), images, repeats
+            )
+    library = compile_c_target(export_dir / C_DIR, work / "bitserial-tap.so", tap=True)
+    steps = step_times(library, classes, x, repeats)
+    single = [x[i : i + 1] for i in range(images)]
     timings["numpy runtime (batch 1)"] = per_image_ms(
-        lambda: [runtime.run(image) for image in single], len(x), args.repeats
+        lambda: [runtime.run(image) for image in single], images, repeats
     )
-    timings["numpy runtime (batch 64)"] = per_image_ms(lambda: runtime.run(x), len(x), args.repeats)
-    timings["onnxruntime QCDQ (batch 1)"] = per_image_ms(
-        lambda: [session.run(None, {"input": image}) for image in single], len(x), args.repeats
+    timings[f"numpy runtime (batch {images})"] = per_image_ms(
+        lambda: runtime.run(x), images, repeats
     )
-    timings["onnxruntime QCDQ (batch 64)"] = per_image_ms(
-        lambda: session.run(None, {"input": x}), len(x), args.repeats
-    )
-    base = timings["C -O2 (batch 1)"][0]
+    graphs = {"QCDQ": export_dir / "model.qcdq.onnx", "fp32": fp32_graph(description, work)}
+    for graph, path in graphs.items():
+        for threads, session in sessions(path).items():
+            name = session.get_inputs()[0].name
+            timings[f"onnxruntime {graph}, {threads} (batch 1)"] = per_image_ms(
+                lambda s=session, n=name: [s.run(None, {n: image}) for image in single],
+                images,
+                repeats,
+            )
+            timings[f"onnxruntime {graph}, {threads} (batch {images})"] = per_image_ms(
+                lambda s=session, n=name: s.run(None, {n: x}), images, repeats
+            )
+    reference = timings["onnxruntime QCDQ, 1 thread (batch 1)"][0]
     rows = [
         {
             "executor": name,
             "cpu_ms_per_image": round(cpu, 4),
             "wall_ms_per_image": round(wall, 4),
-            "cpu_ratio_vs_c_o2": round(cpu / base, 2),
+            "cpu_vs_onnxruntime_qcdq_1_thread": round(cpu / reference, 2),
         }
         for name, (cpu, wall) in timings.items()
     ]
+    return {
+        "model": str(export_dir),
+        "recipe": description.get("recipe", {}).get("name"),
+        "rows": rows,
+        "bitserial_o2_steps_us": {name: round(us, 1) for name, us in steps.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="exported run directories")
+    parser.add_argument("--recipe", default="w2a2", help="without runs: a calibrated conv4-64")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default="benchmarks/results/c_speed")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = []
+    for run in args.runs or [None]:
+        work = Path(tempfile.mkdtemp())
+        export_dir = work / "export"
+        if run is None:
+            calibrated_export(args.recipe, export_dir)
+        else:  # a copy: the C files are written next to the graphs
+            shutil.copytree(run, export_dir, ignore=shutil.ignore_patterns("*.pt"))
+        results.append(bench_model(export_dir, args.images, args.repeats, work))
+        results[-1]["model"] = str(run) if run is not None else f"calibrated {args.recipe}"
     atomic_write_json(
         Path(args.out) / "c_speed.json",
         {
-            "recipe": args.recipe,
-            "model": "conv4-64, 32x32, 8 classes",
             "images": args.images,
             "repeats": args.repeats,
-            "threads": 1,
             "compiler": find_compiler(),
             "machine": platform.processor() or platform.machine(),
-            "rows": rows,
+            "models": results,
         },
     )
-    print(f"| executor ({args.recipe}, conv4-64, 1 thread) | CPU ms / image | wall ms / image "
-          "| CPU vs C -O2 |")  # fmt: skip
-    print("|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['executor']} | {row['cpu_ms_per_image']:.3f} | "
-            f"{row['wall_ms_per_image']:.3f} | {row['cpu_ratio_vs_c_o2']:.2f} |"
-        )
+    for result in results:
+        print(f"\n{result['model']} ({result['recipe']})")
+        print("| executor | CPU ms / image | wall ms / image | CPU vs onnxruntime QCDQ 1 thread |")
+        print("|---|---|---|---|")
+        for row in result["rows"]:
+            print(
+                f"| {row['executor']} | {row['cpu_ms_per_image']:.3f} | "
+                f"{row['wall_ms_per_image']:.3f} | {row['cpu_vs_onnxruntime_qcdq_1_thread']:.2f} |"
+            )
+        print("\nC bitserial -O2, CPU µs per image by step (debug tap):")
+        for name, us in result["bitserial_o2_steps_us"].items():
+            print(f"  {us:8.1f}  {name}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 Differential tests: every tensor the C code computes (its debug tap) is compared with
 np.array_equal against lowbit's integer runtime on 256 inputs per model (seeded random images
-and images on input-quantizer ties), for conv4 w1a2/w2a2 (cosine head), resnet8 w2a2 (residual
-adds, sum pooling) and conv4 w8a8 with a linear head (255 thresholds: the binary search; 5- and
-6-bit first-layer and head weights: bit fields straddling bytes).
+and images on input-quantizer ties), for both kernels: `kernel="bitserial"` (popcount
+convolutions for 1- and 2-bit weights: conv4 w1a1, w1a2, w2a2, w2a4, resnet8 w1a1 and w2a2 with
+stride-2 and 1x1 convolutions; int16 dot products for the 8-bit first layer) and the scalar
+reference (conv4 w1a2/w2a2, resnet8 w2a2). conv4 w8a8 with a linear head runs on both (255
+thresholds: the binary search; 5- and 6-bit first-layer and head weights: bit fields straddling
+bytes). The bit-serial kernels and their packing are also checked alone against numpy on random
+layers (several 64-channel words, strides, 4 activation planes, 2-bit codes with -2), with the
+compiler's popcount and with the portable one (-DLOWBIT_NO_BUILTIN_POPCOUNT).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import platform
+import shutil
+import subprocess
 
 import numpy as np
 import onnx
@@ -25,6 +33,13 @@ from lowbit.export.api import export_model
 from lowbit.fewshot.predict import decide
 from lowbit.runtime import Runtime
 from lowbit.targets import parse_targets, write_targets
+from lowbit.targets.c.bitplanes import (
+    activation_planes,
+    plane_coefficients,
+    weight_planes,
+    words_per_pixel,
+)
+from lowbit.targets.c.bitserial import PACK_PLANES, POPCOUNT, bitconv_kernel
 from lowbit.targets.c.ood import score_tolerance
 from lowbit.targets.c.pack import Slot, layout_pools, pack_codes, packed_bytes, unpack_codes
 from lowbit.targets.c.run import CFLAGS, CModel, compile_c_target, find_compiler
@@ -39,6 +54,7 @@ from tests.export.helpers import (
 )
 
 NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
+NO_BUILTIN = "LOWBIT_NO_BUILTIN_POPCOUNT"
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc, clang)")
 
 
@@ -48,35 +64,58 @@ def calibrated_linear(recipe: str, seed: int = 0, **overrides: object):
 
 
 MODELS = {
+    "w1a1-conv4": lambda: calibrated("w1a1", "conv4"),
     "w1a2-conv4": lambda: calibrated("w1a2", "conv4"),
     "w2a2-conv4": lambda: calibrated("w2a2", "conv4"),
+    "w2a4-conv4": lambda: calibrated("w2a4", "conv4"),
+    "w1a1-resnet8": lambda: calibrated("w1a1", "resnet8"),
     "w2a2-resnet8": lambda: calibrated("w2a2", "resnet8"),
     "w8a8-conv4-linear": lambda: calibrated_linear("w8a8", first_weight_bits=5, head_weight_bits=6),
 }
+SCALAR = ("w1a2-conv4", "w2a2-conv4", "w2a2-resnet8", "w8a8-conv4-linear")
+CASES = [f"{name}:bitserial" for name in MODELS] + [f"{name}:scalar" for name in SCALAR]
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
-def built(request, tmp_path_factory):
-    """(export dir, model.json, compiled CModel with tap, runtime outputs, C outputs)."""
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """get(name) -> (export dir, model.json, inputs, runtime outputs), each exported once."""
+    cache: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in cache:
+            torch.set_num_threads(1)
+            model = MODELS[name]()
+            out = tmp_path_factory.mktemp(name)
+            description = export_model(
+                model, out, class_names=list("abcd")[:NUM_CLASSES], normalization=NORMALIZATION
+            )
+            x = sample_inputs(model, random=224, ties=32)
+            expected = Runtime(out / "model.int.onnx").run(x, keep_intermediates=True)
+            cache[name] = out, description, x, expected
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=CASES)
+def built(request, exports, tmp_path_factory):
+    """(C export dir, model.json, compiled CModel with tap, runtime outputs, C outputs, kernel)
+    for one model and kernel; the C files of each kernel in their own copy of the export."""
     if find_compiler() is None:
         pytest.skip("no C compiler (cc, gcc, clang)")
-    torch.set_num_threads(1)
-    model = MODELS[request.param]()
-    out = tmp_path_factory.mktemp(request.param)
-    description = export_model(
-        model, out, class_names=list("abcd")[:NUM_CLASSES], normalization=NORMALIZATION
-    )
-    write_c_target(out, description)
+    name, kernel = request.param.split(":")
+    source, description, x, expected = exports(name)
+    out = tmp_path_factory.mktemp(f"{name}-{kernel}") / "export"
+    shutil.copytree(source, out)
+    write_c_target(out, description, kernel=kernel)
     library = compile_c_target(out / C_DIR, out / "model.so", tap=True)
     c_model = CModel(library, NUM_CLASSES)
-    x = sample_inputs(model, random=224, ties=32)
-    expected = Runtime(out / "model.int.onnx").run(x, keep_intermediates=True)
-    return out, description, c_model, expected, c_model.run(x, keep_intermediates=True)
+    return out, description, c_model, expected, c_model.run(x, keep_intermediates=True), kernel
 
 
 @needs_cc
 def test_every_tensor_equals_the_runtime(built) -> None:
-    _, description, _, expected, got = built
+    _, description, _, expected, got, _ = built
     n = len(got["logits"])
     assert n >= 256
     tensors = got["tensors"]
@@ -91,7 +130,7 @@ def test_every_tensor_equals_the_runtime(built) -> None:
 
 @needs_cc
 def test_head_outputs_and_argmax(built) -> None:
-    _, description, _, expected, got = built
+    _, description, _, expected, got, _ = built
     n = len(got["logits"])
     assert np.array_equal(got["class_dots"], expected["head.class_dot"])
     if description["head"]["head"] == "cosine":
@@ -103,13 +142,15 @@ def test_head_outputs_and_argmax(built) -> None:
     # (-ffp-contract=off), so C and numpy round identically.
     assert np.array_equal(got["logits"], expected["logits"])
     assert np.array_equal(got["argmax"], np.argmax(expected["logits"], axis=1))
-    assert len(np.unique(got["logits"], axis=0)) > n // 2  # inputs really differ downstream
+    # inputs really differ downstream (1-bit codes of 8 channels take fewer distinct values)
+    distinct = n // 2 if description["recipe"]["act_bits"] > 1 else n // 16
+    assert len(np.unique(got["logits"], axis=0)) > distinct
 
 
 @needs_cc
 def test_without_threshold_every_image_is_known(built) -> None:
     """The default export has "threshold": null: msp is still computed, known is always 1."""
-    out, description, _, expected, got = built
+    out, description, _, expected, got, _ = built
     assert description["ood"]["threshold"] is None
     rows = decide(expected["logits"], list("abcd"), description["ood"])
     scores = np.array([row["score"] for row in rows])
@@ -124,13 +165,30 @@ def test_without_threshold_every_image_is_known(built) -> None:
 
 @needs_cc
 def test_weight_bytes_equal_deployed_bits(built) -> None:
-    """sizeof of each packed weight array (read from the library) = ceil(model.json bits / 8)."""
-    _, description, c_model, _, _ = built
+    """sizeof of each packed weight array (read from the library) = ceil(model.json bits / 8);
+    bit-serial layers: their bit planes, [cout][kh][kw][ceil(cin / 64)] words per plane."""
+    out, description, c_model, _, _, kernel = built
     sizes = c_model.layer_sizes()
     rows = description["deployed_bits"]["layers"]
     assert set(sizes) == {row["name"] for row in rows}
+    graph = onnx.load(str(out / "model.int.onnx")).graph
+    shapes = {t.name.removesuffix(".weight_codes"): tuple(t.dims) for t in graph.initializer}
+    bits = {
+        row["name"]: row["weight_bits"] for row in description["layers"] if "weight_bits" in row
+    }
+    source = (out / C_DIR / file_names("lowbit")[1]).read_text()
+    serial = 0
     for row in rows:
-        assert sizes[row["name"]][0] == math.ceil(row["weight_bits"] / 8), row["name"]
+        name = row["name"]
+        if kernel == "bitserial" and name != "head" and 1 <= bits.get(name, 0) <= 2:
+            cout, cin, kh, kw = shapes[name]
+            planes = len(plane_coefficients(bits[name]))
+            expected = 8 * planes * cout * kh * kw * words_per_pixel(cin)
+            serial += 1
+        else:
+            expected = math.ceil(row["weight_bits"] / 8)
+        assert sizes[name][0] == expected, name
+    assert source.count("lb_pack_planes(t") == serial  # one packing step per bit-serial layer
     thresholds = {layer["name"]: layer["thresholds"] for layer in description["layers"]}
     for name, count in thresholds.items():
         assert count <= sizes[name][1] <= 8 * count  # int8 .. int64 per threshold
@@ -139,11 +197,9 @@ def test_weight_bytes_equal_deployed_bits(built) -> None:
 @needs_cc
 def test_caller_scratch_and_no_static_scratch(built, tmp_path) -> None:
     """The library compiles without its static scratch; results do not depend on the scratch."""
-    out, _, c_model, _, got = built
+    out, _, c_model, _, got, _ = built
     source = out / C_DIR / file_names("lowbit")[1]
     command = [find_compiler(), "-O0", *CFLAGS, "-DLOWBIT_NO_STATIC_SCRATCH", "-c", str(source)]
-    import subprocess
-
     assert subprocess.run(command + ["-o", str(tmp_path / "a.o")], check=False).returncode == 0
     x = np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     first = c_model.run(x)
@@ -162,8 +218,6 @@ def test_weight_reader_inverts_pack(tmp_path) -> None:
     )
     library = tmp_path / "reader.so"
     command = [find_compiler(), "-O2", *CFLAGS, "-fPIC", "-shared", str(source), "-o", str(library)]
-    import subprocess
-
     assert subprocess.run(command, check=False).returncode == 0
     read = ctypes.CDLL(str(library)).read
     read.restype = ctypes.c_int32
@@ -283,3 +337,166 @@ def test_cli_export_target_c_end_to_end(tmp_path, capsys) -> None:
     x = np.random.default_rng(0).uniform(-2, 2, (16, 3, 32, 32)).astype(np.float32)
     expected = Runtime(run / "model.int.onnx").run(x)["logits"]
     assert np.array_equal(c_model.run(x)["logits"], expected)
+
+
+# --- the bit-serial kernels alone ----------------------------------------------------------------
+def random_codes(rng, shape: tuple, bits: int) -> np.ndarray:
+    """Weight codes of a width: bipolar for 1 bit, all of two's complement (with -2^(b-1))."""
+    if bits == 1:
+        return rng.choice(np.array([-1, 1], np.int8), size=shape)
+    return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=shape).astype(np.int8)
+
+
+def numpy_conv(x: np.ndarray, weights: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """ConvInteger of codes [cin, h, w] (zero padding) in int64, tap by tap."""
+    cout, _, kh, kw = weights.shape
+    padded = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad)))
+    ho = (padded.shape[1] - kh) // stride + 1
+    wo = (padded.shape[2] - kw) // stride + 1
+    acc = np.zeros((cout, ho, wo), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            window = padded[:, ky : ky + stride * ho : stride, kx : kx + stride * wo : stride]
+            acc += np.einsum("oc,chw->ohw", weights[:, :, ky, kx].astype(np.int64), window)
+    return acc
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(1, 2),
+    planes=st.integers(1, 4),
+    channels=st.integers(1, 150),
+    kernel=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_bit_planes_reconstruct_codes_and_dot_products(bits, planes, channels, kernel, seed):
+    """Brute force: every bit of weight_planes / activation_planes is the code's bit, and the
+    popcount sum of bitplanes.py equals the integer dot product of every window."""
+    rng = np.random.default_rng(seed)
+    weights = random_codes(rng, (3, channels, kernel, kernel), bits)
+    x = rng.integers(0, 2**planes, size=(channels, 4, 5)).astype(np.uint8)
+    w_planes = weight_planes(weights, bits)
+    a_planes = activation_planes(x, planes, (1, 1, 1, 1))
+    words = words_per_pixel(channels)
+    assert w_planes.shape == (3, kernel, kernel, words, len(plane_coefficients(bits)))
+    assert a_planes.shape == (6, 7, words, planes)
+
+    def bit(word: np.uint64, index: int) -> int:
+        return int(word) >> index & 1
+
+    fields = np.where(weights > 0, 1, 0) if bits == 1 else weights.astype(np.int64) & 3
+    for o, c, ky, kx in np.ndindex(weights.shape):
+        for j in range(w_planes.shape[-1]):
+            assert bit(w_planes[o, ky, kx, c // 64, j], c % 64) == fields[o, c, ky, kx] >> j & 1
+    for c, y, i in np.ndindex(x.shape):
+        for b in range(planes):
+            assert bit(a_planes[y + 1, i + 1, c // 64, b], c % 64) == x[c, y, i] >> b & 1
+    assert not a_planes[0].any() and not a_planes[:, -1].any()  # the padding is code 0
+
+    def popcount(words: np.ndarray) -> int:
+        return sum(bin(int(word)).count("1") for word in words.reshape(-1))
+
+    expected = numpy_conv(x, weights, 1, 1)
+    coefficients = plane_coefficients(bits)
+    for o, oy, ox in [(0, 0, 0), (1, 2, 3), (2, 3, 4)]:
+        window = a_planes[oy : oy + kernel, ox : ox + kernel]  # [kh, kw, words, planes]
+        total = 0
+        for b in range(planes):
+            for j, coefficient in enumerate(coefficients):
+                both = window[..., b] & w_planes[o, ..., j]
+                total += 2**b * coefficient * popcount(both)
+            if bits == 1:  # bipolar: 2 popcount(a & w) - popcount(a)
+                total += 2**b * (popcount(window[..., b] & w_planes[o, ..., 0]))
+                total -= 2**b * popcount(window[..., b])
+        assert total == expected[o, oy, ox], (o, oy, ox)
+
+
+POPCOUNT_FLAGS = {
+    "builtin": ["-O2"],  # x86 without -mpopcnt: the POPCNT copy, picked at run time
+    "portable": ["-O2", f"-D{NO_BUILTIN}"],
+    **({"mpopcnt": ["-O2", "-mpopcnt"]} if platform.machine() in ("x86_64", "AMD64") else {}),
+}
+
+
+def bitconv_library(tmp_path, planes: int, bits: int, shape: tuple, flags: list) -> ctypes.CDLL:
+    """The generated lb_pack_planes + bit-serial kernel behind two exported functions."""
+    name, text = bitconv_kernel(planes, bits, shape)
+    source = tmp_path / f"{name}.c"
+    source.write_text(
+        "#include <stdint.h>\n" + POPCOUNT + PACK_PLANES + text
+        + "void pack(const uint8_t *x, int cin, int h, int w, int pt, int pl, int ph, int pw,\n"
+        "          int planes, uint64_t *packed)\n"
+        "{ lb_pack_planes(x, cin, h, w, pt, pl, ph, pw, planes, packed); }\n"
+        "void conv(const uint64_t *packed, int pw, const uint64_t *weights, int cout, int sh,\n"
+        f"          int sw, int ho, int wo, int32_t *acc)\n"
+        f"{{ {name}(packed, pw, weights, cout, sh, sw, ho, wo, acc); }}\n"
+    )  # fmt: skip
+    library = tmp_path / f"{name}.so"
+    command = [find_compiler(), *flags, *CFLAGS, "-fPIC", "-shared"]
+    result = subprocess.run(
+        [*command, str(source), "-o", str(library)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = ctypes.CDLL(str(library))
+    pointer, number = ctypes.c_void_p, ctypes.c_int
+    loaded.pack.argtypes = [pointer, *[number] * 8, pointer]
+    loaded.conv.argtypes = [pointer, number, pointer, *[number] * 5, pointer]
+    return loaded
+
+
+@needs_cc
+@pytest.mark.parametrize("popcount", list(POPCOUNT_FLAGS))
+@pytest.mark.parametrize(
+    "planes, bits, channels, kernel, stride, pad",
+    [
+        (2, 2, 64, 3, 1, 1),  # conv4-64's layers: one word per pixel
+        (2, 1, 100, 3, 1, 1),  # two words, the second part-filled; bipolar
+        (4, 2, 130, 3, 2, 1),  # three words, stride 2, 4 planes (w2a4)
+        (1, 1, 5, 1, 2, 0),  # resnet8's 1x1 stride-2 shortcut, 1-bit activations
+        (3, 2, 70, 2, 1, 0),  # an even kernel, no padding
+    ],
+)
+def test_bitconv_kernel_equals_numpy(tmp_path, popcount, planes, bits, channels, kernel, stride,
+                                     pad) -> None:  # fmt: skip
+    """lb_pack_planes equals activation_planes and the kernel equals a numpy ConvInteger, on
+    random codes (2-bit weights include -2), with each popcount."""
+    rng = np.random.default_rng(channels)
+    cout, h, w = 7, 9, 6
+    weights = random_codes(rng, (cout, channels, kernel, kernel), bits)
+    x = rng.integers(0, 2**planes, size=(channels, h, w)).astype(np.uint8)
+    library = bitconv_library(tmp_path, planes, bits, (kernel, kernel, words_per_pixel(channels)),
+                              POPCOUNT_FLAGS[popcount])  # fmt: skip
+    expected_planes = activation_planes(x, planes, (pad, pad, pad, pad))
+    packed = np.full(expected_planes.size, 0xA5, np.uint64)  # garbage: pack clears it
+    ph, pw = expected_planes.shape[:2]
+    library.pack(x.ctypes.data, channels, h, w, pad, pad, ph, pw, planes, packed.ctypes.data)
+    assert np.array_equal(packed, expected_planes.reshape(-1))
+    expected = numpy_conv(x, weights, stride, pad)
+    acc = np.zeros(expected.shape, np.int32)
+    w_planes = weight_planes(weights, bits)
+    library.conv(packed.ctypes.data, pw, w_planes.ctypes.data, cout, stride, stride,
+                 expected.shape[1], expected.shape[2], acc.ctypes.data)  # fmt: skip
+    assert np.array_equal(acc, expected)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["w1a2-conv4", "w2a2-conv4"])
+def test_portable_popcount_model_equals_runtime(exports, name, tmp_path) -> None:
+    """The whole bit-serial model compiled without the builtin popcount (-DLOWBIT_NO_BUILTIN_
+    POPCOUNT: the SWAR count) gives the runtime's tensors."""
+    source, description, x, expected = exports(name)
+    out = tmp_path / "export"
+    shutil.copytree(source, out)
+    write_c_target(out, description, kernel="bitserial")
+    text = (out / C_DIR / file_names("lowbit")[1]).read_text()
+    assert "lb_bitconv_" in text
+    library = compile_c_target(out / C_DIR, out / "model.so", tap=True, defines=(NO_BUILTIN,))
+    got = CModel(library, NUM_CLASSES).run(x, keep_intermediates=True)
+    for tensor, values in got["tensors"].items():
+        assert np.array_equal(values, expected[tensor].reshape(len(x), -1)), tensor
+
+
+def test_unknown_kernel_is_refused(exported) -> None:
+    out, description = exported
+    with pytest.raises(ConfigError, match="kernel 'simd'"):
+        generate_c(onnx.load(str(out / "model.int.onnx")), description, kernel="simd")

@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from lowbit.errors import ConfigError
 from lowbit.targets.c import templates as T
+from lowbit.targets.c.bitserial import KERNELS, bitserial_planes, conv_bitserial, conv_dot
 from lowbit.targets.c.pack import c_number, c_type, smallest_signed
 from lowbit.targets.c.plan import CPlan, Tensor
 
@@ -83,8 +85,7 @@ def cast(plan: CPlan, node: onnx.NodeProto) -> None:
         plan.float_views[node.output[0]] = x.name  # thresholds compare the integers
         return None
     if x.dtype == to:
-        plan.tensors[node.output[0]] = Tensor(node.output[0], to, x.shape, x.var, x.root)
-        return plan.emit("", plan.tensors[node.output[0]], x)
+        return _alias(plan, node, x.shape)
     if x.dtype.kind == "f" and to.kind in "iu":
         raise plan.error(node, "float -> integer casts exist only after Quant/MultiThreshold")
     plan.loop(node, to, x.shape, "(" + c_type(to) + ")({0})", [x])
@@ -136,6 +137,7 @@ def _threshold(plan: CPlan, mt: onnx.NodeProto, cast: onnx.NodeProto, to: np.dty
         Y=c_type(to),
     )
     out = plan.buffer(layer, to, x.shape)
+    plan.code_ranges[layer] = (int(bias), int(bias) + count)
     outer, plane = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 :])
     search = int(ordered and count >= 16)
     plan.emit(
@@ -173,6 +175,13 @@ def conv_integer(plan: CPlan, node: onnx.NodeProto) -> None:
     pads, strides, (ho, wo) = _spatial(plan, node, x, list(weights.shape[2:]))
     layer = node.output[0].removesuffix(".acc")
     bits = plan.weight_bits(layer, node)
+    if plan.conv_kernel == "bitserial":
+        planes = bitserial_planes(plan, x, bits)
+        if planes is not None:
+            conv_bitserial(plan, node, x, weights, bits, planes, pads, strides, (ho, wo))
+        else:
+            conv_dot(plan, node, x, weights, bits, pads, strides, (ho, wo))
+        return
     var = plan.packed(layer, weights, bits)
     short = T.SHORT_TYPES[c_type(x.dtype)]
     fn = plan.kernel(f"conv_{short}", T.CONV, x=short, X=c_type(x.dtype))
@@ -197,6 +206,8 @@ def max_pool(plan: CPlan, node: onnx.NodeProto) -> None:
     low = c_number(np.iinfo(x.dtype).min, x.dtype)
     fn = plan.kernel(f"maxpool_{short}", T.MAXPOOL, x=short, X=ctype, MIN=low)
     out = plan.buffer(node.output[0], x.dtype, (1, x.shape[1], ho, wo))
+    if x.name in plan.code_ranges:  # padding never wins: the codes keep their range
+        plan.code_ranges[out.name] = plan.code_ranges[x.name]
     plan.emit(
         f"    {fn}({x.var}, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}, {kernel[0]}, "
         f"{kernel[1]}, {strides[0]}, {strides[1]}, {pads[0]}, {pads[1]}, {ho}, {wo}, "
@@ -234,6 +245,8 @@ def _alias(plan: CPlan, node: onnx.NodeProto, shape: tuple[int, ...]) -> None:
     if math.prod(shape) != x.size:
         raise plan.error(node, f"cannot view {list(x.shape)} as {list(shape)}")
     plan.tensors[node.output[0]] = Tensor(node.output[0], x.dtype, shape, x.var, x.root)
+    if x.name in plan.code_ranges:
+        plan.code_ranges[node.output[0]] = plan.code_ranges[x.name]
     plan.emit("", plan.tensors[node.output[0]], x)
 
 
@@ -313,9 +326,17 @@ C_OPS = {
 """The op types the C target emits: the whole whitelist of docs/int_graph.md."""
 
 
-def build_plan(model: onnx.ModelProto, description: dict, label: str) -> CPlan:
-    """Returns the checked C plan of an integer graph (nodes in file order, batch 1)."""
-    plan = CPlan(model, description, label)
+def build_plan(
+    model: onnx.ModelProto, description: dict, label: str, kernel: str = "bitserial"
+) -> CPlan:
+    """Returns the checked C plan of an integer graph (nodes in file order, batch 1).
+
+    `kernel`: "bitserial" (bitserial.py: popcount kernels where the weights have 1 or 2 bits,
+    int16 dot products elsewhere) or "scalar" (the reference kernels only).
+    """
+    if kernel not in KERNELS:
+        raise ConfigError(f"C target: kernel {kernel!r}, choose one of {', '.join(KERNELS)}")
+    plan = CPlan(model, description, label, kernel)
     for node in model.graph.node:
         emitter = C_OPS.get(node.op_type)
         if emitter is None:

@@ -22,6 +22,7 @@ C_TYPES = {
     np.dtype(np.uint16): "uint16_t",
     np.dtype(np.int32): "int32_t",
     np.dtype(np.int64): "int64_t",
+    np.dtype(np.uint64): "uint64_t",
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
@@ -96,6 +97,8 @@ def c_number(value: float | int, dtype: np.dtype) -> str:
         text = float(value).hex()
         return f"{text}f" if dtype == np.float32 else text
     value = int(value)
+    if dtype == np.uint64:
+        return f"UINT64_C(0x{value:016x})"
     if dtype == np.int64:
         # INT64_MIN has no literal of its own in C
         return "INT64_MIN" if value == -(2**63) else f"INT64_C({value})"

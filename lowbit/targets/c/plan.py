@@ -50,8 +50,10 @@ class Step:
 class CPlan:
     """The C program of one graph: `steps`, `tensors`, `constants`, `kernels`, `sizes`."""
 
-    def __init__(self, model: onnx.ModelProto, description: dict, label: str) -> None:
-        self.label, self.description = label, description
+    def __init__(
+        self, model: onnx.ModelProto, description: dict, label: str, kernel: str = "bitserial"
+    ) -> None:
+        self.label, self.description, self.conv_kernel = label, description, kernel
         graph = model.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.producer = {node.output[0]: node for node in graph.node}
@@ -65,6 +67,7 @@ class CPlan:
         self.kernels: dict[str, str] = {}
         self.sizes: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
         self.float_views: dict[str, str] = {}  # Cast-to-float output -> its integer source
+        self.code_ranges: dict[str, tuple[int, int]] = {}  # codes of a MultiThreshold, passed on
         self.quantize_body = ""
         (self.input,) = [v for v in graph.input if v.name not in self.inits]
         dims = self.input.type.tensor_type.shape.dim
@@ -115,12 +118,15 @@ class CPlan:
         self.tensors[name] = tensor
         return tensor
 
-    def emit(self, code: str, out: Tensor | None, *inputs: Tensor) -> None:
+    def emit(self, code: str, out: Tensor | None, *inputs: Tensor, tap: bool = True) -> None:
+        """Adds a step; `tap`: pass `out` to the debug tap (False for kernel scratch that is
+        no graph tensor)."""
         uses = [t.root for t in inputs if t.root is not None]
         defines = None
         if out is not None:
             onnx_type = helper.np_dtype_to_tensor_dtype(out.dtype)
-            code += f'    LB_TAP("{out.name}", {onnx_type}, {out.var}, {out.size}ul);\n'
+            if tap:
+                code += f'    LB_TAP("{out.name}", {onnx_type}, {out.var}, {out.size}ul);\n'
             if out.root == out.name:
                 defines = out.name
             elif out.root is not None:  # an alias: keeps its buffer alive

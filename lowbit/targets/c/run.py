@@ -38,6 +38,7 @@ def compile_c_target(
     prefix: str = "lowbit",
     opt: str = "-O2",  # optimization flags, space-separated
     tap: bool = False,
+    defines: tuple[str, ...] = (),  # e.g. ("LOWBIT_NO_BUILTIN_POPCOUNT",)
 ) -> Path:
     """Compiles `<c_dir>/<prefix>_model.c` into the shared library `out`; returns its path."""
     compiler = find_compiler()
@@ -45,8 +46,9 @@ def compile_c_target(
         raise ConfigError("no C compiler found (set CC, or install cc/gcc/clang)")
     source = Path(c_dir) / file_names(prefix)[1]
     out = Path(out)
-    defines = [f"-D{prefix.upper()}_ENABLE_TAP"] if tap else []
-    command = [compiler, *opt.split(), *CFLAGS, *defines, "-fPIC", "-shared", str(source)]
+    macros = [f"-D{name}" for name in defines]
+    macros += [f"-D{prefix.upper()}_ENABLE_TAP"] if tap else []
+    command = [compiler, *opt.split(), *CFLAGS, *macros, "-fPIC", "-shared", str(source)]
     command += ["-o", str(out), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

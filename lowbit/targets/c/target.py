@@ -35,6 +35,12 @@ from lowbit.targets.reader import read_export
 log = logging.getLogger(__name__)
 
 C_DIR = "c"
+CONV_KERNEL_NOTES = {
+    "bitserial": "bit-serial (AND + popcount over 64-channel words; the weights'\n"
+    " * bit planes packed at export, the activations' per layer) where the weights have 1 or 2\n"
+    " * bits and input codes of at most 4 bits; int16 dot products elsewhere (lb_conv_dot_*).",
+    "scalar": "the scalar reference kernels (one multiply-add per weight and pixel).",
+}
 
 
 def file_names(prefix: str) -> tuple[str, str]:
@@ -98,15 +104,17 @@ def generate_c(
     prefix: str = "lowbit",
     label: str = INT_GRAPH_FILE,
     stats: dict | None = None,
+    kernel: str = "bitserial",
 ) -> dict[str, str]:
     """Returns {file name: text} of the C99 header and source for an integer graph.
 
     `stats`: the feature statistics (lowbit.core.feature_scores.load_export_stats) that
-    model.json's "ood" score needs when it is a feature score.
+    model.json's "ood" score needs when it is a feature score. `kernel`: "bitserial" (popcount
+    kernels for 1- and 2-bit weight layers, c/bitserial.py) or "scalar" (the reference).
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise ConfigError(f"C target: prefix {prefix!r} is not a C identifier")
-    plan = build_plan(model, description, label)
+    plan = build_plan(model, description, label, kernel)
     ood = plan_ood(plan, description.get("ood"), stats, prefix)
     pools, slots = _layout(plan, ood)
     classes = plan.logits.size
@@ -147,6 +155,7 @@ def generate_c(
         scratch_bytes=scratch_bytes,
         size_comment=_size_comment(plan, description),
         ood_defines=header_defines(ood, description.get("ood"), prefix),
+        conv_kernels=CONV_KERNEL_NOTES[kernel],
         channels=channels,
         height=height,
         width=width,
@@ -173,7 +182,7 @@ def generate_c(
 
 
 def write_c_target(
-    export_dir: str | Path, description: dict, *, prefix: str = "lowbit"
+    export_dir: str | Path, description: dict, *, prefix: str = "lowbit", kernel: str = "bitserial"
 ) -> list[Path]:
     """Writes `<export_dir>/c/<prefix>_model.{h,c}` from model.int.onnx; returns their paths.
 
@@ -192,7 +201,12 @@ def write_c_target(
                 "(the feature statistics file); re-export the model with them"
             )
     files = generate_c(
-        export.model, description, prefix=prefix, label=str(export.graph_path), stats=stats
+        export.model,
+        description,
+        prefix=prefix,
+        label=str(export.graph_path),
+        stats=stats,
+        kernel=kernel,
     )
     paths = [
         atomic_write_bytes(export_dir / C_DIR / name, text.encode()) for name, text in files.items()
