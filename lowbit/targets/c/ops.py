@@ -1,6 +1,6 @@
 """Per-op C emitters of the C target: one function per op type of docs/int_graph.md, in `C_OPS`.
 
-Each takes the plan (c_plan.py) and one node, and adds constants, kernels and steps. Patterns:
+Each takes the plan (plan.py) and one node, and adds constants, kernels and steps. Patterns:
 `Div(input) → Quant → Cast` is the input quantizer; `[Cast int → float] → MultiThreshold → Cast`
 one threshold kernel on the integers (for an integer x, `float(x) ≥ t ⇔ x ≥ ceil(t)`);
 `Flatten` / `Reshape` / same-type `Cast` are aliases; every other op an inline loop.

@@ -3,7 +3,7 @@
 Weights are stored as a little-endian bit stream of `bits`-wide fields, so a layer of n weights
 takes exactly ceil(n · bits / 8) bytes (model.json's `deployed_bits` for weights, rounded up per
 layer): 1-bit bipolar codes {-1, +1} as bits {0, 1}; every other width as two's complement. The C
-reader (`lb_weight` in c_templates.py) is the inverse of `pack_codes`.
+reader (`lb_weight` in templates.py) is the inverse of `pack_codes`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ from lowbit.errors import ConfigError, ModelFileError
 from lowbit.targets.c import templates as T
 from lowbit.targets.c.pack import c_array, pack_codes
 
-ELEMENTWISE = {"Add": "{0} + {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}"}
-LAYOUTS = {2: "NC", 3: "NWC", 4: "NCHW"}  # qonnx MultiThreshold's default by rank
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """`lowbit export --target c`: a dependency-free C99 header + source pair from model.int.onnx.
 
-`generate_c` plans the program (c_plan.py), lays its buffers out in typed scratch pools
-(c_pack.layout_pools) and fills the file frames (c_templates.py). The generated API (see the
+`generate_c` plans the program (plan.py), lays its buffers out in typed scratch pools
+(pack.layout_pools) and fills the file frames (templates.py). The generated API (see the
 header): `<prefix>_quantize_input` (float32 normalized image -> input codes, the graph's Div +
 Quant), `<prefix>_infer_codes` (integer body and head on input codes) and `<prefix>_infer`
 (both); each fills a `<prefix>_result` with the head's integers d_c and n, the float64 logits,
-their argmax, and the deployed unknown-type score with its known/unknown decision (c_ood.py).
+their argmax, and the deployed unknown-type score with its known/unknown decision (ood.py).
 `<prefix>_model_sizes` lists each layer's weight and threshold bytes.
 """
 

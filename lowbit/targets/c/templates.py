@@ -2,7 +2,7 @@
 
 Placeholders are `string.Template` fields ($name): C itself never uses `$`. Every kernel is
 integer-only; `lb_round_half_even` is the one float operation of the input quantizer, and the
-float64 tail is emitted inline by c_plan.py.
+float64 tail is emitted inline by plan.py.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ static int32_t lb_round_half_even(float v)
 CONV = Template("""\
 /* Stride-1 "same" convolution tap (dy, dx): plane[p] += weight * x[p + dy*w + dx] over the
    flattened plane in one contiguous loop, then the terms whose input column wrapped into a
-   neighbour row taken back out (exact: int32 headroom, see c_ops.conv_integer). */
+   neighbour row taken back out (exact: int32 headroom, see ops.conv_integer). */
 static void lb_tap_$x(const $X *restrict channel, int h, int w, int dy, int dx,
                      int32_t weight, int32_t *restrict plane)
 {
