@@ -24,7 +24,6 @@ from lowbit.targets.c import templates as T
 from lowbit.targets.c.pack import c_array, pack_codes
 
 
-
 @dataclass(frozen=True)
 class Tensor:
     name: str
