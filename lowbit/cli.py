@@ -120,8 +120,8 @@ def own_export(run_dir: Path) -> dict | None:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
+    from lowbit.deploy import export_with_targets
     from lowbit.export.api import parse_batch
-    from lowbit.jobs import export_with_targets
     from lowbit.targets import parse_targets
 
     targets = parse_targets(args.target)  # before the export: a typo fails fast
@@ -142,8 +142,8 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
-    from lowbit.jobs import verify_run
     from lowbit.verify.api import format_report
+    from lowbit.verify.run import verify_run
 
     report = verify_run(
         args.dir,
