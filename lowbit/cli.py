@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
 def own_export(run_dir: Path) -> dict | None:
     """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
-    from lowbit.verify.api import read_description
+    from lowbit.manifest import read_description
 
     if not (run_dir / DESCRIPTION_FILE).is_file():
         return None

@@ -24,10 +24,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lowbit.artifacts import VERIFY_FILE, read_description, read_json
+from lowbit.artifacts import VERIFY_FILE, read_json
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_json
 from lowbit.lock import writer_lock
+from lowbit.manifest import read_description
 from lowbit.quant.recipes import RECIPE_NAMES, get_recipe
 
 log = logging.getLogger(__name__)

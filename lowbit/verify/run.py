@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lowbit.artifacts import CONFIG_FILE, INT_GRAPH_FILE, read_description
+from lowbit.artifacts import CONFIG_FILE, INT_GRAPH_FILE
+from lowbit.manifest import read_description
 from lowbit.train.run import load_run, splits_for
 from lowbit.verify.api import EXECUTORS, build_inputs, load_graph, verify_export
 
