@@ -15,7 +15,8 @@ import lowbit.verify.run
 from lowbit.bench import BenchOptions, run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
-from lowbit.cli import _bench_options, build_parser, cmd_bench
+from lowbit.cli.commands import _bench_options, cmd_bench
+from lowbit.cli.parser import build_parser
 from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
 from lowbit.errors import ConfigError
 
