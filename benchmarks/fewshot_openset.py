@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from lowbit.io import atomic_write_bytes, atomic_write_json
-from lowbit.jobs import train_or_reuse
 from lowbit.train import TrainConfig
+from lowbit.train.reuse import train_or_reuse
 
 NOVEL = ("burn", "fold", "crack", "hole", "discoloration")
 RECIPES = ("fp32", "w2a2", "w1a2")
@@ -69,8 +69,8 @@ def train_models(out: Path, epochs: int) -> dict[tuple[str, str], dict]:
 
 
 def fewshot_rows(out: Path, episodes: int) -> dict[tuple[str, str], dict]:
+    from lowbit.deploy import export_run
     from lowbit.fewshot import evaluate_fewshot
-    from lowbit.jobs import export_run
 
     rows = {}
     for loss in LOSSES:
@@ -100,7 +100,7 @@ def enrollment_timing(out: Path, recipe: str = "w1a2", loss: str = "logitnorm") 
     export_dir = out / "enroll_demo"
     shutil.rmtree(export_dir, ignore_errors=True)
     export_dir.mkdir(parents=True)
-    from lowbit.jobs import export_run
+    from lowbit.deploy import export_run
 
     export_run(source, export_dir)
     splits = load_splits("builtin", image_size=32, unknown=NOVEL, seed=0)

@@ -1,14 +1,14 @@
 """lowbit's artifact files: their names, their safe loaders and the fields a reader relies on.
 
-Every module names a file through these constants and reads one through `read_json`,
-`read_description` or `load_onnx`; docs/artifacts.md documents every key. This module imports
-nothing of lowbit but the errors at load time: the torch-free runtime, targets and `predict`
-read artifacts through it.
+Every module names a file through these constants and reads one through `read_json` or
+`load_onnx` (an export's model.json through lowbit.manifest.read_description, which checks the
+folder first); docs/artifacts.md documents every key. This module imports nothing of lowbit but
+the errors: the torch-free runtime, targets and `predict` read artifacts through it.
 
 model.json format 1 named the deployed size `model_bits` and did not record how inputs were cut;
 format 2 calls the size `deployed_bits` (to set it apart from metrics.json's `parameter_bits`)
-and records the crop rule as `input.crop`. `deployed_bits_of` and `crop_rule_of` read either
-format the same.
+and records the crop rule as `input.crop`. `deployed_bits_of` (here) and
+lowbit.data.preprocess.crop_rule_of read either format the same.
 """
 
 from __future__ import annotations
@@ -155,26 +155,20 @@ def read_json(path: str | os.PathLike, schema_name: str) -> dict:
     return check_schema(data, schema_name, path)
 
 
-def read_description(export_dir: str | os.PathLike) -> dict:
-    """Returns model.json of an export folder whose files match its manifest; ModelFileError
-    names the file when the folder, model.json or one of its fields is missing or bad."""
-    from lowbit.manifest import check_export  # lowbit.manifest names files through this module
-
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
-        raise ModelFileError(
-            f"{export_dir}: not a folder; pass an export folder ({DESCRIPTION_FILE})"
-        )
-    check_export(export_dir)
-    return read_json(export_dir / DESCRIPTION_FILE, "model")
-
-
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Returns the ModelProto stored at `path`, external data left unread; ModelFileError names
-    the file when it is missing or not ONNX (lowbit.runtime.untrusted.load_onnx)."""
-    from lowbit.runtime.untrusted import load_onnx as load  # the runtime imports no lowbit stage
+    the file when it is missing or not ONNX. lowbit's one reader of ONNX files: the checks of
+    what it returns are lowbit.runtime.untrusted's."""
+    import onnx  # on first use: reading JSON artifacts needs no onnx
 
-    return load(path)
+    label = os.fspath(path)
+    if not os.path.isfile(label):
+        raise ModelFileError(f"{label}: no such model file")
+    try:  # external data would make the graph read other files: lowbit never writes it
+        return onnx.load(label, load_external_data=False)
+    except Exception as error:  # protobuf raises its own DecodeError subclasses
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{label}: not a readable ONNX model ({reason})") from None
 
 
 def deployed_bits_of(description: dict) -> dict:
@@ -182,16 +176,3 @@ def deployed_bits_of(description: dict) -> dict:
     threshold_bits}]}: weight codes and thresholds as stored."""
     bits = description.get("deployed_bits") or description.get("model_bits")
     return bits if isinstance(bits, dict) else {"total": 0, "layers": []}
-
-
-def crop_rule_of(description: dict) -> dict | None:
-    """Returns model.json's `input.crop` (margin, min_crop_fraction of the training crops), or
-    None for a model trained on whole images. Format 1 recorded nothing: every model then was
-    trained on the default mask crops unless its run said --no-crop, so the default rule is the
-    safe reading (predict then asks for a mask, a box or --whole-image)."""
-    from lowbit.data.preprocess import crop_rule
-
-    entry = description.get("input", {})
-    if "crop" not in entry:
-        return crop_rule()
-    return entry["crop"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
-from lowbit.manifest import check_export
+from lowbit.manifest import check_export, read_description
 
 log = logging.getLogger(__name__)
 

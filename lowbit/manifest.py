@@ -16,13 +16,14 @@ model.json differs from what the old manifest lists, or names a manifest that is
 and readers refuse the folder: a reader sees the old export whole, the new one whole, or a
 refusal, never a mix of two. A failure before the first rename leaves the old export untouched.
 
-Reading (`check_export`): every listed file must be there with its size and sha256; a folder
-whose manifest is missing although its model.json names one is an incomplete export. A
-model.json that names no manifest, with none beside it, was written by a lowbit without
-manifests: it is read with a warning (each of its files was written atomically, the set is
-unchecked); exporting again adds the manifest. Single-file consumers (onnxruntime, qonnx, FINN
-on one graph file) do not read the manifest. This module imports no torch: predict and infer
-check exports where only numpy and onnx are installed.
+Reading (`check_export`; `read_description` checks, then reads model.json): every listed file
+must be there with its size and sha256; a folder whose manifest is missing although its
+model.json names one is an incomplete export. A model.json that names no manifest, with none
+beside it, was written by a lowbit without manifests: it is read with a warning (each of its
+files was written atomically, the set is unchecked); exporting again adds the manifest.
+Single-file consumers (onnxruntime, qonnx, FINN on one graph file) do not read the manifest.
+This module imports no torch: predict and infer check exports where only numpy and onnx are
+installed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import lowbit
-from lowbit.artifacts import DESCRIPTION_FILE, MANIFEST_FILE
+from lowbit.artifacts import DESCRIPTION_FILE, MANIFEST_FILE, read_json
 from lowbit.errors import ModelFileError, WriteError
 from lowbit.io import (
     STAGING_PREFIX,
@@ -168,6 +169,18 @@ def check_export(folder: str | os.PathLike) -> dict | None:
                 "edited after export, or an incomplete export; export again"
             )
     return manifest
+
+
+def read_description(export_dir: str | os.PathLike) -> dict:
+    """Returns model.json of an export folder whose files match its manifest; ModelFileError
+    names the file when the folder, model.json or one of its fields is missing or bad."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ModelFileError(
+            f"{export_dir}: not a folder; pass an export folder ({DESCRIPTION_FILE})"
+        )
+    check_export(export_dir)
+    return read_json(export_dir / DESCRIPTION_FILE, "model")
 
 
 def _new_staging(destination: Path) -> Path:

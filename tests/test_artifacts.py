@@ -22,7 +22,6 @@ from lowbit.artifacts import (
     SCHEMAS,
     VERIFY_FILE,
     load_onnx,
-    read_description,
     read_json,
 )
 from lowbit.bench import BenchOptions
@@ -30,6 +29,7 @@ from lowbit.bench.report import build_results
 from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
 from lowbit.io import atomic_write_json
+from lowbit.manifest import read_description
 from lowbit.train import train
 from lowbit.verify.api import verify_export
 from tests.export.helpers import calibrated, sample_inputs

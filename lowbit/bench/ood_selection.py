@@ -113,8 +113,8 @@ def run_selection(
 ) -> dict:
     """Trains every candidate on every fold under `out`; returns (and writes) selection.json."""
     from lowbit.data import load_splits
-    from lowbit.jobs import train_or_reuse
     from lowbit.train import TrainConfig, load_run
+    from lowbit.train.reuse import train_or_reuse
 
     known, unknown = known_types(options)
     folds = options.folds or known

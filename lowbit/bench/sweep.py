@@ -24,10 +24,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lowbit.artifacts import VERIFY_FILE, read_description, read_json
+from lowbit.artifacts import VERIFY_FILE, read_json
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_json
 from lowbit.lock import writer_lock
+from lowbit.manifest import read_description
 from lowbit.quant.recipes import RECIPE_NAMES, get_recipe
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def train_config(options: BenchOptions, config: dict, out: Path):
 def is_finished(run_dir: Path, train_cfg, splits) -> bool:
     """True when the run holds metrics.json for `train_cfg` and (quantized) verify.json;
     ConfigError when it was trained with this config on other data than `splits`."""
-    from lowbit.jobs import is_trained
+    from lowbit.train.reuse import is_trained
 
     if not is_trained(run_dir, train_cfg, splits):
         return False
@@ -174,8 +175,10 @@ def _cached_row(run_dir: Path, options: BenchOptions) -> dict | None:
 def run_config(options: BenchOptions, config: dict, out: Path, splits, *, progress: bool) -> dict:
     """Trains (or reuses), exports, verifies and measures one configuration; returns its row."""
     from lowbit.bench import collect
-    from lowbit.jobs import export_run, train_or_reuse, verify_run
+    from lowbit.deploy import export_run
     from lowbit.train import load_run
+    from lowbit.train.reuse import train_or_reuse
+    from lowbit.verify.run import verify_run
 
     run_dir = run_dir_of(out, config)
     cfg = train_config(options, config, out)
@@ -258,7 +261,7 @@ def run_bench(
                     per_class=options.per_class,
                 )
             if config["recipe"] == PRETRAIN:
-                from lowbit.jobs import train_or_reuse
+                from lowbit.train.reuse import train_or_reuse
 
                 cfg = train_config(options, config, out)
                 metrics = train_or_reuse(

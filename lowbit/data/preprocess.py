@@ -55,6 +55,17 @@ def crop_rule(
     return {"margin": margin, "min_crop_fraction": min_crop_fraction}
 
 
+def crop_rule_of(description: dict) -> dict | None:
+    """Returns model.json's `input.crop` (margin, min_crop_fraction of the training crops), or
+    None for a model trained on whole images. Format 1 recorded nothing: every model then was
+    trained on the default mask crops unless its run said --no-crop, so the default rule is the
+    safe reading (predict then asks for a mask, a box or --whole-image)."""
+    entry = description.get("input", {})
+    if "crop" not in entry:
+        return crop_rule()
+    return entry["crop"]
+
+
 def reflect_indices(indices: np.ndarray, length: int) -> np.ndarray:
     """Map any integer indices into [0, length) by mirror reflection (numpy's 'reflect')."""
     if length == 1:

@@ -31,20 +31,19 @@ from lowbit.artifacts import (
     DESCRIPTION_FILE,
     MANIFEST_FILE,
     VERIFY_FILE,
-    crop_rule_of,
     load_onnx,
-    read_description,
     read_json,
 )
 from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
+from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError, ModelFileError, VerifyError, WriteError
 from lowbit.fewshot.features import prototype, runtime_features
 from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import integer_calibration
 from lowbit.io import make_dir, named_in, writing
 from lowbit.lock import writer_lock
-from lowbit.manifest import publish, read_manifest
+from lowbit.manifest import publish, read_description, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
+from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE
 from lowbit.core.integers import int_range, quantize
 from lowbit.errors import ConfigError
 from lowbit.fewshot.features import l2_normalize, model_features, runtime_features
+from lowbit.manifest import read_description
 
 log = logging.getLogger(__name__)
 

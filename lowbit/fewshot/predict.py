@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import DESCRIPTION_FILE, crop_rule_of, read_description
+from lowbit.artifacts import DESCRIPTION_FILE
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
+from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError
 from lowbit.fewshot.images import image_name, load_crops
 from lowbit.fewshot.openset import ood_score
 from lowbit.fewshot.regions import Region, regions_for
+from lowbit.manifest import read_description
 from lowbit.tables import format_table
 
 UNKNOWN = "unknown"

@@ -19,15 +19,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from lowbit.artifacts import load_onnx
 from lowbit.errors import ModelFileError
 from lowbit.runtime.ops import DOMAINS, OPS
-from lowbit.runtime.untrusted import (
-    attribute_value,
-    check_opsets,
-    check_text,
-    initializer_array,
-    load_onnx,
-)
+from lowbit.runtime.untrusted import attribute_value, check_opsets, check_text, initializer_array
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 RUNTIME_KEYWORDS = frozenset({"gemm_dtype"})

@@ -1,7 +1,7 @@
-"""Reading the raw protobuf of a model file that may be corrupt or hostile, before any check.
+"""Checks on the raw protobuf of a model file that may be corrupt or hostile, before any use.
 
-`load_onnx` is lowbit's one reader of ONNX files (lowbit.artifacts re-exports it). Each
-function turns what protobuf or numpy would raise (or silently accept) into a `ModelFileError`
+lowbit.artifacts.load_onnx is lowbit's one reader of ONNX files; the functions here check what it
+returns. Each turns what protobuf or numpy would raise (or silently accept) into a `ModelFileError`
 naming the file and the field: strings that are not UTF-8 (protobuf hands them back as bytes),
 initializers whose declared shape their data does not fill, data kept in external files
 (reading them would open other paths), attributes without a readable value.
@@ -9,7 +9,6 @@ initializers whose declared shape their data does not fill, data kept in externa
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -17,19 +16,6 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from lowbit.errors import ModelFileError
-
-
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Returns the ModelProto stored at `path`, external data left unread; ModelFileError names
-    the file when it is missing or not ONNX."""
-    label = os.fspath(path)
-    if not os.path.isfile(label):
-        raise ModelFileError(f"{label}: no such model file")
-    try:  # external data would make the graph read other files: lowbit never writes it
-        return onnx.load(label, load_external_data=False)
-    except Exception as error:  # protobuf raises its own DecodeError subclasses
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{label}: not a readable ONNX model ({reason})") from None
 
 
 def check_text(model: onnx.ModelProto, label: str) -> None:

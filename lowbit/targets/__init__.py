@@ -1,6 +1,6 @@
 """Export targets: `lowbit export --target NAME[,NAME...]` maps each name to one writer.
 
-Every target starts from the same export: `export_run` first writes the three ONNX graphs and
+Every target starts from the same export: lowbit.deploy first writes the three ONNX graphs and
 model.json (the `onnx` target, always done), then each further writer reads that folder
 (model.int.onnx, model.json) and writes its own files, atomically. `lowbit export` runs the
 writers in the export's staging folder, so their files are published with the graphs as one
@@ -23,7 +23,7 @@ Writer = Callable[[Path, dict], list[Path]]
 
 
 def _onnx(export_dir: Path, description: dict) -> list[Path]:
-    """The graphs and model.json that export_run already wrote."""
+    """The graphs and model.json that the export already wrote."""
     return [export_dir / name for name in (*GRAPH_FILES.values(), DESCRIPTION_FILE)]
 
 

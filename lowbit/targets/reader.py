@@ -26,10 +26,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, read_description
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE, load_onnx
 from lowbit.core.integers import int_range
 from lowbit.errors import ConfigError, ModelFileError
-from lowbit.runtime.untrusted import check_text, initializer_array, load_onnx
+from lowbit.manifest import read_description
+from lowbit.runtime.untrusted import check_text, initializer_array
 
 
 @dataclass(frozen=True)

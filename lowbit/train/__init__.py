@@ -16,12 +16,14 @@ _HOMES = {
     "cross_entropy": "losses",
     "evaluate": "evaluation",
     "init_from_run": "checkpoint",
+    "is_trained": "reuse",
     "load_checkpoint": "checkpoint",
     "load_run": "run",
     "logitnorm_loss": "losses",
     "ood_metrics": "metrics",
     "predict_logits": "evaluation",
     "train": "loop",
+    "train_or_reuse": "reuse",
 }
 __all__ = sorted(_HOMES)
 

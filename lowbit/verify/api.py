@@ -9,10 +9,11 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from lowbit.artifacts import GRAPH_FILES, VERIFY_FILE, load_onnx, read_description
+from lowbit.artifacts import GRAPH_FILES, VERIFY_FILE, load_onnx
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
 from lowbit.errors import ModelFileError
 from lowbit.io import atomic_write_json
+from lowbit.manifest import read_description
 from lowbit.models.build import LowbitModel
 from lowbit.verify.boundary import boundary_inputs, threshold_hits, threshold_layers
 from lowbit.verify.capture import QcdqWitness, qonnx_codes, runtime_codes, torch_codes

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from lowbit.jobs import export_run
+from lowbit.deploy import export_run
 from lowbit.train import TrainConfig, train
 
 from . import files

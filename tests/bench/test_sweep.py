@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 import lowbit.data
-import lowbit.jobs
+import lowbit.deploy
 import lowbit.train
+import lowbit.verify.run
 from lowbit.bench import BenchOptions, run_bench
 from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
-from lowbit.cli import _bench_options, build_parser, cmd_bench
+from lowbit.cli.commands import _bench_options, cmd_bench
+from lowbit.cli.parser import build_parser
 from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
 from lowbit.errors import ConfigError
 
@@ -122,8 +124,8 @@ def test_resume_trains_nothing_when_finished(tiny_sweep, monkeypatch):
         raise AssertionError("a finished configuration was trained, exported or verified again")
 
     monkeypatch.setattr(lowbit.train, "train", refuse)
-    monkeypatch.setattr(lowbit.jobs, "export_run", refuse)
-    monkeypatch.setattr(lowbit.jobs, "verify_run", refuse)
+    monkeypatch.setattr(lowbit.deploy, "export_run", refuse)
+    monkeypatch.setattr(lowbit.verify.run, "verify_run", refuse)
     second = run_bench(options, out, progress=False)
     assert calls == []
     assert [path.stat().st_mtime_ns for path in checkpoints] == mtimes

@@ -96,7 +96,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, code, needle):
     ],
 )
 def test_global_flags_before_or_after_the_subcommand(argv):
-    from lowbit.cli import build_parser
+    from lowbit.cli.parser import build_parser
 
     args = build_parser().parse_args(argv)
     assert (args.json, args.quiet, args.debug) == (True, True, False)

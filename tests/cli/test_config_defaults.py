@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from lowbit.bench import BenchOptions
-from lowbit.cli import _bench_options, _train_config, build_parser
+from lowbit.cli.commands import _bench_options, _train_config
+from lowbit.cli.parser import build_parser
 from lowbit.train import TrainConfig
 
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import lowbit.fewshot
-import lowbit.jobs
 import lowbit.train
+import lowbit.verify.run
 from lowbit.data import load_splits
 from lowbit.data.synth import generate_builtin
 
@@ -36,9 +36,9 @@ def test_readme_python_example(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(lowbit.train, "TrainConfig", tiny_config)
     monkeypatch.setattr(
-        lowbit.jobs,
+        lowbit.verify.run,
         "verify_run",
-        functools.partial(lowbit.jobs.verify_run, n=16, random=16, progress=False),
+        functools.partial(lowbit.verify.run.verify_run, n=16, random=16, progress=False),
     )
     monkeypatch.setattr(
         lowbit.train, "train", functools.partial(lowbit.train.train, progress=False)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from lowbit.data import write_mvtec
-from lowbit.jobs import export_run
+from lowbit.deploy import export_run
 from lowbit.train import TrainConfig, train
 
 BASE = ("aa_red", "bb_green", "cc_blue")

@@ -111,7 +111,7 @@ def test_enroll_then_remove(copy_export, tmp_path) -> None:
     assert np.array_equal(logits.argmax(1), ort_logits.argmax(1))
 
     # the enrolled folder is a run: verify_run works from model.json's source_run
-    from lowbit.jobs import verify_run
+    from lowbit.verify.run import verify_run
 
     report = verify_run(export, n=8, random=8, executors=("runtime",), progress=False)
     assert report["unexplained"] == 0

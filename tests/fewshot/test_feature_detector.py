@@ -11,14 +11,15 @@ import pytest
 
 from lowbit.core.feature_scores import load_export_stats, normalize_rows
 from lowbit.core.scores import score
+from lowbit.deploy import export_run
 from lowbit.errors import ModelFileError
 from lowbit.fewshot import calibrate_threshold, enroll_class, predict, remove_class, save_images
 from lowbit.fewshot.features import runtime_features, runtime_outputs
-from lowbit.jobs import export_run, verify_run
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
 from lowbit.train.evaluation import feature_codes, predict_logits
 from lowbit.train.run import splits_for
+from lowbit.verify.run import verify_run
 from tests.fewshot.conftest import NOVEL
 
 SCORE = "rel_mahalanobis"

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from lowbit.cli import main
+from lowbit.deploy import export_run
 from lowbit.errors import ConfigError
-from lowbit.jobs import export_run, is_trained, verify_run
 from lowbit.train import TrainConfig, load_run, train
+from lowbit.train.reuse import is_trained
+from lowbit.verify.run import verify_run
 
 from .conftest import tiny_config
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowbit.artifacts import crop_rule_of, deployed_bits_of
+from lowbit.artifacts import deployed_bits_of
 from lowbit.cli import main
 from lowbit.core.scores import DEFAULT_OOD_SCORE
 from lowbit.data import crop_rule, read_mask, scan
+from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError, DataError
 from lowbit.fewshot import predict
 from lowbit.fewshot.regions import boxes_from_args, masks_from_args, region_box

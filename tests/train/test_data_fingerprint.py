@@ -12,8 +12,8 @@ import pytest
 from lowbit.cli import main
 from lowbit.data import splits_fingerprint
 from lowbit.errors import ConfigError
-from lowbit.jobs import train_or_reuse
 from lowbit.train import train
+from lowbit.train.reuse import train_or_reuse
 from lowbit.train.run import check_same_data
 
 from .conftest import make_splits, tiny_config

@@ -1,286 +1,27 @@
-"""`lowbit ...`: argparse subcommands, each a thin wrapper over one library function.
-
-Results go to stdout (`--json` for machine-readable output), progress and logs to stderr;
-`--quiet` leaves only results and errors. A LowbitError becomes one line on stderr and its exit
-code; `--debug` shows the traceback. Python warnings go through logging, so they follow the
-same verbosity, and those of dependencies that tell a lowbit user nothing are dropped.
-"""
+"""The `lowbit` argument parser: subcommands, their options, and help that shows the defaults
+of the config dataclasses (TrainConfig, BenchOptions) without importing them to parse."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
-import sys
-import warnings
-from pathlib import Path
 
-from lowbit.artifacts import CONFIG_FILE, DESCRIPTION_FILE, INT_GRAPH_FILE, VERIFY_FILE
-from lowbit.errors import LowbitError, VerifyError
-
-log = logging.getLogger("lowbit")
-# (message regex, category, module regex) of dependency warnings a lowbit user cannot act on
-IGNORED_WARNINGS = (
-    # brevitas.graph.equalize, imported by brevitas' ONNX export: a CUDA kernel for Hadamard
-    # rotations, which lowbit never applies
-    (r"fast_hadamard_transform package not found", UserWarning, r"brevitas\."),
-    # brevitas.graph.base, same import: brevitas' own modules use brevitas.fx, lowbit does not
-    (r"brevitas\.fx is deprecated", DeprecationWarning, r"brevitas\."),
+from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
+from lowbit.cli.commands import (
+    cmd_bench,
+    cmd_data_make,
+    cmd_enroll,
+    cmd_eval,
+    cmd_export,
+    cmd_fewshot,
+    cmd_infer,
+    cmd_predict,
+    cmd_run,
+    cmd_train,
+    cmd_verify,
 )
-# subcommands that print their own human-readable result (all print JSON with --json)
-PRINTS_OWN_RESULT = ("eval", "verify", "run", "bench", "fewshot", "enroll", "predict")
 
-
-def _csv(text: str | None) -> tuple[str, ...] | None:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
-
-
-def _recipe_overrides(args: argparse.Namespace) -> dict:
-    overrides = {
-        "input_bits": args.input_bits,
-        "first_weight_bits": args.first_bits,
-        "head_weight_bits": args.head_bits,
-    }
-    if args.per_tensor:
-        overrides["per_channel"] = False
-    if args.float_scales:
-        overrides["pow2_scales"] = False
-    return {key: value for key, value in overrides.items() if value is not None}
-
-
-def cmd_data_make(args: argparse.Namespace) -> dict:
-    from lowbit.data import write_mvtec
-    from lowbit.io import writing
-
-    per_class = {} if args.per_class is None else {"per_class": args.per_class}
-    with writing(args.out):  # thousands of PNG writes: one line names the folder
-        root = write_mvtec(Path(args.out), seed=args.seed, **per_class)
-    return {"out": str(root)}
-
-
-def _given(args: argparse.Namespace, config: type) -> dict:
-    """Returns {field: value} of the `config` dataclass's options given on the command line;
-    the others are absent from `args` (see _config_option), so the dataclass supplies them."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.name in args}
-
-
-def _train_config(args: argparse.Namespace, **changes: object):
-    from lowbit.train import TrainConfig
-
-    fields = _given(args, TrainConfig)
-    if "unknown" in fields:
-        fields["unknown"] = _csv(fields["unknown"])
-    if "oe_kinds" in fields:
-        fields["oe_kinds"] = _csv(fields["oe_kinds"]) or ()
-    if getattr(args, "no_crop", False):
-        fields["crop"] = False
-    fields["recipe_overrides"] = _recipe_overrides(args)
-    fields.update(changes)
-    return TrainConfig(**fields)
-
-
-def cmd_train(args: argparse.Namespace) -> dict | None:
-    from lowbit.train.distributed import is_main_process
-    from lowbit.train.parallel import train_parallel
-
-    metrics = train_parallel(
-        _train_config(args),
-        Path(args.out),
-        nproc=args.nproc,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
-    return metrics if is_main_process() else None  # under torchrun, rank 0 prints
-
-
-def cmd_eval(args: argparse.Namespace) -> dict:
-    from lowbit.train import TrainConfig, evaluate, load_run
-    from lowbit.train.report import eval_report
-    from lowbit.train.run import splits_for
-
-    model, record = load_run(Path(args.run_dir))
-    config = None
-    if isinstance(record.get("train"), dict):
-        config = TrainConfig.from_dict(TrainConfig.with_defaults(record["train"]))
-    metrics = evaluate(model, splits_for(record, Path(args.run_dir) / CONFIG_FILE), config=config)
-    if not args.json:
-        print(eval_report(metrics, record, own_export(Path(args.run_dir)), args.run_dir))
-    return metrics
-
-
-def own_export(run_dir: Path) -> dict | None:
-    """Returns the model.json that `lowbit export RUN` wrote into the run itself, else None."""
-    from lowbit.verify.api import read_description
-
-    if not (run_dir / DESCRIPTION_FILE).is_file():
-        return None
-    description = read_description(run_dir)
-    return description if description.get("source_run", ".") == "." else None
-
-
-def cmd_export(args: argparse.Namespace) -> dict:
-    from lowbit.export.api import parse_batch
-    from lowbit.jobs import export_with_targets
-    from lowbit.targets import parse_targets
-
-    targets = parse_targets(args.target)  # before the export: a typo fails fast
-    out_dir, description, written = export_with_targets(
-        args.run_dir,
-        args.out,
-        targets=targets,
-        batch=parse_batch(args.batch),
-        ood_score=args.ood_score,
-    )
-    return {
-        "out": str(out_dir),
-        "deployed_bits": description["deployed_bits"]["total"],
-        "ood": description["ood"],
-        "layers": len(description["layers"]),
-        "targets": written,
-    }
-
-
-def cmd_verify(args: argparse.Namespace) -> dict:
-    from lowbit.jobs import verify_run
-    from lowbit.verify.api import format_report
-
-    report = verify_run(
-        args.dir,
-        data=args.data,
-        n=args.n,
-        random=args.random,
-        ties=args.ties,
-        executors=_csv(args.executors),
-        progress=not args.quiet,
-    )
-    if not args.json:
-        print(format_report(report))
-    if report["unexplained"]:
-        raise VerifyError(
-            f"{args.dir}: {report['unexplained']} unexplained mismatches (see {VERIFY_FILE})"
-        )
-    return report
-
-
-def cmd_infer(args: argparse.Namespace) -> dict:
-    from lowbit.infer import infer_file
-
-    return infer_file(args.model, args.input, args.out, batch_size=args.batch_size)
-
-
-def cmd_run(args: argparse.Namespace) -> dict:
-    from lowbit.jobs import MAIN_JOB_QAT_RUN, run_main_job
-    from lowbit.report_text import main_job_text
-
-    result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
-    if not args.json:
-        report = json.loads((Path(args.out) / MAIN_JOB_QAT_RUN / VERIFY_FILE).read_text())
-        print(main_job_text(result, report))
-    return result
-
-
-def _bench_options(args: argparse.Namespace):
-    """Returns (BenchOptions of the given options, the command line the report records: the
-    sweep's main choices always, the other options as given)."""
-    from lowbit.bench import BenchOptions
-
-    fields = _given(args, BenchOptions)
-    for name in ("recipes", "heads", "losses", "unknown"):
-        if name in fields:
-            fields[name] = _csv(fields[name])
-    options = BenchOptions(**fields)
-    typed = vars(args)
-    listed = {
-        "--data": options.data,
-        **{f"--{name}": typed.get(name, ",".join(getattr(options, name)))
-           for name in ("recipes", "heads", "losses")},
-        "--seeds": options.seeds,
-        **{f"--{name.replace('_', '-')}": typed[name]
-           for name in ("unknown", "epochs", "verify_n", "per_class", "oe_weight")
-           if typed.get(name) is not None},
-        "--out": args.out,
-    }  # fmt: skip
-    command = " ".join(
-        ["lowbit bench", *[f"{k} {v}" for k, v in listed.items()]]
-        + ["--learn-scale"] * options.learn_scale
-        + ["--quick"] * options.quick
-    )
-    return options, command
-
-
-def cmd_bench(args: argparse.Namespace) -> dict:
-    from lowbit.bench import run_bench
-    from lowbit.bench.report import summary_table
-
-    options, command = _bench_options(args)
-    results = run_bench(options, Path(args.out), progress=not args.quiet, command=command)
-    if not args.json:
-        print(summary_table(results))
-    return results
-
-
-def cmd_fewshot(args: argparse.Namespace) -> dict:
-    from lowbit.fewshot import evaluate_fewshot
-
-    result = evaluate_fewshot(
-        args.run_dir,
-        way=args.way,
-        shots=tuple(int(k) for k in _csv(args.shots) or ()),
-        queries=args.queries,
-        episodes=args.episodes,
-        methods=_csv(args.methods) or (),
-        integer=args.integer,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    if not args.json:
-        print(f"{result['way']}-way, {result['queries']} queries, {result['episodes']} episodes, "
-              f"novel {', '.join(result['novel_classes'])} ({result['recipe']}"
-              f"{', integer runtime' if result['integer'] else ''})")  # fmt: skip
-        for method, by_shot in result["results"].items():
-            for shot, row in by_shot.items():
-                print(f"{method:9s} {shot}-shot: {100 * row['mean']:.2f} ± {100 * row['ci95']:.2f}")
-    return result
-
-
-def cmd_enroll(args: argparse.Namespace) -> dict:
-    from lowbit.errors import ConfigError
-    from lowbit.fewshot import enroll_class, remove_class
-
-    options = dict(verify_n=args.verify_n, verify_random=args.verify_n, progress=not args.quiet)
-    if (args.remove is None) == (args.class_name is None):
-        raise ConfigError("give either --class NAME --images PATH... or --remove NAME")
-    if args.remove is not None:
-        report = remove_class(args.dir, args.remove, **options)
-    else:
-        if not args.images:
-            raise ConfigError(f"--class {args.class_name}: give support images with --images")
-        report = enroll_class(args.dir, args.class_name, args.images, **options)
-    if not args.json:
-        timing = report["timing"]
-        print(f"classes: {', '.join(report['class_names'])}")
-        print(f"verify: {report['verify']['mismatches']} mismatches "
-              f"({report['verify']['unexplained']} unexplained) in "
-              f"{report['verify']['checked_values']:,} codes")  # fmt: skip
-        print("timing: " + ", ".join(f"{key} {value:.3f}" for key, value in timing.items()))
-    return report
-
-
-def cmd_predict(args: argparse.Namespace) -> dict:
-    from lowbit.fewshot.predict import format_predictions, predict
-    from lowbit.fewshot.regions import boxes_from_args, masks_from_args
-
-    rows = predict(
-        args.dir,
-        args.images,
-        masks=masks_from_args(args.mask) if args.mask else None,
-        boxes=boxes_from_args(args.box) if args.box else None,
-        whole_image=args.whole_image,
-    )
-    if not args.json:
-        print(format_predictions(rows))
-    return {"predictions": rows}
+DESCRIPTION = "`lowbit ...`: argparse subcommands, each a thin wrapper over one library function."
 
 
 class ConfigDefaultsFormatter(argparse.HelpFormatter):
@@ -383,7 +124,7 @@ def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lowbit", description=DESCRIPTION)
     _global_flags(parser, False)
     # the same flags after the subcommand: SUPPRESS keeps the value given before it when absent
     common = argparse.ArgumentParser(add_help=False)
@@ -573,59 +314,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=cmd_predict)
     return parser
-
-
-def configure_output(quiet: bool) -> None:
-    """Logs (and Python warnings, through logging) to stderr: INFO and up, ERROR with --quiet.
-
-    Dependency warnings in IGNORED_WARNINGS are dropped; call inside warnings.catch_warnings()
-    so that a caller of `main` in the same process keeps its own filters.
-    """
-    level = logging.ERROR if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger().setLevel(level)
-    logging.captureWarnings(True)
-    for message, category, module in IGNORED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root_level = logging.getLogger().level
-    with warnings.catch_warnings():
-        configure_output(args.quiet)
-        try:
-            return _run(args)
-        finally:  # leave the process as it was: `main` may be called from Python
-            logging.captureWarnings(False)
-            logging.getLogger().setLevel(root_level)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        result = args.func(args)
-    except LowbitError as error:
-        if args.debug:
-            raise
-        print(f"lowbit: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("lowbit: interrupted", file=sys.stderr)
-        return 130
-    if result is None:  # nothing to print (a torchrun process other than rank 0)
-        return 0
-    sys.stderr.flush()  # the last log lines before the results, not among them
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    elif args.command not in PRINTS_OWN_RESULT and isinstance(result, dict):
-        for key, value in result.items():
-            if not isinstance(value, (dict, list)):
-                print(f"{key}: {value}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
