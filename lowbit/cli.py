@@ -287,16 +287,20 @@ def cmd_predict(args: argparse.Namespace) -> dict:
 def cmd_detect_fit(args: argparse.Namespace) -> dict:
     from lowbit.detect.fit import fit_detector
 
+    options = {
+        "layer": args.layer,
+        "aggregate_size": args.aggregate,
+        "bank_size": args.bank_size,
+        "false_alarm_rate": args.false_alarm_rate,
+    }
+    given = {key: value for key, value in options.items() if value is not None}
     detector = fit_detector(
         args.dir,
         args.data,
         category=args.category,
-        layer=args.layer,
-        aggregate_size=args.aggregate,
-        bank_size=args.bank_size,
-        false_alarm_rate=args.false_alarm_rate,
         train_good=args.train_good,
         seed=args.seed,
+        **given,
     )
     keys = ("category", "layer", "aggregate", "bank_size", "image_threshold", "pixel_threshold")
     keys += ("fit_images", "validation_images", "validation_flagged", "bank_file")
@@ -315,13 +319,6 @@ def cmd_inspect(args: argparse.Namespace) -> list:
 
 
 def _add_detect_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from lowbit.detect.fit import (
-        DEFAULT_AGGREGATE,
-        DEFAULT_BANK_SIZE,
-        DEFAULT_FALSE_ALARM_RATE,
-        DEFAULT_LAYER,
-    )
-
     detect = sub.add_parser("detect", parents=[common], help="stage 1: anomaly detectors")
     detect_sub = detect.add_subparsers(dest="detect_command", required=True)
     fit = detect_sub.add_parser(
@@ -338,14 +335,15 @@ def _add_detect_parsers(sub: argparse._SubParsersAction, common: argparse.Argume
     fit.add_argument(
         "--category", default=None, help="built-in texture, or the category under --data"
     )
-    fit.add_argument("--layer", default=DEFAULT_LAYER, help="trunk tensor (default: %(default)s)")
-    fit.add_argument("--aggregate", type=int, default=DEFAULT_AGGREGATE, help="k x k code sums")
-    fit.add_argument("--bank-size", type=int, default=DEFAULT_BANK_SIZE, help="entries at most")
+    # defaults: fit_detector's (lowbit/detect/fit.py, docs/anomaly.md)
+    fit.add_argument("--layer", default=None, help="trunk tensor (backbone.blocks.2.act)")
+    fit.add_argument("--aggregate", type=int, default=None, help="k x k code sums (3)")
+    fit.add_argument("--bank-size", type=int, default=None, help="bank entries at most (2000)")
     fit.add_argument(
         "--false-alarm-rate",
         type=float,
-        default=DEFAULT_FALSE_ALARM_RATE,
-        help="largest share of validation good images flagged (default: %(default)s)",
+        default=None,
+        help="largest share of validation good images flagged (0.01)",
     )
     fit.add_argument(
         "--train-good", type=int, default=None, help="use the first N train/good images"

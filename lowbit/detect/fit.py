@@ -169,7 +169,7 @@ def fit_detector(
 
         code_range = aggregated_code_range(trunk_code_range(trunk, layer), aggregate_size)
         stack = np.stack(images)
-        normalization = description["input"].get("normalization")
+        normalization = description["input"].get("normalization") or None
         runtime = Runtime(trunk)
         log.info("trunk codes of %d good images at %s", len(stack), layer)
         fit_codes = whole_image_codes(

@@ -116,7 +116,7 @@ def inspect(
         )
     from lowbit.runtime import Runtime
 
-    normalization = description["input"].get("normalization")
+    normalization = description["input"].get("normalization") or None
     codes = whole_image_codes(Runtime(trunk), layer, np.stack(pixels), normalization, k)
     maps = anomaly_map(bank, codes, tuple(detector["code_range"]))
     scores = image_scores(maps)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lowbit.artifacts import DETECTOR_DIR, MANIFEST_FILE, detector_files, read_json
+from lowbit.artifacts import DETECTOR_DIR, detector_files, read_json
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.manifest import check_export, seal
@@ -111,8 +111,7 @@ def read_detector(export_dir: Path, category: str) -> tuple[dict, np.ndarray]:
         raise ModelFileError(f"{bank_path}: cannot read ({error.strerror}); fit again") from None
     if hashlib.sha256(blob).hexdigest() != detector["bank_sha256"]:
         raise ModelFileError(
-            f"{bank_path}: sha256 differs from {path} (another fit's bank?); fit the detector "
-            f"again ({MANIFEST_FILE} lists both)"
+            f"{bank_path}: sha256 differs from {path} (another fit's bank?); fit the detector again"
         )
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
