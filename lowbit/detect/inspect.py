@@ -3,10 +3,12 @@
 Per image: the integer anomaly map (the fitted trunk layer's codes, k x k sums, squared
 distance to the bank), the score (the map's maximum), `anomalous` = score > image threshold.
 For an anomalous image the mask is the map's cells above the pixel threshold, repeated to image
-size (nearest); the box is the bounding box of the mask's largest 4-connected region, and it
-goes to the classifier through `lowbit.fewshot.predict` as a box: the crop is cut by the very
-rule the training crops were cut by (a box stands for its filled mask, and the rule reads only
-a mask's bounding box), the decision is predict's (type, or "unknown" by the deployed score).
+size (nearest); the box is the bounding box of the mask's largest 4-connected region, moved in
+by the aggregation's halo (k // 2 cells, `shrink_box`; chosen on validation images of known
+types, docs/anomaly.md). The box goes to the classifier through `lowbit.fewshot.predict`: the
+crop is cut by the very rule the training crops were cut by (a box stands for its filled mask,
+and the rule reads only a mask's bounding box), the decision is predict's (type, or "unknown"
+by the deployed score).
 A part below the threshold gets no mask, no box and no stage 2.
 """
 
@@ -70,14 +72,37 @@ def read_whole_images(
     return pixels
 
 
-def locate(anomaly: np.ndarray, pixel_threshold: int, height: int, width: int) -> tuple:
+def locate(
+    anomaly: np.ndarray, pixel_threshold: int, height: int, width: int, halo: int = 0
+) -> tuple[np.ndarray, list[int] | None]:
     """Returns (bool mask [H, W], box [x0, y0, x1, y1] or None) of one map [h, w]: the cells
-    above the threshold, and the bounding box of their largest 4-connected region."""
+    above the threshold, and the bounding box of their largest 4-connected region less `halo`
+    cells on each side (`shrink_box`)."""
     cells = anomaly > pixel_threshold
     region = largest_region(cells)
     mask = upsample_nearest(cells, height, width)
-    box = None if region is None else region_box(upsample_nearest(region, height, width))
-    return mask, box
+    if region is None:
+        return mask, None
+    box = region_box(upsample_nearest(region, height, width))
+    h, w = anomaly.shape
+    return mask, shrink_box(box, halo * (width // w), halo * (height // h))
+
+
+def shrink_box(box: list[int], dx: int, dy: int) -> list[int]:
+    """Returns the box moved in by dx px on the left and right, dy px on top and bottom; a side
+    no longer than twice its margin is kept.
+
+    k x k aggregation (k = 2 halo + 1) spreads a patch's anomaly over the cells within `halo`
+    of it, so the region above threshold is the defect's cells grown by `halo` on every side;
+    moving the box in by the halo's pixels undoes that growth (a filled box of the defect's
+    cells, aggregated, gives exactly that box back: tests/detect/test_inspect.py).
+    """
+    x0, y0, x1, y1 = box
+    if x1 - x0 > 2 * dx:
+        x0, x1 = x0 + dx, x1 - dx
+    if y1 - y0 > 2 * dy:
+        y0, y1 = y0 + dy, y1 - dy
+    return [x0, y0, x1, y1]
 
 
 def crop_square(box: list[int], shape: tuple[int, int], crop: dict | None) -> list[int] | None:
@@ -126,7 +151,7 @@ def inspect(
         anomalous = bool(score > detector["image_threshold"])
         mask, box = np.zeros((height, width), bool), None
         if anomalous:
-            mask, box = locate(anomaly, detector["pixel_threshold"], height, width)
+            mask, box = locate(anomaly, detector["pixel_threshold"], height, width, k // 2)
         rows.append(
             {
                 "image": image_name(image, index),

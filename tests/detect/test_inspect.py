@@ -15,7 +15,8 @@ from lowbit.cli import main
 from lowbit.data import NORMALIZATION, crop_rule, crop_to_mask, load_whole_images, prepare_images
 from lowbit.data.preprocess import reflect_indices
 from lowbit.detect.fit import split_good
-from lowbit.detect.inspect import JSON_FIELDS, crop_square, inspect, locate
+from lowbit.detect.inspect import JSON_FIELDS, crop_square, inspect, locate, shrink_box
+from lowbit.detect.maps import aggregate, upsample_nearest
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import load_crops
 from lowbit.fewshot.regions import Region, region_box
@@ -77,19 +78,22 @@ def test_json_schema(capsys, fitted_export, whole_data, flat_image, tmp_path):
 
 
 def test_a_ground_truth_mask_hands_off_the_training_crop(whole_data):
-    """The detector's mask of a region is its cells; when those cells are the ground truth, the
-    box inspect hands to predict gives exactly the crop the training loader cuts."""
+    """The defect's cells, filled to their box and aggregated 3 x 3 like the codes, are found
+    again as that box (the halo moved back in); any ground-truth mask's box then gives exactly
+    the crop the training loader cuts around that mask."""
     data = load_whole_images(whole_data / "brick")
     stride, size = 4, WHOLE_SIZE
     for image, truth in zip(data.test_images, data.test_masks):
         if not truth.any():
             continue
-        # a map whose cells above the threshold cover exactly the truth's cells
         cells = truth.reshape(size // stride, stride, size // stride, stride).any(axis=(1, 3))
+        x0, y0, x1, y1 = region_box(cells)
+        cells[y0:y1, x0:x1] = True
         grid_truth = cells.repeat(stride, 0).repeat(stride, 1)
-        anomaly = np.where(cells, 50, 3)
-        mask, box = locate(anomaly, 10, size, size)
-        assert np.array_equal(mask, grid_truth) and box == region_box(grid_truth)
+        anomaly = aggregate(cells[None, None], 3)[0, 0]  # > 0: the cells grown by one
+        mask, box = locate(anomaly, 0, size, size, halo=1)
+        assert np.array_equal(mask, upsample_nearest(anomaly > 0, size, size))
+        assert box == region_box(grid_truth)
         for ground_truth in (grid_truth, truth):  # any mask: the crop reads its bounding box
             box = region_box(ground_truth)
             handed, _ = load_crops(
@@ -103,6 +107,11 @@ def test_a_ground_truth_mask_hands_off_the_training_crop(whole_data):
             rows = reflect_indices(np.arange(y0, y1), size)
             cols = reflect_indices(np.arange(x0, x1), size)
             assert np.array_equal(image[rows[:, None], cols], crop_to_mask(image, ground_truth))
+
+
+def test_shrink_box_keeps_short_sides():
+    assert shrink_box([8, 8, 20, 28], 4, 4) == [12, 12, 16, 24]
+    assert shrink_box([8, 8, 16, 28], 4, 4) == [8, 12, 16, 24]
 
 
 def test_stage_two_gets_each_flagged_part_s_box(monkeypatch, fitted_export, flat_image):
