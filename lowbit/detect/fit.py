@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import read_description
+from lowbit.artifacts import detector_files, read_description
 from lowbit.data.images import read_image
 from lowbit.data.loaders import scan_good
 from lowbit.data.textures import CATEGORIES
@@ -155,6 +155,7 @@ def fit_detector(
         category = category or folder.name
         images, _ = folder_good_images(folder, train_good)
         source = {"kind": "folder", "path": str(folder)}
+    detector_files(category)  # a plain file name, checked before the work
     source["fingerprint"] = images_fingerprint(images)
     source["train_good"] = len(images)
     fit_index, validation_index = split_good(len(images), validation_fraction, seed)
