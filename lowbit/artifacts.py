@@ -35,8 +35,24 @@ DESCRIPTION_FILE = "model.json"  # classes, input, head, threshold, layers
 STATS_FILE = "model.ood.npz"  # feature statistics of the unknown-type score
 MANIFEST_FILE = "model.manifest.json"  # sha256 of every published file, written last
 VERIFY_FILE = "verify.json"  # lowbit verify's report
+# Stage-1 anomaly detectors fitted into an export (lowbit detect fit), one per category:
+DETECTOR_DIR = "detector"  # detector/<category>.json (detector.json) + detector/<category>.npz
 # A bench folder (lowbit bench):
 RESULTS_FILE = "results.json"
+
+
+def detector_files(category: str) -> tuple[str, str]:
+    """Returns (description, bank) file names of a category's detector, relative to the export
+    folder; ConfigError for a category that is not a plain file name."""
+    if (
+        not category
+        or category.startswith(".")
+        or not all(ch.isalnum() or ch in "_.-" for ch in category)
+    ):
+        raise ConfigError(
+            f"category {category!r}: use letters, digits, '_', '.' or '-' (a file name)"
+        )
+    return f"{DETECTOR_DIR}/{category}.json", f"{DETECTOR_DIR}/{category}.npz"
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,26 @@ SCHEMAS = {
             "tail_tolerance": _NUMBER,
             "executors": (list,),
             "layers": (list,),
+        },
+    ),
+    "detector": Schema(
+        "detector.json",  # stored as detector/<category>.json
+        ModelFileError,
+        "missing; fit one with `lowbit detect fit`",
+        "fit the detector again (lowbit detect fit)",
+        {
+            "format_version": (int,),
+            "category": (str,),
+            "layer": (str,),
+            "aggregate": (int,),
+            "image_size": (list,),
+            "map_size": (list,),
+            "code_range": (list,),
+            "image_threshold": (int,),
+            "pixel_threshold": (int,),
+            "bank_file": (str,),
+            "bank_sha256": (str,),
+            "trunk_sha256": (str,),
         },
     ),
     "results": Schema(

@@ -21,11 +21,13 @@ from lowbit.artifacts import (
     RESULTS_FILE,
     SCHEMAS,
     VERIFY_FILE,
+    detector_files,
     load_onnx,
     read_json,
 )
 from lowbit.bench import BenchOptions
 from lowbit.bench.report import build_results
+from lowbit.detect.fit import fit_detector
 from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
 from lowbit.io import atomic_write_json
@@ -46,6 +48,7 @@ def written(tmp_path_factory) -> dict[str, Path]:
     export_model(model, export, class_names=["a", "b", "c", "d"], normalization={})
     inputs = {"random": sample_inputs(model, random=4, ties=0)}
     verify_export(model, export, inputs, executors=("runtime",), progress=False)
+    fit_detector(export, category="brick", train_good=4, image_size=64)
     bench = tmp_path_factory.mktemp("bench")
     atomic_write_json(bench / RESULTS_FILE, build_results(BenchOptions(), [], wall_seconds=1.0))
     return {
@@ -53,6 +56,7 @@ def written(tmp_path_factory) -> dict[str, Path]:
         "metrics": run / METRICS_FILE,
         "model": export / DESCRIPTION_FILE,
         "verify": export / VERIFY_FILE,
+        "detector": export / detector_files("brick")[0],
         "results": bench / RESULTS_FILE,
     }
 

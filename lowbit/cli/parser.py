@@ -24,6 +24,88 @@ from lowbit.cli.commands import (
 DESCRIPTION = "`lowbit ...`: argparse subcommands, each a thin wrapper over one library function."
 
 
+# stage 1 (lowbit/detect): `lowbit detect fit` and `lowbit inspect`
+def cmd_detect_fit(args: argparse.Namespace) -> dict:
+    from lowbit.detect.fit import fit_detector
+
+    options = {
+        "layer": args.layer,
+        "aggregate_size": args.aggregate,
+        "bank_size": args.bank_size,
+        "false_alarm_rate": args.false_alarm_rate,
+    }
+    given = {key: value for key, value in options.items() if value is not None}
+    detector = fit_detector(
+        args.dir,
+        args.data,
+        category=args.category,
+        train_good=args.train_good,
+        seed=args.seed,
+        **given,
+    )
+    keys = ("category", "layer", "aggregate", "bank_size", "image_threshold", "pixel_threshold")
+    keys += ("fit_images", "validation_images", "validation_flagged", "bank_file")
+    return {key: detector[key] for key in keys}
+
+
+def cmd_inspect(args: argparse.Namespace) -> list:
+    from lowbit.detect.inspect import format_row, inspect, json_row, write_masks
+
+    rows = inspect(args.dir, args.images, category=args.category)
+    paths = write_masks(rows, args.masks_out) if args.masks_out else [None] * len(rows)
+    if not args.json:
+        for row in rows:
+            print(format_row(row))
+    return [json_row(row, path) for row, path in zip(rows, paths)]
+
+
+def _add_detect_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    detect = sub.add_parser("detect", parents=[common], help="stage 1: anomaly detectors")
+    detect_sub = detect.add_subparsers(dest="detect_command", required=True)
+    fit = detect_sub.add_parser(
+        "fit",
+        parents=[common],
+        help="fit a category's anomaly detector into an export (defect-free images only)",
+        description="Fit stage 1 on a category's train/good images: an integer memory bank of "
+        "the classifier's trunk codes, thresholds from validation good images (docs/anomaly.md).",
+    )
+    fit.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
+    fit.add_argument(
+        "--data", default=None, help="MVTec AD category folder (default: built-in whole images)"
+    )
+    fit.add_argument(
+        "--category", default=None, help="built-in texture, or the category under --data"
+    )
+    # defaults: fit_detector's (lowbit/detect/fit.py, docs/anomaly.md)
+    fit.add_argument("--layer", default=None, help="trunk tensor (backbone.blocks.2.act)")
+    fit.add_argument("--aggregate", type=int, default=None, help="k x k code sums (3)")
+    fit.add_argument("--bank-size", type=int, default=None, help="bank entries at most (2000)")
+    fit.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=None,
+        help="largest share of validation good images flagged (0.01)",
+    )
+    fit.add_argument(
+        "--train-good", type=int, default=None, help="use the first N train/good images"
+    )
+    fit.add_argument("--seed", type=int, default=0, help="fit/validation split (and built-in data)")
+    fit.set_defaults(func=cmd_detect_fit)
+
+    inspect = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="anomalous or not, where, and the defect's type, per whole image",
+        description="Run the fitted detector on whole images and the classifier on the crop "
+        "around each anomaly it finds (docs/anomaly.md).",
+    )
+    inspect.add_argument("dir", help=f"export folder (holds {DESCRIPTION_FILE})")
+    inspect.add_argument("images", nargs="+", help="whole image files")
+    inspect.add_argument("--category", default=None, help="detector to use (if several)")
+    inspect.add_argument("--masks-out", default=None, help="folder for the masks (PNG, 0/255)")
+    inspect.set_defaults(func=cmd_inspect)
+
+
 class ConfigDefaultsFormatter(argparse.HelpFormatter):
     """Help that shows an option's default from its config dataclass (see _config_option),
     imported only when help is printed: the dataclasses import torch, parsing does not."""
@@ -313,4 +395,5 @@ def build_parser() -> argparse.ArgumentParser:
         help="the images already are crops around the defect: use each one whole",
     )
     predict.set_defaults(func=cmd_predict)
+    _add_detect_parsers(sub, common)
     return parser

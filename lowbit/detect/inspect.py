@@ -1,0 +1,219 @@
+"""`inspect`: stage 1 on whole images, then stage 2 on the parts it flags.
+
+Per image: the integer anomaly map (the fitted trunk layer's codes, k x k sums, squared
+distance to the bank), the score (the map's maximum), `anomalous` = score > image threshold.
+For an anomalous image the mask is the map's cells above the pixel threshold, repeated to image
+size (nearest); the box is the bounding box of the mask's largest 4-connected region, moved in
+by the aggregation's halo (k // 2 cells, `shrink_box`; chosen on validation images of known
+types, docs/anomaly.md). The box goes to the classifier through `lowbit.fewshot.predict`: the
+crop is cut by the very rule the training crops were cut by (a box stands for its filled mask,
+and the rule reads only a mask's bounding box), the decision is predict's (type, or "unknown"
+by the deployed score).
+A part below the threshold gets no mask, no box and no stage 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lowbit.artifacts import crop_rule_of, read_description
+from lowbit.data.preprocess import crop_box
+from lowbit.detect.fit import load_trunk, whole_image_codes
+from lowbit.detect.maps import largest_region, upsample_nearest
+from lowbit.detect.memory_bank import anomaly_map, image_scores
+from lowbit.detect.store import choose_category, read_detector, trunk_fingerprint
+from lowbit.errors import ConfigError, DataError, ModelFileError
+from lowbit.fewshot.images import image_name
+from lowbit.fewshot.predict import predict
+from lowbit.fewshot.regions import Region, read_region, region_box
+
+# fields of one row of `inspect`'s JSON (docs/anomaly.md), in order
+JSON_FIELDS = (
+    "image",
+    "category",
+    "anomalous",
+    "score",
+    "threshold",
+    "box",
+    "crop",
+    "mask",
+    "type",
+    "class",
+    "known",
+    "confidence",
+    "confidence_name",
+)
+STAGE2_FIELDS = ("type", "class", "known", "confidence", "confidence_name")
+
+
+def read_whole_images(
+    images: Sequence[str | Path | np.ndarray], size: Sequence[int]
+) -> list[np.ndarray]:
+    """Returns uint8 [H, W, 3] images of the detector's size; DataError names a bad one."""
+    if not images:
+        raise ConfigError("no images given: pass one or more image files")
+    pixels = []
+    for index, image in enumerate(images):
+        name = image_name(image, index)
+        if not isinstance(image, np.ndarray):
+            image = Path(image)
+            if image.is_dir():
+                raise DataError(f"{image}: is a folder; pass image files (e.g. {image}/*.png)")
+        array, _ = read_region(image, Region(), name)
+        if list(array.shape[:2]) != list(size):
+            raise DataError(
+                f"{name}: {array.shape[1]}x{array.shape[0]}, but the detector was fitted on "
+                f"{size[1]}x{size[0]} images; give images of that size"
+            )
+        pixels.append(array)
+    return pixels
+
+
+def locate(
+    anomaly: np.ndarray, pixel_threshold: int, height: int, width: int, halo: int = 0
+) -> tuple[np.ndarray, list[int] | None]:
+    """Returns (bool mask [H, W], box [x0, y0, x1, y1] or None) of one map [h, w]: the cells
+    above the threshold, and the bounding box of their largest 4-connected region less `halo`
+    cells on each side (`shrink_box`)."""
+    cells = anomaly > pixel_threshold
+    region = largest_region(cells)
+    mask = upsample_nearest(cells, height, width)
+    if region is None:
+        return mask, None
+    box = region_box(upsample_nearest(region, height, width))
+    h, w = anomaly.shape
+    return mask, shrink_box(box, halo * (width // w), halo * (height // h))
+
+
+def shrink_box(box: list[int], dx: int, dy: int) -> list[int]:
+    """Returns the box moved in by dx px on the left and right, dy px on top and bottom; a side
+    no longer than twice its margin is kept.
+
+    k x k aggregation (k = 2 halo + 1) spreads a patch's anomaly over the cells within `halo`
+    of it, so the region above threshold is the defect's cells grown by `halo` on every side;
+    moving the box in by the halo's pixels undoes that growth (a filled box of the defect's
+    cells, aggregated, gives exactly that box back: tests/detect/test_inspect.py).
+    """
+    x0, y0, x1, y1 = box
+    if x1 - x0 > 2 * dx:
+        x0, x1 = x0 + dx, x1 - dx
+    if y1 - y0 > 2 * dy:
+        y0, y1 = y0 + dy, y1 - dy
+    return [x0, y0, x1, y1]
+
+
+def crop_square(box: list[int], shape: tuple[int, int], crop: dict | None) -> list[int] | None:
+    """Returns [x0, y0, x1, y1] of the square the classifier's input is cut from (it may
+    reach past the border, mirrored there); None for a model of whole images."""
+    if crop is None:
+        return None
+    x0, y0, x1, y1 = box
+    top, left, side = crop_box((y0, x0, y1, x1), shape, **crop)
+    return [left, top, left + side, top + side]
+
+
+def inspect(
+    export_dir: str | Path,
+    images: Sequence[str | Path | np.ndarray],
+    *,
+    category: str | None = None,
+) -> list[dict]:
+    """Returns per image: image, category, anomalous, score, threshold (ints), map (int64
+    [h, w]), mask (bool [H, W]), box and crop ([x0, y0, x1, y1] or None), and for an anomalous
+    image predict's decision: type (class or "unknown"), class, known, confidence (the deployed
+    score) and confidence_name; these are None for a part below the threshold.
+    """
+    export_dir = Path(export_dir)
+    description = read_description(export_dir)
+    category = choose_category(export_dir, category)
+    detector, bank = read_detector(export_dir, category)
+    height, width = detector["image_size"]
+    pixels = read_whole_images(images, (height, width))
+    layer, k = detector["layer"], detector["aggregate"]
+    trunk = load_trunk(export_dir, description, layer, height, width)
+    if trunk_fingerprint(trunk) != detector["trunk_sha256"]:
+        raise ModelFileError(
+            f"{export_dir}: the classifier's trunk differs from the one detector/{category} "
+            "was fitted on; fit the detector again (lowbit detect fit)"
+        )
+    from lowbit.runtime import Runtime
+
+    normalization = description["input"].get("normalization") or None
+    codes = whole_image_codes(Runtime(trunk), layer, np.stack(pixels), normalization, k)
+    maps = anomaly_map(bank, codes, tuple(detector["code_range"]))
+    scores = image_scores(maps)
+    crop = crop_rule_of(description)
+    rows = []
+    for index, (image, anomaly, score) in enumerate(zip(images, maps, scores)):
+        anomalous = bool(score > detector["image_threshold"])
+        mask, box = np.zeros((height, width), bool), None
+        if anomalous:
+            mask, box = locate(anomaly, detector["pixel_threshold"], height, width, k // 2)
+        rows.append(
+            {
+                "image": image_name(image, index),
+                "category": category,
+                "anomalous": anomalous,
+                "score": int(score),
+                "threshold": detector["image_threshold"],
+                "map": anomaly,
+                "mask": mask,
+                "box": box,
+                "crop": None if box is None else crop_square(box, (height, width), crop),
+                **dict.fromkeys(STAGE2_FIELDS),
+            }
+        )
+    flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
+    if flagged:
+        decisions = predict(
+            export_dir,
+            [pixels[i] for i in flagged],
+            boxes=[rows[i]["box"] for i in flagged] if crop is not None else None,
+        )
+        for i, decision in zip(flagged, decisions):
+            rows[i].update(
+                type=decision["label"],
+                **{"class": decision["class"]},
+                known=decision["known"],
+                confidence=decision["score"],
+                confidence_name=decision["score_name"],
+            )
+    return rows
+
+
+def json_row(row: dict, mask_path: str | None = None) -> dict:
+    """Returns one `inspect` row as JSON: JSON_FIELDS, the mask as the path it was written to."""
+    return {field: mask_path if field == "mask" else row[field] for field in JSON_FIELDS}
+
+
+def format_row(row: dict) -> str:
+    """Returns one line: image, verdict with score/threshold, and the type of a flagged part."""
+    verdict = f"{row['score']} {'>' if row['anomalous'] else '<='} {row['threshold']}"
+    if not row["anomalous"]:
+        return f"{row['image']}: good ({verdict})"
+    box = ",".join(map(str, row["box"]))
+    return (
+        f"{row['image']}: anomalous ({verdict}) box {box} -> {row['type']} "
+        f"({row['confidence_name']} {row['confidence']:.4f})"
+    )
+
+
+def write_masks(rows: Sequence[dict], folder: str | Path) -> list[str]:
+    """Writes each row's mask as NNN_<image stem>_mask.png (0/255), atomically; returns paths."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from lowbit.io import atomic_write_bytes
+
+    paths = []
+    for index, row in enumerate(rows):
+        stem = Path(row["image"]).stem if not row["image"].startswith("array[") else "array"
+        buffer = BytesIO()
+        Image.fromarray(row["mask"].astype(np.uint8) * 255).save(buffer, format="PNG")
+        path = Path(folder) / f"{index:03d}_{stem}_mask.png"
+        paths.append(str(atomic_write_bytes(path, buffer.getvalue())))
+    return paths

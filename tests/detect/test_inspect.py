@@ -1,0 +1,180 @@
+"""inspect: its JSON, the crop handed to the classifier (the training crop), stage 2 skipped
+below the threshold, and one-line errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lowbit.detect.inspect as inspect_module
+from lowbit.artifacts import detector_files
+from lowbit.cli import main
+from lowbit.data import NORMALIZATION, crop_rule, crop_to_mask, load_whole_images, prepare_images
+from lowbit.data.preprocess import reflect_indices
+from lowbit.detect.fit import split_good
+from lowbit.detect.inspect import JSON_FIELDS, crop_square, inspect, locate, shrink_box
+from lowbit.detect.maps import aggregate, upsample_nearest
+from lowbit.errors import ConfigError, DataError, ModelFileError
+from lowbit.fewshot.images import load_crops
+from lowbit.fewshot.regions import Region, region_box
+from lowbit.manifest import check_export, seal
+
+from .conftest import CLASS_NAMES, WHOLE_SIZE
+
+
+@pytest.fixture(scope="module")
+def flat_image(tmp_path_factory):
+    """A uniform white part: far from every brick patch, so it is flagged."""
+    path = tmp_path_factory.mktemp("flat") / "white.png"
+    Image.new("RGB", (WHOLE_SIZE, WHOLE_SIZE), (255, 255, 255)).save(path)
+    return path
+
+
+def validation_images(whole_data) -> list[np.ndarray]:
+    images = load_whole_images(whole_data / "brick").train_good
+    _, validation = split_good(len(images), 0.2, 0)
+    return [images[i] for i in validation]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["--quiet", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_schema(capsys, fitted_export, whole_data, flat_image, tmp_path):
+    good = sorted((whole_data / "brick" / "test" / "good").glob("*.png"))
+    images = [str(p) for p in [*good, flat_image]]
+    masks = tmp_path / "masks"
+    code, out, _ = run_cli(
+        capsys, "--json", "inspect", str(fitted_export), *images, "--masks-out", str(masks)
+    )
+    assert code == 0
+    rows = json.loads(out)
+    assert [row["image"] for row in rows] == images
+    for row in rows:
+        assert tuple(row) == JSON_FIELDS
+        assert row["category"] == "brick" and isinstance(row["anomalous"], bool)
+        assert isinstance(row["score"], int) and isinstance(row["threshold"], int)
+        assert row["anomalous"] == (row["score"] > row["threshold"])
+        mask = np.asarray(Image.open(row["mask"]))
+        assert mask.shape == (WHOLE_SIZE, WHOLE_SIZE) and set(np.unique(mask)) <= {0, 255}
+        if not row["anomalous"]:
+            assert row["box"] is row["crop"] is row["type"] is row["class"] is None
+            assert row["known"] is row["confidence"] is None and not mask.any()
+            continue
+        x0, y0, x1, y1 = row["box"]
+        assert 0 <= x0 < x1 <= WHOLE_SIZE and 0 <= y0 < y1 <= WHOLE_SIZE
+        assert mask[y0:y1, x0:x1].any() and len(row["crop"]) == 4
+        assert row["class"] in CLASS_NAMES and row["type"] in (row["class"], "unknown")
+        assert isinstance(row["known"], bool) and isinstance(row["confidence"], float)
+    assert rows[-1]["anomalous"]  # the white part
+    code, out, _ = run_cli(capsys, "inspect", str(fitted_export), *images)
+    lines = out.splitlines()
+    assert len(lines) == len(images) and "anomalous" in lines[-1] and "good" in lines[0]
+
+
+def test_a_ground_truth_mask_hands_off_the_training_crop(whole_data):
+    """The defect's cells, filled to their box and aggregated 3 x 3 like the codes, are found
+    again as that box (the halo moved back in); any ground-truth mask's box then gives exactly
+    the crop the training loader cuts around that mask."""
+    data = load_whole_images(whole_data / "brick")
+    stride, size = 4, WHOLE_SIZE
+    for image, truth in zip(data.test_images, data.test_masks):
+        if not truth.any():
+            continue
+        cells = truth.reshape(size // stride, stride, size // stride, stride).any(axis=(1, 3))
+        x0, y0, x1, y1 = region_box(cells)
+        cells[y0:y1, x0:x1] = True
+        grid_truth = cells.repeat(stride, 0).repeat(stride, 1)
+        anomaly = aggregate(cells[None, None], 3)[0, 0]  # > 0: the cells grown by one
+        mask, box = locate(anomaly, 0, size, size, halo=1)
+        assert np.array_equal(mask, upsample_nearest(anomaly > 0, size, size))
+        assert box == region_box(grid_truth)
+        for ground_truth in (grid_truth, truth):  # any mask: the crop reads its bounding box
+            box = region_box(ground_truth)
+            handed, _ = load_crops(
+                [image], [Region(box=tuple(box))], 32, NORMALIZATION, crop_rule()
+            )
+            training = prepare_images([(image, ground_truth)], 32, True, **crop_rule())
+            expected = (training.astype(np.float32) - 128) / 64
+            assert np.array_equal(handed, expected.transpose(0, 3, 1, 2))
+            # the reported crop square is the square the rule cuts (mirrored past the border)
+            x0, y0, x1, y1 = crop_square(box, (size, size), crop_rule())
+            rows = reflect_indices(np.arange(y0, y1), size)
+            cols = reflect_indices(np.arange(x0, x1), size)
+            assert np.array_equal(image[rows[:, None], cols], crop_to_mask(image, ground_truth))
+
+
+def test_shrink_box_keeps_short_sides():
+    assert shrink_box([8, 8, 20, 28], 4, 4) == [12, 12, 16, 24]
+    assert shrink_box([8, 8, 16, 28], 4, 4) == [8, 12, 16, 24]
+
+
+def test_stage_two_gets_each_flagged_part_s_box(monkeypatch, fitted_export, flat_image):
+    calls = []
+    real_predict = inspect_module.predict
+
+    def spy(export_dir, images, **kwargs):
+        calls.append(kwargs["boxes"])
+        return real_predict(export_dir, images, **kwargs)
+
+    monkeypatch.setattr(inspect_module, "predict", spy)
+    rows = inspect(fitted_export, [flat_image])
+    assert rows[0]["anomalous"] and calls == [[rows[0]["box"]]]
+    assert rows[0]["map"].dtype == np.int64 and rows[0]["map"].shape == (16, 16)
+    assert rows[0]["score"] == rows[0]["map"].max()
+
+
+def test_a_good_part_below_the_threshold_skips_stage_two(monkeypatch, fitted_export, whole_data):
+    def no_stage_two(*args, **kwargs):
+        raise AssertionError("the classifier ran on a part below the threshold")
+
+    monkeypatch.setattr(inspect_module, "predict", no_stage_two)
+    rows = inspect(fitted_export, validation_images(whole_data))
+    for row in rows:
+        assert not row["anomalous"] and row["score"] <= row["threshold"]
+        assert row["box"] is None and row["type"] is None and not row["mask"].any()
+
+
+def test_bad_inputs_are_one_line_errors(capsys, fitted_export, tiny_export, tmp_path):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (32, 32)).save(small)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cases = [
+        (
+            [str(fitted_export), str(small)],
+            DataError,
+            "32x32, but the detector was fitted on 64x64",
+        ),
+        ([str(fitted_export), str(text)], DataError, "cannot read image"),
+        ([str(fitted_export), str(tmp_path)], DataError, "is a folder"),
+        ([str(fitted_export), str(small), "--category", "grass"], ConfigError, "no detector for"),
+        ([str(tiny_export), str(small)], ConfigError, "no detector fitted"),
+    ]
+    for argv, error, message in cases:
+        code, out, err = run_cli(capsys, "inspect", *argv)
+        assert code == error.exit_code and out == ""
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_changed_bank_or_trunk_is_refused(fitted_copy, flat_image):
+    json_name, bank_name = detector_files("brick")
+    listed = list(check_export(fitted_copy)["files"])
+    bank = (fitted_copy / bank_name).read_bytes()
+    (fitted_copy / bank_name).write_bytes(b"junk")
+    with pytest.raises(ModelFileError, match="sha256 differs from model.manifest.json"):
+        inspect(fitted_copy, [flat_image])
+    seal(fitted_copy, listed)  # a sealed folder with a foreign bank: the detector's own check
+    with pytest.raises(ModelFileError, match=f"sha256 differs from .*{json_name}"):
+        inspect(fitted_copy, [flat_image])
+    (fitted_copy / bank_name).write_bytes(bank)
+    detector = json.loads((fitted_copy / json_name).read_text())
+    (fitted_copy / json_name).write_text(json.dumps({**detector, "trunk_sha256": "0" * 64}))
+    seal(fitted_copy, listed)
+    with pytest.raises(ModelFileError, match="trunk differs"):
+        inspect(fitted_copy, [flat_image])
