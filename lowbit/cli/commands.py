@@ -267,3 +267,37 @@ def cmd_predict(args: argparse.Namespace) -> dict:
     if not args.json:
         print(format_predictions(rows))
     return {"predictions": rows}
+
+
+def cmd_detect_fit(args: argparse.Namespace) -> dict:
+    from lowbit.detect.fit import fit_detector
+
+    options = {
+        "layer": args.layer,
+        "aggregate_size": args.aggregate,
+        "bank_size": args.bank_size,
+        "false_alarm_rate": args.false_alarm_rate,
+    }
+    given = {key: value for key, value in options.items() if value is not None}
+    detector = fit_detector(
+        args.dir,
+        args.data,
+        category=args.category,
+        train_good=args.train_good,
+        seed=args.seed,
+        **given,
+    )
+    keys = ("category", "layer", "aggregate", "bank_size", "image_threshold", "pixel_threshold")
+    keys += ("fit_images", "validation_images", "validation_flagged", "bank_file")
+    return {key: detector[key] for key in keys}
+
+
+def cmd_inspect(args: argparse.Namespace) -> list:
+    from lowbit.detect.inspect import format_row, inspect, json_row, write_masks
+
+    rows = inspect(args.dir, args.images, category=args.category)
+    paths = write_masks(rows, args.masks_out) if args.masks_out else [None] * len(rows)
+    if not args.json:
+        for row in rows:
+            print(format_row(row))
+    return [json_row(row, path) for row, path in zip(rows, paths)]

@@ -10,11 +10,13 @@ from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
 from lowbit.cli.commands import (
     cmd_bench,
     cmd_data_make,
+    cmd_detect_fit,
     cmd_enroll,
     cmd_eval,
     cmd_export,
     cmd_fewshot,
     cmd_infer,
+    cmd_inspect,
     cmd_predict,
     cmd_run,
     cmd_train,
@@ -22,41 +24,6 @@ from lowbit.cli.commands import (
 )
 
 DESCRIPTION = "`lowbit ...`: argparse subcommands, each a thin wrapper over one library function."
-
-
-# stage 1 (lowbit/detect): `lowbit detect fit` and `lowbit inspect`
-def cmd_detect_fit(args: argparse.Namespace) -> dict:
-    from lowbit.detect.fit import fit_detector
-
-    options = {
-        "layer": args.layer,
-        "aggregate_size": args.aggregate,
-        "bank_size": args.bank_size,
-        "false_alarm_rate": args.false_alarm_rate,
-    }
-    given = {key: value for key, value in options.items() if value is not None}
-    detector = fit_detector(
-        args.dir,
-        args.data,
-        category=args.category,
-        train_good=args.train_good,
-        seed=args.seed,
-        **given,
-    )
-    keys = ("category", "layer", "aggregate", "bank_size", "image_threshold", "pixel_threshold")
-    keys += ("fit_images", "validation_images", "validation_flagged", "bank_file")
-    return {key: detector[key] for key in keys}
-
-
-def cmd_inspect(args: argparse.Namespace) -> list:
-    from lowbit.detect.inspect import format_row, inspect, json_row, write_masks
-
-    rows = inspect(args.dir, args.images, category=args.category)
-    paths = write_masks(rows, args.masks_out) if args.masks_out else [None] * len(rows)
-    if not args.json:
-        for row in rows:
-            print(format_row(row))
-    return [json_row(row, path) for row, path in zip(rows, paths)]
 
 
 def _add_detect_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

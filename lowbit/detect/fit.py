@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import detector_files, read_description
+from lowbit.artifacts import detector_files
 from lowbit.data.images import read_image
 from lowbit.data.loaders import scan_good
 from lowbit.data.textures import CATEGORIES
@@ -38,6 +38,7 @@ from lowbit.detect.trunk import cut_trunk, trunk_code_range
 from lowbit.errors import ConfigError, DataError
 from lowbit.fewshot.images import normalize
 from lowbit.lock import writer_lock
+from lowbit.manifest import read_description
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.artifacts import crop_rule_of, read_description
-from lowbit.data.preprocess import crop_box
+from lowbit.data.preprocess import crop_box, crop_rule_of
 from lowbit.detect.fit import load_trunk, whole_image_codes
 from lowbit.detect.maps import largest_region, upsample_nearest
 from lowbit.detect.memory_bank import anomaly_map, image_scores
@@ -29,6 +28,7 @@ from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import image_name
 from lowbit.fewshot.predict import predict
 from lowbit.fewshot.regions import Region, read_region, region_box
+from lowbit.manifest import read_description
 
 # fields of one row of `inspect`'s JSON (docs/anomaly.md), in order
 JSON_FIELDS = (

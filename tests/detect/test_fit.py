@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from lowbit.artifacts import MANIFEST_FILE, detector_files, read_description
+from lowbit.artifacts import MANIFEST_FILE, detector_files
 from lowbit.data import load_whole_images
 from lowbit.detect.fit import fit_detector, load_trunk, split_good, whole_image_codes
 from lowbit.detect.maps import (
@@ -25,7 +25,7 @@ from lowbit.detect.maps import (
 from lowbit.detect.memory_bank import anomaly_map, image_scores
 from lowbit.detect.store import read_detector
 from lowbit.errors import ConfigError, DataError
-from lowbit.manifest import check_export
+from lowbit.manifest import check_export, read_description
 from lowbit.runtime import Runtime
 
 
