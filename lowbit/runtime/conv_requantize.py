@@ -79,8 +79,8 @@ class ConvRequantize:
         self._strides = tuple(conv.get("strides") or (1, 1))
         bound = plan["accumulator_bound"] + 1
         limits = np.clip(np.ceil(thresholds.astype(np.float64)), -bound, bound)
-        # one (C, 1, 1, 1) column per threshold, against channel-major (C, N, H, W) values
-        self._columns = [c.reshape(-1, 1, 1, 1) for c in limits.astype(self._dtype).T]
+        # (T, C, 1, 1, 1): all T comparisons against channel-major (C, N, H, W) values at once
+        self._limits = limits.astype(self._dtype).T.reshape(-1, limits.shape[0], 1, 1, 1).copy()
         self._out_bias = requantization["out_bias"]
         self._codes_dtype = np.dtype(requantization["dtype"])
         self._pool = requantization.get("pool")
@@ -153,11 +153,9 @@ class ConvRequantize:
             values = self._max_pool(values, space)
         direct = codes.dtype == np.uint8 and not self._out_bias
         counts = codes if direct else space["counts"]
-        np.greater_equal(values, self._columns[0], out=counts.view(np.bool_))
         passed = space["passed"]
-        for column in self._columns[1:]:
-            np.greater_equal(values, column, out=passed)
-            np.add(counts, passed, out=counts)
+        np.greater_equal(values, self._limits, out=passed)
+        np.add.reduce(passed, axis=0, dtype=np.uint8, out=counts)
         if not direct:
             np.copyto(codes, counts, casting="unsafe")
         if self._out_bias:
@@ -285,5 +283,5 @@ class ConvRequantize:
             final_h, final_w = max_pool(np.zeros((1, 1, out_h, out_w), dtype), **pool).shape[2:]
         final = (outputs, batch, final_h, final_w)
         space["counts"] = np.empty(final, np.uint8)
-        space["passed"] = np.empty(final, np.bool_)
+        space["passed"] = np.empty((self._limits.shape[0], *final), np.bool_)
         return space
