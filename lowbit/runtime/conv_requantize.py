@@ -134,23 +134,27 @@ class ConvRequantize:
     def _run_part(self, x: np.ndarray, space: dict[str, Any], codes: np.ndarray) -> None:
         """Codes (C_out, n, H', W') of the channel-major input part x (C, n, H, W)."""
         self._fill_padded(x, space)
-        patches = space["patches"]
-        for (i, j), window in zip(np.ndindex(*self._kernel), space["windows"]):
-            np.copyto(patches[i, j], window)
-        result = space["result"]
-        np.matmul(self._weights, patches.reshape(self._weights.shape[1], -1), out=result)
-        values = result.reshape(space["values_shape"])
-        if space["decoded"] is not None:  # gemm.py: sample n + S rode on sample n, 2^12 above
-            samples = values.shape[1]
-            decoded = space["decoded"]
-            high, low = decoded[:, samples:], decoded[:, :samples]
-            np.multiply(values, np.float32(1 / PAIR_SHIFT), out=high)
+        for patch, window in space["im2col"]:
+            np.copyto(patch, window)
+        np.matmul(self._weights, space["patches"], out=space["result"])
+        values = space["values"]
+        if space["decode"] is not None:  # gemm.py: sample n + S rode on sample n, 2^12 above
+            packed, high, low = space["decode"]
+            np.multiply(packed, np.float32(1 / PAIR_SHIFT), out=high)
             np.rint(high, out=high)  # exact: |low| / 2^12 < 1/2
             np.multiply(high, np.float32(-PAIR_SHIFT), out=low)
-            np.add(low, values, out=low)
-            values = space["decoded_view"]
-        if self._pool is not None:
-            values = self._max_pool(values, space)
+            np.add(low, packed, out=low)
+        if space["pool"] is not None:
+            for windows, out in space["pool"]:  # separable: one spatial axis at a time
+                if len(windows) == 1:
+                    np.copyto(out, windows[0])
+                else:
+                    np.maximum(windows[0], windows[1], out=out)
+                for window in windows[2:]:
+                    np.maximum(out, window, out=out)
+            values = space["pool"][-1][1]
+        elif self._pool is not None:  # padded pooling (rare): ops.max_pool pads with -inf
+            values = max_pool(values, **self._pool)
         direct = codes.dtype == np.uint8 and not self._out_bias
         counts = codes if direct else space["counts"]
         passed = space["passed"]
@@ -181,28 +185,6 @@ class ConvRequantize:
             top, bottom, packed = space["bands"]
             np.multiply(bottom, np.float32(PAIR_SHIFT), out=packed)
             np.add(packed, top, out=packed)
-
-    def _max_pool(self, values: np.ndarray, space: dict[str, Any]) -> np.ndarray:
-        """MaxPool over (C, N, H, W) values: separable, one spatial axis at a time."""
-        pool = self._pool
-        if any(pool.get("pads", ())):  # rare: ops.max_pool pads with -inf
-            return max_pool(values, **pool)
-        strides = pool.get("strides") or (1, 1)
-        for axis, out in ((2, space["pooled_h"]), (3, space["pooled"])):
-            kernel, stride = pool["kernel_shape"][axis - 2], strides[axis - 2]
-            count = out.shape[axis]
-            windows = [
-                values[(slice(None),) * axis + (slice(k, k + stride * (count - 1) + 1, stride),)]
-                for k in range(kernel)
-            ]
-            if kernel == 1:
-                np.copyto(out, windows[0])
-            else:
-                np.maximum(windows[0], windows[1], out=out)
-            for window in windows[2:]:
-                np.maximum(out, window, out=out)
-            values = out
-        return values
 
     def _workspace(self, key: tuple, make: Callable[[], Any] | None = None) -> Any:
         """This thread's arrays for `key` (an input part's shape), made on first use."""
@@ -250,35 +232,42 @@ class ConvRequantize:
             ]
             for i, j in np.ndindex(kernel_h, kernel_w)
         ]
-        decoded = None
-        if pairs or bands:
-            decoded = np.empty((outputs, 2 * samples, rows, out_w), dtype)
+        patches = np.empty((kernel_h, kernel_w, channels, samples, rows, out_w), dtype)
+        result = np.empty((outputs, samples * rows * out_w), dtype)
+        values = result.reshape(outputs, samples, rows, out_w)
         space.update(
             interior=padded[:, :, pad_top : pad_top + height, pad_left : pad_left + width],
             paired=paired,
             shifted=np.empty((channels, paired, height, width), dtype),
-            windows=windows,
-            patches=np.empty((kernel_h, kernel_w, channels, samples, rows, out_w), dtype),
-            result=np.empty((outputs, samples * rows * out_w), dtype),
-            values_shape=(outputs, samples, rows, out_w),
-            decoded=decoded,
-            # the decoded accumulators (C_out, N, out_h, out_w): band halves are consecutive rows
-            decoded_view=(
-                None
-                if decoded is None
-                else decoded.reshape(outputs, 1, out_h, out_w)
-                if bands
-                else decoded[:, :batch]
-            ),
+            im2col=list(zip(patches.reshape(-1, *patches.shape[2:]), windows)),  # (i, j) order
+            patches=patches.reshape(self._weights.shape[1], -1),
+            result=result,
+            values=values,
+            decode=None,
+            pool=None,
         )
+        if pairs or bands:
+            decoded = np.empty((outputs, 2 * samples, rows, out_w), dtype)
+            space["decode"] = (values, decoded[:, samples:], decoded[:, :samples])
+            # the accumulators (C_out, N, out_h, out_w): a lone sample's bands are its row halves
+            space["values"] = (
+                decoded.reshape(outputs, 1, out_h, out_w) if bands else decoded[:, :batch]
+            )
         final_h, final_w = out_h, out_w
         pool = self._pool
         if pool is not None and not any(pool.get("pads", ())):
-            (pool_h, pool_w), strides = pool["kernel_shape"], pool.get("strides") or (1, 1)
-            final_h = (out_h - pool_h) // strides[0] + 1
-            final_w = (out_w - pool_w) // strides[1] + 1
-            space["pooled_h"] = np.empty((outputs, batch, final_h, out_w), dtype)
-            space["pooled"] = np.empty((outputs, batch, final_h, final_w), dtype)
+            source, steps = space["values"], []
+            for axis, (kernel, stride) in enumerate(
+                zip(pool["kernel_shape"], pool.get("strides") or (1, 1)), start=2
+            ):
+                count = (source.shape[axis] - kernel) // stride + 1
+                out = np.empty(source.shape[:axis] + (count,) + source.shape[axis + 1 :], dtype)
+                offsets = [slice(k, k + stride * (count - 1) + 1, stride) for k in range(kernel)]
+                leading = (slice(None),) * axis
+                steps.append(([source[(*leading, offset)] for offset in offsets], out))
+                source = out
+            space["pool"] = steps
+            final_h, final_w = source.shape[2:]
         elif pool is not None:
             final_h, final_w = max_pool(np.zeros((1, 1, out_h, out_w), dtype), **pool).shape[2:]
         final = (outputs, batch, final_h, final_w)
