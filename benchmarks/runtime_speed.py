@@ -14,10 +14,10 @@ does not depend on training). Per model one input file per batch size (1 and 64,
 - onnxruntime on the plain fp32 graph of the same architecture (random weights, exported with
   torch.onnx here).
 Every process gets the same thread count (`OMP/OPENBLAS/MKL_NUM_THREADS`, onnxruntime's
-intra-op threads); it loads the model, runs once, then times `--repeats` runs. Processes are
-interleaved round by round; the table gives, per executor and batch, the median over `--rounds`
-processes of each process's median, and the ratios against both onnxruntime rows of the same
-round set. Also timed: `lowbit predict EXPORT IMG --whole-image` on one image, a subprocess of
+intra-op threads); it loads the model, runs once, then times `--repeats` runs (ten times as
+many at batch 1). Processes are interleaved round by round; the table gives, per executor and
+batch, the median over `--rounds` processes of each process's median, and the ratios against
+both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG --whole-image` on one image, a subprocess of
 the installed CLI, from start to exit (import and load included), with the check that it
 imports no torch (`python -X importtime`). Writes speed.json.
 """
@@ -218,8 +218,9 @@ def main() -> None:
                 for batch in BATCHES:
                     for name, (kind, graph) in EXECUTORS.items():
                         inputs = folder / f"inputs_{batch}.npy"
+                        repeats = args.repeats * (10 if batch == 1 else 1)
                         result = time_in_subprocess(
-                            kind, folder / graph, inputs, args.repeats, args.threads
+                            kind, folder / graph, inputs, repeats, args.threads
                         )
                         if result["foreign_modules"]:
                             raise RuntimeError(f"{name} imported {result['foreign_modules']}")
