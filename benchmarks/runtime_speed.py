@@ -17,9 +17,10 @@ Every process gets the same thread count (`OMP/OPENBLAS/MKL_NUM_THREADS`, onnxru
 intra-op threads); it loads the model, runs once, then times `--repeats` runs (ten times as
 many at batch 1). Processes are interleaved round by round; the table gives, per executor and
 batch, the median over `--rounds` processes of each process's median, and the ratios against
-both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG --whole-image` on one image, a subprocess of
-the installed CLI, from start to exit (import and load included), with the check that it
-imports no torch (`python -X importtime`). Writes speed.json.
+both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG
+--whole-image` on one image, a subprocess of the installed CLI, from start to exit (import and
+load included), with the check that it imports no torch (`python -X importtime`). Writes
+speed.json.
 """
 
 from __future__ import annotations
