@@ -3,8 +3,9 @@
 Loading checks the graph (graph.py), plans each ConvInteger/MatMul's exact GEMM dtype from its
 accumulator bound (gemm.py), and lays the nodes out as steps that call the op functions of
 `OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py), each
-with its convolution where one feeds it (conv_requantize.py, whose steps reuse per-thread
-workspaces). A run checks the input, splits it into batch chunks and runs the steps on each.
+with its convolution where one feeds it (conv_requantize.py), and the fused input quantizer
+(input_quant.py); these two reuse per-thread workspaces. A run checks the input, splits it
+into batch chunks and runs the steps on each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lowbit.errors import InputError, LowbitError, ModelFileError
 from lowbit.runtime.conv_requantize import ConvRequantize
 from lowbit.runtime.fuse import Fusion, requantization_fusions, requantize
 from lowbit.runtime.graph import Graph, load_graph
+from lowbit.runtime.input_quant import QuantizeInput, input_quantizations
 from lowbit.runtime.plan import bind, is_gemm, plan_gemm
 from lowbit.runtime.threshold import channel_axis
 
@@ -182,9 +184,15 @@ def run_model(model: str | os.PathLike | onnx.ModelProto, x: np.ndarray) -> dict
 
 def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_Step]:
     """The steps with each requantization of fuse.py replaced by one `requantize` step, or
-    by one `ConvRequantize` step together with the convolution that alone feeds it."""
+    by one `ConvRequantize` step together with the convolution that alone feeds it, and each
+    input quantization by one `QuantizeInput` step (input_quant.py)."""
     fusions = {f.nodes[0].output[0]: f for f in requantization_fusions(graph)}
-    fused_away = {node.output[0] for f in fusions.values() for node in f.nodes[1:]}
+    quantizations = {q.nodes[0].output[0]: q for q in input_quantizations(graph)}
+    fused_away = {
+        node.output[0]
+        for run in [*fusions.values(), *quantizations.values()]
+        for node in run.nodes[1:]
+    }
     producers = {step.output: step for step in steps}
     code_ranges = {  # [low, high] of each requantization's codes: out_bias + [0, T]
         f.nodes[-1].output[0]: (
@@ -195,7 +203,12 @@ def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_St
     }
     fused = []
     for step in steps:
-        if step.output in fusions:
+        if step.output in quantizations:
+            quantization = quantizations[step.output]
+            div, quant, cast = quantization.nodes
+            run = QuantizeInput(quantization)
+            fused.append(_Step(quant, run, (div.input[0],), cast.output[0], reuses_output=True))
+        elif step.output in fusions:
             fusion = fusions[step.output]
             threshold_node = next(n for n in fusion.nodes if n.op_type == "MultiThreshold")
             output = fusion.nodes[-1].output[0]
