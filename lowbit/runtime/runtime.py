@@ -32,9 +32,10 @@ from lowbit.runtime.threshold import channel_axis
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
-"""Samples per chunk: a conv4-64 layer's working set (patches, accumulators) then stays in
-cache; one chunk of 64 measured 1.6x slower. (Chunks on two Python threads were faster only
-with single-threaded BLAS; against BLAS's own threads they lost 35%, so chunks run serially.)"""
+"""Samples per chunk. Fused convolutions split a chunk further into parts whose patches stay in
+cache (conv_requantize.py); one chunk of 64 still measured 5% slower on conv4-64. (Parts or
+chunks on two Python threads were faster only with single-threaded BLAS; against BLAS's own
+threads they lost 15-35%, so they run serially.)"""
 
 
 @dataclass(frozen=True)
