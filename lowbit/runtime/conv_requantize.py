@@ -198,8 +198,9 @@ class ConvRequantize:
         return space
 
     def _make_workspace(self, batch: int, channels: int, height: int, width: int) -> dict[str, Any]:
-        if channels * self._kernel[0] * self._kernel[1] != self._weights.shape[1]:
-            raise ValueError(f"input has {channels} channels, the weights do not fit them")
+        expected = self._weights.shape[1] // (self._kernel[0] * self._kernel[1])
+        if channels != expected:  # numpy would only fail later, with a broadcast message
+            raise ValueError(f"input has {channels} channels, the weights expect {expected}")
         (kernel_h, kernel_w), (stride_h, stride_w) = self._kernel, self._strides
         pad_top, pad_left, pad_bottom, pad_right = self._pads
         out_h = (height + pad_top + pad_bottom - kernel_h) // stride_h + 1

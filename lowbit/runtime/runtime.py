@@ -40,7 +40,7 @@ threads they lost 15-35%, so they run serially.)"""
 
 @dataclass(frozen=True)
 class _Step:
-    node: onnx.NodeProto  # the node it runs (for a fusion, its MultiThreshold), for messages
+    node: onnx.NodeProto  # named in messages: a fusion's ConvInteger, MultiThreshold or Quant
     run: Callable[..., np.ndarray]
     inputs: tuple[str, ...]  # "" for an absent optional input
     output: str
@@ -219,8 +219,9 @@ def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_St
             if conv is not None:
                 # the convolution moves to its only reader; its own inputs come earlier still
                 fused = [s for s in fused if s.output != fusion.inputs[0]]
-                inputs = (producers[fusion.inputs[0]].inputs[0],)
-                fused.append(_Step(threshold_node, conv, inputs, output, reuses_output=True))
+                conv_step = producers[fusion.inputs[0]]  # named in messages: shapes are its
+                inputs = (conv_step.inputs[0],)
+                fused.append(_Step(conv_step.node, conv, inputs, output, reuses_output=True))
                 continue
             run = functools.partial(requantize, **fusion.keywords)
             fused.append(_Step(threshold_node, run, fusion.inputs, output))
