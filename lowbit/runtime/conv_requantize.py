@@ -39,8 +39,8 @@ from lowbit.runtime.ops import max_pool
 logger = logging.getLogger(__name__)
 
 MAX_THRESHOLDS = 15
-"""Up to this many thresholds per channel (4-bit codes), one comparison pass per threshold;
-beyond, fuse.py's requantize (binary search) runs on the accumulators instead."""
+"""Up to this many thresholds per channel (4-bit codes), the step compares every value with
+each; beyond, the convolution and fuse.py's requantize (a binary search) stay two steps."""
 
 WORKSPACE_SHAPES = 8
 """Workspaces a thread keeps (a run uses at most four: parts and codes of two chunk sizes)."""
@@ -112,7 +112,7 @@ class ConvRequantize:
             accumulators = conv_integer(x, weights, x_zero, w_zero, **conv)
             return requantize(accumulators, thresholds, **requantization)
         batch, channels, height, width = x.shape
-        part = self._part_size(channels, height, width)
+        part = min(self._part_size(channels, height, width), batch)
         space = self._workspace((part, channels, height, width))
         codes = self._workspace(("codes", *x.shape), lambda: self._codes(batch, space))
         for start in range(0, batch, part):
