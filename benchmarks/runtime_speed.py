@@ -1,125 +1,275 @@
-"""Inference speed of one exported model on four executors, same inputs, one run.
+"""Inference speed of exported models, each executor timed in its own fresh process.
 
-    python benchmarks/runtime_speed.py [--recipe w2a2] [--repeats 20] [--out DIR]
+    python benchmarks/runtime_speed.py --export DIR [--export DIR ...] [--calibrated w2a2]
+        [--threads 1] [--repeats 30] [--rounds 3] [--out benchmarks/results/speed]
 
-Builds a conv4-64 model at 32x32 for the recipe (calibrated on random data: speed does not depend
-on training), exports it, and times batch 1 and batch 64 for: lowbit's integer runtime,
-onnxruntime on the QCDQ graph (default graph optimizations, as users run it), onnxruntime on the
-plain fp32 graph of the same architecture, qonnx `execute_onnx` on the QONNX graph, and torch
-fake-quant. Reports medians (ms) and ratios against onnxruntime-QCDQ; writes speed.json.
+Models: each export folder (model.int.onnx, model.qcdq.onnx, model.json) and, with
+`--calibrated RECIPE`, a conv4-64 at 32x32 calibrated on random data and exported here (speed
+does not depend on training). Per model one input file per batch size (1 and 64, uniform in
+[-2, 2], saved as .npy) feeds every executor:
+- lowbit's integer runtime on model.int.onnx, in a process that imports numpy and
+  lowbit.runtime only (checked: the worker reports any other heavy module it finds loaded);
+- onnxruntime on model.qcdq.onnx (default graph optimizations, as users run it), in a process
+  that imports onnxruntime and numpy only;
+- onnxruntime on the plain fp32 graph of the same architecture (random weights, exported with
+  torch.onnx here).
+Every process gets the same thread count (`OMP/OPENBLAS/MKL_NUM_THREADS`, onnxruntime's
+intra-op threads); it loads the model, runs once, then times `--repeats` runs (ten times as
+many at batch 1). Processes are interleaved round by round; the table gives, per executor and
+batch, the median over `--rounds` processes of each process's median, and the ratios against
+both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG
+--whole-image` on one image, a subprocess of the installed CLI, from start to exit (import and
+load included), with the check that it imports no torch (`python -X importtime`). Writes
+speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import torch
-
-from lowbit.export.api import export_model
-from lowbit.io import atomic_write_json
-from lowbit.models import ModelConfig, build_model
-from lowbit.quant import get_recipe
-from lowbit.runtime import Runtime
-from lowbit.verify.capture import qonnx_codes
+BATCHES = (1, 64)
+HEAVY_MODULES = ("torch", "brevitas", "qonnx", "onnxruntime", "scipy", "PIL")
+EXECUTORS = {  # name -> (worker, graph file in the model's folder)
+    "lowbit runtime": ("runtime", "model.int.onnx"),
+    "onnxruntime QCDQ": ("onnxruntime", "model.qcdq.onnx"),
+    "onnxruntime fp32": ("onnxruntime", "fp32.onnx"),
+}
 
 
-def calibrated(recipe: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(get_recipe(recipe), ModelConfig(backbone="conv4", num_classes=8))
-    model.train()
-    with torch.no_grad():
-        for _ in range(40):
-            model(torch.randn(32, 3, 32, 32))
-    return model.eval()
+def worker(kind: str, model: str, inputs: str, repeats: int, threads: int) -> None:
+    """Time one executor on one input file; print JSON. Imports only what the executor needs."""
+    import numpy as np
 
+    x = np.load(inputs)
+    if kind == "runtime":
+        from lowbit.runtime import Runtime
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
+        runtime = Runtime(model)
+
+        def run():
+            return runtime.run(x)
+    else:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+
+        def run():
+            return session.run(None, feed)
+
+    run()  # warm-up: first-call allocations and lazy initialization
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        run()
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    foreign = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_MODULES))
+    if kind == "onnxruntime":
+        foreign.remove("onnxruntime")
+    print(json.dumps({"median_ms": statistics.median(times), "foreign_modules": foreign}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="w2a2")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", default="benchmarks/results/speed")
-    args = parser.parse_args()
-    model = calibrated(args.recipe)
-    tmp = Path(tempfile.mkdtemp())
-    export_model(
-        model,
-        tmp,
-        class_names=[f"c{i}" for i in range(8)],
-        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    return env
+
+
+def time_in_subprocess(kind: str, model: Path, inputs: Path, repeats: int, threads: int) -> dict:
+    command = [sys.executable, __file__, "--worker", kind, str(model), str(inputs)]
+    command += [str(repeats), str(threads)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=thread_env(threads), check=False
     )
-    runtime = Runtime(tmp / "model.int.onnx")
-    session = ort.InferenceSession(str(tmp / "model.qcdq.onnx"), providers=["CPUExecutionProvider"])
-    fp32 = build_model(get_recipe("fp32"), ModelConfig(backbone="conv4", num_classes=8)).eval()
-    fp32_path = tmp / "fp32.onnx"
+    if result.returncode != 0:
+        raise RuntimeError(f"{kind} on {model}: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def fp32_graph(model_json: dict, path: Path) -> None:
+    """The fp32 graph of the model's architecture (random weights), as torch exports it."""
+    import torch
+
+    from lowbit.models import ModelConfig, build_model
+    from lowbit.quant import get_recipe
+
+    config = ModelConfig(**model_json["model"])
+    model = build_model(get_recipe("fp32"), config).eval()
+    shape = model_json["input"]["shape"]
     torch.onnx.export(
-        fp32,
-        torch.zeros(1, 3, 32, 32),
-        str(fp32_path),
+        model,
+        torch.zeros(1, *shape),
+        str(path),
         dynamo=False,
         input_names=["input"],
         output_names=["logits"],
         dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
     )
-    fp32_session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
-    import onnx
 
-    qonnx_graph = onnx.load(str(tmp / "model.qonnx.onnx"))
-    rows = []
-    for batch in (1, 64):
-        x = np.random.default_rng(0).uniform(-2, 2, (batch, 3, 32, 32)).astype(np.float32)
-        xt = torch.from_numpy(x)
-        timings = {
-            "lowbit integer runtime": median_ms(lambda: runtime.run(x), args.repeats),
-            "onnxruntime QCDQ": median_ms(lambda: session.run(None, {"input": x}), args.repeats),
-            "onnxruntime fp32 graph": median_ms(
-                lambda: fp32_session.run(None, {"input": x}), args.repeats
-            ),
-            "torch fake-quant": median_ms(lambda: model(xt), args.repeats),
-            "qonnx execute_onnx": median_ms(
-                lambda: qonnx_codes(copy.deepcopy(qonnx_graph), x, []), max(3, args.repeats // 4)
-            ),
-        }
-        base = timings["onnxruntime QCDQ"]
-        for name, ms in timings.items():
-            rows.append(
-                {
-                    "batch": batch,
-                    "executor": name,
-                    "median_ms": round(ms, 3),
-                    "ratio_vs_ort_qcdq": round(ms / base, 3),
-                }
-            )
+
+def calibrated_export(recipe: str, out_dir: Path) -> None:
+    """A conv4-64 at 32x32 for `recipe`, BN statistics from random data, exported to out_dir."""
+    import torch
+
+    from lowbit.export.api import export_model
+    from lowbit.models import ModelConfig, build_model
+    from lowbit.quant import get_recipe
+
+    torch.manual_seed(0)
+    model = build_model(get_recipe(recipe), ModelConfig(backbone="conv4", num_classes=8))
+    model.train()
     with torch.no_grad():
-        pass
+        for _ in range(40):
+            model(torch.randn(32, 3, 32, 32))
+    export_model(
+        model.eval(),
+        out_dir,
+        class_names=[f"c{i}" for i in range(8)],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+
+
+def lowbit_cli() -> list[str]:
+    script = Path(sys.executable).with_name("lowbit")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("lowbit")
+    return [found] if found else [sys.executable, "-m", "lowbit"]
+
+
+def time_predict(export: Path, image: Path, rounds: int, threads: int) -> dict:
+    """Wall time of `lowbit predict EXPORT IMAGE --whole-image` and whether it imports torch."""
+    command = [*lowbit_cli(), "predict", str(export), str(image), "--whole-image"]
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=thread_env(threads), check=False
+        )
+        times.append((time.perf_counter() - start) * 1000)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)}: {result.stderr.strip()[-2000:]}")
+    probe = [sys.executable, "-X", "importtime", "-m", "lowbit", *command[-4:]]
+    imports = subprocess.run(probe, capture_output=True, text=True, env=thread_env(threads))
+    imported = {line.split("|")[-1].strip() for line in imports.stderr.splitlines() if "|" in line}
+    return {
+        "command": " ".join(["lowbit", *command[-4:]]),
+        "median_ms": statistics.median(times),
+        "imports_torch": any(m.split(".")[0] == "torch" for m in imported),
+    }
+
+
+def prepare(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """Model folders by label: the exports, and the calibrated one; each gets fp32.onnx and
+    its inputs (inputs_1.npy, inputs_64.npy) and an image for predict, in a private copy."""
+    import numpy as np
+    from PIL import Image
+
+    models = {}
+    for export in args.export:
+        source = Path(export)
+        label = f"{json.loads((source / 'model.json').read_text())['recipe']['name']} trained"
+        folder = work / label.replace(" ", "_")
+        shutil.copytree(source, folder)
+        models[label] = folder
+    if args.calibrated:
+        folder = work / f"{args.calibrated}_calibrated"
+        calibrated_export(args.calibrated, folder)
+        models[f"{args.calibrated} calibrated"] = folder
+    for folder in models.values():
+        model_json = json.loads((folder / "model.json").read_text())
+        fp32_graph(model_json, folder / "fp32.onnx")
+        shape = model_json["input"]["shape"]
+        x = np.random.default_rng(0).uniform(-2, 2, (max(BATCHES), *shape)).astype(np.float32)
+        for batch in BATCHES:
+            np.save(folder / f"inputs_{batch}.npy", x[:batch])
+        pixels = np.random.default_rng(1).integers(0, 256, (*shape[1:], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "image.png")
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", action="append", default=[], help="export folder (repeat)")
+    parser.add_argument("--calibrated", default="w2a2", help="recipe, or '' for none")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/speed")
+    args = parser.parse_args()
+    rows, predict_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = prepare(args, Path(tmp))
+        for label, folder in models.items():
+            measured: dict[tuple[str, int], list[float]] = {}
+            for _ in range(args.rounds):
+                for batch in BATCHES:
+                    for name, (kind, graph) in EXECUTORS.items():
+                        inputs = folder / f"inputs_{batch}.npy"
+                        repeats = args.repeats * (10 if batch == 1 else 1)
+                        result = time_in_subprocess(
+                            kind, folder / graph, inputs, repeats, args.threads
+                        )
+                        if result["foreign_modules"]:
+                            raise RuntimeError(f"{name} imported {result['foreign_modules']}")
+                        measured.setdefault((name, batch), []).append(result["median_ms"])
+            for batch in BATCHES:
+                ms = {name: statistics.median(measured[name, batch]) for name in EXECUTORS}
+                for name in EXECUTORS:
+                    rows.append(
+                        {
+                            "model": label,
+                            "batch": batch,
+                            "executor": name,
+                            "median_ms": round(ms[name], 3),
+                            "vs_onnxruntime_qcdq": round(ms[name] / ms["onnxruntime QCDQ"], 2),
+                            "vs_onnxruntime_fp32": round(ms[name] / ms["onnxruntime fp32"], 2),
+                        }
+                    )
+            predict = time_predict(folder, folder / "image.png", args.rounds, args.threads)
+            predict_rows.append({"model": label, **predict})
+    from lowbit.io import atomic_write_json
+
     atomic_write_json(
         Path(args.out) / "speed.json",
-        {"recipe": args.recipe, "rows": rows, "torch_threads": torch.get_num_threads()},
+        {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "rows": rows,
+            "predict": predict_rows,
+        },
     )
-    print("| batch | executor | median ms | ratio vs onnxruntime QCDQ |\n|---|---|---|---|")
+    print("| model | batch | executor | median ms | vs onnxruntime QCDQ | vs onnxruntime fp32 |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['batch']} | {row['executor']} | {row['median_ms']:.2f} "
-            f"| {row['ratio_vs_ort_qcdq']:.2f} |"
+            f"| {row['model']} | {row['batch']} | {row['executor']} | {row['median_ms']:.2f} "
+            f"| {row['vs_onnxruntime_qcdq']:.2f} | {row['vs_onnxruntime_fp32']:.2f} |"
         )
+    print("\n| model | `lowbit predict` on one image, start to exit (ms) | imports torch |")
+    print("|---|---|---|")
+    for row in predict_rows:
+        torch_imported = "yes" if row["imports_torch"] else "no"
+        print(f"| {row['model']} | {row['median_ms']:.0f} | {torch_imported} |")
 
 
 if __name__ == "__main__":
-    with torch.no_grad():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        kind, model, inputs, repeats, threads = sys.argv[2:7]
+        worker(kind, model, inputs, int(repeats), int(threads))
+    else:
         main()

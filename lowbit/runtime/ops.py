@@ -11,6 +11,7 @@ order ('K'), so every function here keeps whatever memory order it is given.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -59,7 +60,7 @@ def cast(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
 def flatten(x: np.ndarray, *, axis: int = 1) -> np.ndarray:
     """ONNX Flatten: a 2-D view [prod(shape[:axis]), prod(shape[axis:])]."""
     axis = axis % x.ndim if axis < 0 else axis
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
 def reshape(x: np.ndarray, shape: np.ndarray, *, allowzero: int = 0) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Loading checks the graph (graph.py), plans each ConvInteger/MatMul's exact GEMM dtype from its
 accumulator bound (gemm.py), and lays the nodes out as steps that call the op functions of
-`OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py). A run
-checks the input, splits it into batch chunks and runs the steps on each.
+`OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py), each
+with its convolution where one feeds it (conv_requantize.py), and the fused input quantizer
+(input_quant.py); these two reuse per-thread workspaces. A run checks the input, splits it
+into batch chunks and runs the steps on each.
 """
 
 from __future__ import annotations
@@ -20,25 +22,30 @@ import numpy as np
 import onnx
 
 from lowbit.errors import InputError, LowbitError, ModelFileError
-from lowbit.runtime.fuse import requantization_fusions, requantize
+from lowbit.runtime.conv_requantize import ConvRequantize
+from lowbit.runtime.fuse import Fusion, requantization_fusions, requantize
 from lowbit.runtime.graph import Graph, load_graph
+from lowbit.runtime.input_quant import QuantizeInput, input_quantizations
 from lowbit.runtime.plan import bind, is_gemm, plan_gemm
+from lowbit.runtime.threshold import channel_axis
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
-"""Samples per chunk: a conv4-64 layer's working set (patches, accumulators) then stays in
-cache; one chunk of 64 measured 1.6x slower. (Chunks on two Python threads were faster only
-with single-threaded BLAS; against BLAS's own threads they lost 35%, so chunks run serially.)"""
+"""Samples per chunk. Fused convolutions split a chunk further into parts whose patches stay in
+cache (conv_requantize.py); one chunk of 64 still measured 5% slower on conv4-64. (Parts or
+chunks on two Python threads were faster only with single-threaded BLAS; against BLAS's own
+threads they lost 15-35%, so they run serially.)"""
 
 
 @dataclass(frozen=True)
 class _Step:
-    node: onnx.NodeProto  # the node it runs (for a fusion, its MultiThreshold), for messages
+    node: onnx.NodeProto  # named in messages: a fusion's ConvInteger, MultiThreshold or Quant
     run: Callable[..., np.ndarray]
     inputs: tuple[str, ...]  # "" for an absent optional input
     output: str
     release: tuple[str, ...] = ()  # tensors no later step reads: dropped unless kept
+    reuses_output: bool = False  # its output is a workspace the next call overwrites
 
 
 class Runtime:
@@ -56,7 +63,10 @@ class Runtime:
             steps.append(_Step(node, run, tuple(node.input), node.output[0]))
         kept = {self.input_name, *self.output_names, *self._graph.initializers}
         self._steps = _with_releases(steps, kept)
-        self._fused_steps = _with_releases(_fused(steps, self._graph), kept)
+        self._fused_steps = _with_releases(_fused(steps, self._graph, plans), kept)
+        self._reused_outputs = {
+            s.output for s in self._fused_steps if s.reuses_output and s.output in kept
+        }
         self._batch_tensors = {self.input_name}
         for node in self._graph.nodes:
             if any(name in self._batch_tensors for name in node.input):
@@ -130,6 +140,8 @@ class Runtime:
             if not keep:
                 for released in step.release:
                     del tensors[released]
+        for name in () if keep else self._reused_outputs:
+            tensors[name] = tensors[name].copy()
         return tensors
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -171,20 +183,90 @@ def run_model(model: str | os.PathLike | onnx.ModelProto, x: np.ndarray) -> dict
     return Runtime(model).run(x)
 
 
-def _fused(steps: list[_Step], graph: Graph) -> list[_Step]:
-    """The steps with each requantization of fuse.py replaced by one `requantize` step."""
+def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_Step]:
+    """The steps with each requantization of fuse.py replaced by one `requantize` step, or
+    by one `ConvRequantize` step together with the convolution that alone feeds it, and each
+    input quantization by one `QuantizeInput` step (input_quant.py)."""
     fusions = {f.nodes[0].output[0]: f for f in requantization_fusions(graph)}
-    fused_away = {node.output[0] for f in fusions.values() for node in f.nodes[1:]}
+    quantizations = {q.nodes[0].output[0]: q for q in input_quantizations(graph)}
+    fused_away = {
+        node.output[0]
+        for run in [*fusions.values(), *quantizations.values()]
+        for node in run.nodes[1:]
+    }
+    producers = {step.output: step for step in steps}
+    code_ranges = {  # [low, high] of each requantization's codes: out_bias + [0, T]
+        f.nodes[-1].output[0]: (
+            f.keywords["out_bias"],
+            f.keywords["out_bias"] + graph.initializers[f.inputs[1]].shape[1],
+        )
+        for f in fusions.values()
+    }
     fused = []
     for step in steps:
-        if step.output in fusions:
+        if step.output in quantizations:
+            quantization = quantizations[step.output]
+            div, quant, cast = quantization.nodes
+            run = QuantizeInput(quantization)
+            fused.append(_Step(quant, run, (div.input[0],), cast.output[0], reuses_output=True))
+        elif step.output in fusions:
             fusion = fusions[step.output]
             threshold_node = next(n for n in fusion.nodes if n.op_type == "MultiThreshold")
+            output = fusion.nodes[-1].output[0]
+            conv = _conv_requantize(
+                graph, producers.get(fusion.inputs[0]), fusion, plans, code_ranges
+            )
+            if conv is not None:
+                # the convolution moves to its only reader; its own inputs come earlier still
+                fused = [s for s in fused if s.output != fusion.inputs[0]]
+                conv_step = producers[fusion.inputs[0]]  # named in messages: shapes are its
+                inputs = (conv_step.inputs[0],)
+                fused.append(_Step(conv_step.node, conv, inputs, output, reuses_output=True))
+                continue
             run = functools.partial(requantize, **fusion.keywords)
-            fused.append(_Step(threshold_node, run, fusion.inputs, fusion.nodes[-1].output[0]))
+            fused.append(_Step(threshold_node, run, fusion.inputs, output))
         elif step.output not in fused_away:
             fused.append(step)
     return fused
+
+
+def _conv_requantize(
+    graph: Graph,
+    conv: _Step | None,
+    fusion: Fusion,
+    plans: dict[str, dict],
+    code_ranges: dict[str, tuple[int, int]],
+) -> ConvRequantize | None:
+    """The fused step of `conv` and its requantization, if the conditions of
+    conv_requantize.py hold and nothing else reads the convolution's output."""
+    if conv is None or conv.node.op_type != "ConvInteger" or conv.output in graph.output_names:
+        return None
+    readers = [node for node in graph.nodes if conv.output in node.input]
+    weights = graph.initializers[conv.inputs[1]]
+    thresholds = graph.initializers[fusion.inputs[1]]
+    plan = plans.get(conv.output)
+    if (
+        readers != [fusion.nodes[0]]
+        or channel_axis(fusion.keywords["data_layout"], 4) != 1
+        or not ConvRequantize.applies(plan, weights, thresholds)
+    ):
+        return None
+    codes = code_ranges.get(conv.inputs[0])
+    proven = (
+        codes is not None
+        and plan["input_range"][0] <= codes[0] <= codes[1] <= plan["input_range"][1]
+    )
+    zero_points = [graph.initializers[n] if n else None for n in [*conv.inputs[2:4], "", ""][:2]]
+    return ConvRequantize(
+        weights,
+        *zero_points,
+        conv=graph.attributes[conv.output],
+        plan=plan,
+        thresholds=thresholds,
+        requantization=fusion.keywords,
+        where=graph.where(conv.node),
+        input_proven=proven,
+    )
 
 
 def _with_releases(steps: list[_Step], kept: set[str]) -> list[_Step]:

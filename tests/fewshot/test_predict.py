@@ -111,3 +111,31 @@ def test_predict_needs_no_torch(w2a2_run, tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == predict(w2a2_run, paths[:1])[0]["label"]
+
+
+CLI_PROBE = """
+import sys
+
+class Forbidden:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "brevitas", "qonnx", "onnxruntime"}:
+            raise ImportError(f"lowbit predict must not import {name}")
+
+sys.meta_path.insert(0, Forbidden())
+from lowbit.cli import main
+sys.exit(main(["--json", "predict", *sys.argv[1:]]))
+"""
+
+
+def test_cli_predict_needs_no_torch(w2a2_run, tmp_path) -> None:
+    """`lowbit predict EXPORT IMG` — the CLI's own imports included — runs without torch."""
+    _, paths = val_images(w2a2_run, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE, str(w2a2_run), str(paths[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    label = json.loads(result.stdout)["predictions"][0]["label"]
+    assert label == predict(w2a2_run, paths[:1])[0]["label"]
