@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-per-defect", type=int, default=10)
     parser.add_argument("--bank", type=int, default=2000)
     parser.add_argument("--random", type=int, default=600)
-    parser.add_argument("--qonnx-images", type=int, default=200)
+    parser.add_argument("--qonnx-images", type=int, default=200, help="cap of both qonnx runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args.aggregate,
         bank,
         sets,
-        max_images={"qonnx": args.qonnx_images},
+        max_images={"qonnx": args.qonnx_images, "int_qonnx": args.qonnx_images},
     )
     report["bank_texture"] = textures[0]
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -4,7 +4,8 @@ The reference is the run's fake-quant torch model: the trunk codes by forward ho
 `verify_export` captures the classifier's), then the numpy tail (`aggregate.aggregate`,
 `memory_bank.anomaly_map`, `image_scores`). The witnesses run whole graphs: the integer runtime
 on `detector_graph`, onnxruntime on the QCDQ detector and qonnx's `execute_onnx` on the QONNX
-detector (`detect/float_graphs.py`: float32 tails, exact below 2^24). Trunk codes go through
+detector (`detect/float_graphs.py`: float32 tails, exact below 2^24) and on `detector_graph`
+itself (its standard ops, ConvInteger included, through onnxruntime). Trunk codes go through
 `compare_codes`, with its explained / unexplained rule; an anomaly-map value or image score that
 differs is explained only in a sample whose trunk codes already differ, else unexplained.
 """
@@ -31,7 +32,8 @@ from lowbit.verify.capture import execute_qonnx, graph_scales, torch_codes
 from lowbit.verify.compare import compare_codes
 
 log = logging.getLogger(__name__)
-EXECUTORS = ("runtime", "qcdq", "qonnx")
+EXECUTORS = ("runtime", "qcdq", "qonnx", "int_qonnx")
+"""int_qonnx: the integer detector graph itself under qonnx's execute_onnx."""
 
 
 def torch_trunk(model: LowbitModel, x: np.ndarray, layer: str, source: str) -> tuple[dict, dict]:
@@ -73,12 +75,15 @@ class _Witnesses:
         graphs = {kind: load_graph(Path(export_dir) / GRAPH_FILES[kind]) for kind in GRAPH_FILES}
         self.upstream, self.layer = upstream, layer
         self.runners = {}
+        exposed = tuple(dict.fromkeys([*upstream, layer]))
+        integer = detector_graph(graphs["int"], layer, k, bank, size, size, exposed)
         if "runtime" in executors:
             from lowbit.runtime import Runtime
 
-            exposed = tuple(dict.fromkeys([*upstream, layer]))
-            runtime = Runtime(detector_graph(graphs["int"], layer, k, bank, size, size, exposed))
+            runtime = Runtime(integer)
             self.runners["runtime"] = lambda x: runtime.run(x)
+        if "int_qonnx" in executors:  # standard ops through onnxruntime, MultiThreshold numpy
+            self.runners["int_qonnx"] = lambda x: execute_qonnx(integer, x)
         for kind in ("qcdq", "qonnx"):
             if kind not in executors:
                 continue

@@ -48,10 +48,11 @@ def test_executors_agree_on_whole_images(exported, layer) -> None:
     model, out = exported
     x = random_inputs(6, 48, max_abs=model.config.input_max_abs, seed=3)
     bank = fitted_bank(out, layer, x[:2])
-    report = verify_detector(model, out, layer, K, bank, {"random": x}, max_images={"qonnx": 3})
+    capped = {"qonnx": 3, "int_qonnx": 2}
+    report = verify_detector(model, out, layer, K, bank, {"random": x}, max_images=capped)
     assert (report["mismatches"], report["unexplained"]) == (0, 0)
     images = {row["executor"]: row["images"] for row in report["executors"]}
-    assert images == {"runtime": 6, "qcdq": 6, "qonnx": 3}
+    assert images == {"runtime": 6, "qcdq": 6, "qonnx": 3, "int_qonnx": 2}
     for row in report["executors"]:
         # input, block 0 act, block 1 act (+ its pool): every code tensor up to the layer
         tensors = 4 if layer == POOL else 3
