@@ -12,10 +12,13 @@ differs is explained only in a sample whose trunk codes already differ, else une
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from lowbit.artifacts import GRAPH_FILES
@@ -70,8 +73,6 @@ class _Witnesses:
     """The detector graphs of one export, for one image size, and how to run each."""
 
     def __init__(self, export_dir, layer, k, bank, size, upstream, executors) -> None:
-        import onnxruntime as ort
-
         graphs = {kind: load_graph(Path(export_dir) / GRAPH_FILES[kind]) for kind in GRAPH_FILES}
         self.upstream, self.layer = upstream, layer
         self.runners = {}
@@ -91,17 +92,11 @@ class _Witnesses:
                 graphs[kind], graphs["int"], layer, k, bank, size, size, tuple(upstream)
             )
             scales = graph_scales(graphs[kind], list(upstream))
-            if kind == "qcdq":
-                options = ort.SessionOptions()
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-                options.log_severity_level = 3
-                session = ort.InferenceSession(
-                    witness.SerializeToString(), options, providers=["CPUExecutionProvider"]
-                )
-                names = [o.name for o in session.get_outputs()]
-                run = lambda x, s=session, n=names: dict(zip(n, s.run(None, {"input": x})))  # noqa: E731
-            else:
-                run = lambda x, g=witness: execute_qonnx(g, x)  # noqa: E731
+            run = (
+                _onnxruntime(witness)
+                if kind == "qcdq"
+                else functools.partial(execute_qonnx, witness)
+            )
             self.runners[kind] = lambda x, run=run, scales=scales: self._from_float(run(x), scales)
 
     def _from_float(self, outputs: dict, scales: dict[str, float]) -> dict[str, np.ndarray]:
@@ -111,6 +106,21 @@ class _Witnesses:
         }
         codes[self.layer] = outputs[LAYER_CODES].astype(np.int64)
         return codes | {ANOMALY_MAP: outputs[ANOMALY_MAP], IMAGE_SCORE: outputs[IMAGE_SCORE]}
+
+
+def _onnxruntime(model: onnx.ModelProto) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Return x -> outputs by name of one onnxruntime session running `model` as written."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # ORT_DISABLE_ALL, as QcdqWitness: fusions (QDQ -> QLinearConv) would change the math
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    names = [output.name for output in session.get_outputs()]
+    return lambda x: dict(zip(names, session.run(None, {"input": x})))
 
 
 def _exact_differences(expected: np.ndarray, got: np.ndarray) -> np.ndarray:
