@@ -31,7 +31,8 @@ from lowbit.data.images import read_image
 from lowbit.data.loaders import scan_good
 from lowbit.data.textures import CATEGORIES
 from lowbit.data.whole import WHOLE_IMAGE_SIZE, generate_whole_image, whole_image_rng
-from lowbit.detect.maps import aggregate, aggregated_code_range, false_alarm_threshold
+from lowbit.detect.aggregate import aggregate, aggregated_range
+from lowbit.detect.maps import false_alarm_threshold
 from lowbit.detect.memory_bank import anomaly_map, fit_memory_bank, image_scores
 from lowbit.detect.store import DETECTOR_FORMAT, trunk_fingerprint, write_detector
 from lowbit.detect.trunk import cut_trunk, trunk_code_range
@@ -169,7 +170,7 @@ def fit_detector(
         trunk = load_trunk(export_dir, description, layer, height, width)
         from lowbit.runtime import Runtime
 
-        code_range = aggregated_code_range(trunk_code_range(trunk, layer), aggregate_size)
+        code_range = aggregated_range(trunk_code_range(trunk, layer), aggregate_size)
         stack = np.stack(images)
         normalization = description["input"].get("normalization") or None
         runtime = Runtime(trunk)

@@ -2,11 +2,8 @@
 
 Every function here is exact integer (or boolean) arithmetic on numpy arrays, so the same
 numbers come out of any executor that reproduces them; the stage-1 graph is checked against
-`aggregate` and the memory bank's `anomaly_map`.
+`aggregate` (aggregate.py) and the memory bank's `anomaly_map`.
 
-- `aggregate(codes, k)`: PatchCore's local neighbourhood aggregation (Roth et al. 2022,
-  Sec. 3.1) as an integer k x k box sum, zero-padded by k // 2 on every side, so the map keeps
-  the trunk's height and width.
 - `false_alarm_threshold(scores, rate)`: the smallest integer t with #(score > t) <=
   floor(rate * n): at most that many of the given (defect-free) scores lie above t.
 - `upsample_nearest` / `largest_region`: the mask at image size and the box handed to stage 2.
@@ -17,33 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-
-def aggregate(codes: np.ndarray, k: int) -> np.ndarray:
-    """Return int64 [N, C, H, W]: each position's sum of codes over its k x k neighbourhood.
-
-    The window is centred (k odd) and zero-padded by k // 2 at the border; k = 1 returns the
-    codes as int64.
-    """
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"aggregation window must be odd and >= 1, got {k}")
-    codes = np.asarray(codes).astype(np.int64)
-    if k == 1:
-        return codes
-    _, _, h, w = codes.shape
-    pad = k // 2
-    padded = np.pad(codes, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    total = np.zeros_like(codes)
-    for i in range(k):
-        for j in range(k):
-            total += padded[:, :, i : i + h, j : j + w]
-    return total
-
-
-def aggregated_code_range(code_range: tuple[int, int], k: int) -> tuple[int, int]:
-    """Return [low, high] of k x k sums of codes in `code_range` (zero padding included)."""
-    low, high = (int(v) for v in code_range)
-    return k * k * min(low, 0), k * k * max(high, 0)
 
 
 def false_alarm_threshold(scores: np.ndarray, rate: float) -> int:

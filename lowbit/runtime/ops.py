@@ -33,6 +33,11 @@ def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.multiply(a, b)
 
 
+def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Sub: numpy broadcasting, integers wrap like C."""
+    return np.subtract(a, b)
+
+
 def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """ONNX Div: true division for floats, C-style truncation toward zero for integers."""
     if a.dtype.kind == "f":
@@ -86,6 +91,14 @@ def reduce_sum(
     else:
         axis = tuple(int(a) for a in axes.reshape(-1))
     return np.sum(x, axis=axis, keepdims=bool(keepdims), dtype=x.dtype)
+
+
+def reduce_max(
+    x: np.ndarray, *, axes: Sequence[int] | None = None, keepdims: int = 1
+) -> np.ndarray:
+    """ONNX ReduceMax (opset 13-17: axes an attribute, default all); exact for integers."""
+    axis = None if axes is None else tuple(int(a) for a in axes)
+    return np.max(x, axis=axis, keepdims=bool(keepdims))
 
 
 def max_pool(
@@ -182,9 +195,11 @@ OPS: dict[str, Callable[..., np.ndarray]] = {
     "Mul": mul,
     "MultiThreshold": multithreshold,
     "Quant": quant,
+    "ReduceMax": reduce_max,
     "ReduceSum": reduce_sum,
     "Reshape": reshape,
     "Sqrt": sqrt,
+    "Sub": sub,
 }
 """The whole whitelist of docs/int_graph.md, by op type."""
 

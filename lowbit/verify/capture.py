@@ -17,10 +17,14 @@ from lowbit.models.build import LowbitModel
 from lowbit.quant.layers import quant_scale
 
 
-def torch_codes(model: LowbitModel, x: np.ndarray) -> tuple[dict, dict, np.ndarray]:
+def torch_codes(
+    model: LowbitModel, x: np.ndarray, part: torch.nn.Module | None = None
+) -> tuple[dict, dict, np.ndarray]:
     """Returns (codes by tensor name, pre-rounding values by name, float32 logits).
 
     The pre-rounding value is what the quantizer rounds: (ReLU'd) input / scale, in float32.
+    `part` (e.g. `model.backbone`, for whole images the head cannot take) runs instead of the
+    model; its output is returned in place of the logits. Tensor names stay the model's.
     """
     model.eval()
     codes: dict[str, np.ndarray] = {}
@@ -44,7 +48,7 @@ def torch_codes(model: LowbitModel, x: np.ndarray) -> tuple[dict, dict, np.ndarr
         hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            logits = model(torch.from_numpy(x)).numpy()
+            logits = (part or model)(torch.from_numpy(x)).numpy()
     finally:
         for handle in hooks:
             handle.remove()

@@ -14,9 +14,9 @@ from scipy import ndimage
 
 from lowbit.artifacts import MANIFEST_FILE, detector_files
 from lowbit.data import load_whole_images
+from lowbit.detect.aggregate import aggregate
 from lowbit.detect.fit import fit_detector, load_trunk, split_good, whole_image_codes
 from lowbit.detect.maps import (
-    aggregate,
     false_alarm_threshold,
     label_regions,
     largest_region,

@@ -14,9 +14,10 @@ from lowbit.artifacts import detector_files
 from lowbit.cli import main
 from lowbit.data import NORMALIZATION, crop_rule, crop_to_mask, load_whole_images, prepare_images
 from lowbit.data.preprocess import reflect_indices
+from lowbit.detect.aggregate import aggregate
 from lowbit.detect.fit import split_good
 from lowbit.detect.inspect import JSON_FIELDS, crop_square, inspect, locate, shrink_box
-from lowbit.detect.maps import aggregate, upsample_nearest
+from lowbit.detect.maps import upsample_nearest
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import load_crops
 from lowbit.fewshot.regions import Region, region_box

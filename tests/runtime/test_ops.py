@@ -41,6 +41,8 @@ ELEMENTWISE_CASES = [
     ("Div", rng.standard_normal((4, 3)), np.abs(rng.standard_normal((4, 1))) + 0.5),
     ("Div", codes(np.int32, (4, 6), -100, 100), np.array([3, -3, 7, -7, 1, 2], np.int32)),
     ("Max", rng.standard_normal((4, 1)), np.array(0.3, np.float64)),
+    ("Sub", codes(np.int32, (2, 4, 3, 3), -(2**20), 2**20), codes(np.int32, (1, 4, 1, 1))),
+    ("Sub", codes(np.int64, (3, 5), -(2**40), 2**40), codes(np.int64, (5,), -(2**40), 2**40)),
 ]
 
 
@@ -143,6 +145,17 @@ def test_reduce_sum(dtype, axes, keepdims):
     elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     model = single_node_model(node, x, elem_type, {"axes": np.array(axes, np.int64)})
     assert_matches_onnxruntime(model, x)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8])
+@pytest.mark.parametrize("axes, keepdims", [([1], 0), ([1, 2], 0), ([2, 3], 1), (None, 1)])
+def test_reduce_max(dtype, axes, keepdims):
+    bounds = (None, None) if dtype == np.uint8 else (-(2**20), 2**20)
+    x = codes(dtype, (2, 3, 4, 5), *bounds)
+    attributes = {"keepdims": keepdims} | ({} if axes is None else {"axes": axes})
+    node = helper.make_node("ReduceMax", ["x"], ["y"], **attributes)
+    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    assert_matches_onnxruntime(single_node_model(node, x, elem_type), x)
 
 
 @pytest.mark.parametrize("axis", [1, 2, -1])

@@ -37,6 +37,9 @@ MODULES = [
     "lowbit.core.feature_scores",
     "lowbit.detect.memory_bank",
     "lowbit.detect.trunk",
+    "lowbit.detect.aggregate",
+    "lowbit.detect.graph",
+    "lowbit.detect.float_graphs",
     "lowbit.onnx_graph",
     "lowbit.artifacts",
 ]
