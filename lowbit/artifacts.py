@@ -37,6 +37,9 @@ MANIFEST_FILE = "model.manifest.json"  # sha256 of every published file, written
 VERIFY_FILE = "verify.json"  # lowbit verify's report
 # Stage-1 anomaly detectors fitted into an export (lowbit detect fit), one per category:
 DETECTOR_DIR = "detector"  # detector/<category>.json (detector.json) + detector/<category>.npz
+# ... + the stage-1 graphs: detector/<category>.int.onnx (always), .qcdq.onnx / .qonnx.onnx
+# (the witness forms, when the export has the classifier's QCDQ / QONNX graphs)
+DETECTOR_GRAPH_KINDS = ("int", "qcdq", "qonnx")
 # A bench folder (lowbit bench):
 RESULTS_FILE = "results.json"
 
@@ -53,6 +56,13 @@ def detector_files(category: str) -> tuple[str, str]:
             f"category {category!r}: use letters, digits, '_', '.' or '-' (a file name)"
         )
     return f"{DETECTOR_DIR}/{category}.json", f"{DETECTOR_DIR}/{category}.npz"
+
+
+def detector_graph_files(category: str) -> dict[str, str]:
+    """Returns {kind: file name} of a category's stage-1 graphs (int, qcdq, qonnx), relative to
+    the export folder; ConfigError for a category that is not a plain file name."""
+    detector_files(category)
+    return {kind: f"{DETECTOR_DIR}/{category}.{kind}.onnx" for kind in DETECTOR_GRAPH_KINDS}
 
 
 @dataclass(frozen=True)

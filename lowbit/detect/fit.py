@@ -15,6 +15,8 @@ floor(r * n):
   in at most floor(r * n) maps, at most floor(r * pixels) of them), so every flagged image has
   a non-empty mask.
 Nothing here sees a defect image: thresholds come from good images only.
+The fit also ships the stage-1 graphs (`stage1_graphs`): the integer graph and, when the export
+has the classifier's QCDQ / QONNX graphs, their witness forms; store.py writes and records them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lowbit.detect.maps import false_alarm_threshold
 from lowbit.detect.memory_bank import anomaly_map, fit_memory_bank, image_scores
 from lowbit.detect.store import DETECTOR_FORMAT, trunk_fingerprint, write_detector
 from lowbit.detect.trunk import cut_trunk, trunk_code_range
-from lowbit.errors import ConfigError, DataError
+from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import normalize
 from lowbit.lock import writer_lock
 from lowbit.manifest import read_description
@@ -59,6 +61,32 @@ def load_trunk(export_dir: Path, description: dict, layer: str, height: int, wid
 
     model = load_onnx(Path(export_dir) / description["files"]["int"])
     return cut_trunk(model, [layer], height, width)
+
+
+def stage1_graphs(
+    export_dir: Path, description: dict, layer: str, k: int, bank: np.ndarray, size: tuple
+) -> tuple[dict, dict[str, str]]:
+    """Returns ({kind: stage-1 graph}, {kind: why it is missing}): the integer graph
+    (`detector_graph`), and the QCDQ / QONNX witness forms of the classifier graphs the export
+    has (`witness_detector`; one whose float tail would not be exact is left out, with why)."""
+    from lowbit.artifacts import load_onnx
+    from lowbit.detect.float_graphs import witness_detector
+    from lowbit.detect.graph import detector_graph
+
+    int_graph = load_onnx(Path(export_dir) / description["files"]["int"])
+    graphs = {"int": detector_graph(int_graph, layer, k, bank, *size)}
+    missing = {}
+    for kind in ("qcdq", "qonnx"):
+        name = description["files"].get(kind)
+        if name is None or not (Path(export_dir) / name).is_file():
+            missing[kind] = "the export has no classifier graph of this kind"
+            continue
+        try:
+            witness = load_onnx(Path(export_dir) / name)
+            graphs[kind] = witness_detector(witness, int_graph, layer, k, bank, *size)
+        except ModelFileError as error:
+            missing[kind] = str(error)
+    return graphs, missing
 
 
 def whole_image_codes(
@@ -209,6 +237,11 @@ def fit_detector(
             "data": source,
             "trunk_sha256": trunk_fingerprint(trunk),
         }
-        detector = write_detector(export_dir, detector, bank)
+        graphs, missing = stage1_graphs(
+            export_dir, description, layer, aggregate_size, bank, (height, width)
+        )
+        if missing:
+            detector["graphs_missing"] = missing
+        detector = write_detector(export_dir, detector, bank, graphs)
     log.info("%s: image threshold %d, pixel %d", category, image_threshold, pixel_threshold)
     return detector

@@ -1,11 +1,13 @@
-"""A fitted detector's two files in an export folder: detector/<category>.json and its bank.
+"""A fitted detector's files in an export folder: detector/<category>.json, its bank and graphs.
 
 The bank is an .npz holding one integer array `bank` [M, C] (no pickles: read with
 allow_pickle=False); the JSON names it and records its sha256, and the sha256 of the trunk it
 was fitted on (`trunk_fingerprint`: the cut graph's nodes and initializers, which enrolling a
 class leaves unchanged), so a bank from another fit or a detector of another classifier is
-refused by name. Writing: the bank first, then the JSON, each atomically; in an export with a
-manifest both are then listed in it (rewritten last, as `lowbit export --target` does).
+refused by name. The stage-1 graphs (detector/<category>.int.onnx, and the QCDQ / QONNX
+witness forms when the export has the classifier's) are recorded alike under `graphs`: kind ->
+{file, sha256}. Writing: the bank and graphs first, then the JSON, each atomically; in an export
+with a manifest all are then listed in it (rewritten last, as `lowbit export --target` does).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lowbit.artifacts import DETECTOR_DIR, detector_files, read_json
+from lowbit.artifacts import DETECTOR_DIR, detector_files, detector_graph_files, read_json
 from lowbit.errors import ConfigError, ModelFileError
 from lowbit.io import atomic_write_bytes, atomic_write_json
 from lowbit.manifest import check_export, seal
@@ -47,22 +49,61 @@ def bank_bytes(bank: np.ndarray, code_range: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def write_detector(export_dir: Path, detector: dict, bank: np.ndarray) -> dict:
-    """Writes the bank and the detector JSON (completed with bank_file and bank_sha256) into
-    the export folder and lists them in its manifest, if it has one; returns the JSON."""
+def write_detector(
+    export_dir: Path,
+    detector: dict,
+    bank: np.ndarray,
+    graphs: dict[str, onnx.ModelProto] | None = None,
+) -> dict:
+    """Writes the bank, the stage-1 graphs (kind -> model) and the detector JSON (completed with
+    bank_file, bank_sha256 and graphs) into the export folder and lists them in its manifest,
+    if it has one; returns the JSON."""
     json_name, bank_name = detector_files(detector["category"])
+    graph_names = detector_graph_files(detector["category"])
     blob = bank_bytes(bank, tuple(detector["code_range"]))
+    blobs = {kind: model.SerializeToString() for kind, model in (graphs or {}).items()}
     detector = {
         **detector,
         "bank_file": bank_name,
         "bank_sha256": hashlib.sha256(blob).hexdigest(),
+        "graphs": {
+            kind: {"file": graph_names[kind], "sha256": hashlib.sha256(data).hexdigest()}
+            for kind, data in blobs.items()
+        },
     }
     manifest = check_export(export_dir)
     atomic_write_bytes(export_dir / bank_name, blob)
+    for kind, data in blobs.items():
+        atomic_write_bytes(export_dir / graph_names[kind], data)
     atomic_write_json(export_dir / json_name, detector)
     if manifest is not None:  # an export without a manifest is not given one by a part of it
-        seal(export_dir, [*manifest["files"], json_name, bank_name])
+        stale = set(graph_names.values()) - {graph_names[kind] for kind in blobs}
+        names = [name for name in manifest["files"] if name not in stale]
+        seal(export_dir, [*names, json_name, bank_name, *(graph_names[k] for k in blobs)])
     return detector
+
+
+def read_detector_graph(export_dir: Path, detector: dict, kind: str) -> onnx.ModelProto:
+    """Returns the fitted stage-1 graph of `kind` (int, qcdq, qonnx) after checking its sha256
+    against the detector JSON; ModelFileError names a missing or changed file."""
+    from lowbit.artifacts import load_onnx
+
+    entry = detector.get("graphs", {}).get(kind)
+    if entry is None:
+        raise ModelFileError(
+            f"{export_dir}: detector/{detector['category']} has no {kind} graph; fit the "
+            "detector again (lowbit detect fit)"
+        )
+    path = Path(export_dir) / entry["file"]
+    if Path(entry["file"]).parent.as_posix() != DETECTOR_DIR:
+        raise ModelFileError(f"{path}: a detector graph must lie in {DETECTOR_DIR}/")
+    try:
+        blob = path.read_bytes()
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read ({error.strerror}); fit again") from None
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise ModelFileError(f"{path}: sha256 differs from detector/{detector['category']}.json")
+    return load_onnx(path)
 
 
 def fitted_categories(export_dir: Path) -> list[str]:
