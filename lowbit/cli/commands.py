@@ -129,6 +129,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 def cmd_verify(args: argparse.Namespace) -> dict:
     from lowbit.verify.api import format_report
+    from lowbit.verify.detector import format_detector_report
     from lowbit.verify.run import verify_run
 
     report = verify_run(
@@ -139,9 +140,16 @@ def cmd_verify(args: argparse.Namespace) -> dict:
         ties=args.ties,
         executors=_csv(args.executors),
         progress=not args.quiet,
+        detector_images=args.detector_images,
+        detector_random=args.detector_random,
+        detector_qonnx=args.detector_qonnx,
     )
     if not args.json:
         print(format_report(report))
+        for category, detector in report["detector"].items():
+            print(f"detector {category}: " + format_detector_report(detector))
+            shipped = ", ".join(f"{k} {v}" for k, v in detector["shipped_graphs"].items())
+            print(f"detector {category}: shipped graphs: {shipped or 'none'}")
     if report["unexplained"]:
         raise VerifyError(
             f"{args.dir}: {report['unexplained']} unexplained mismatches (see {VERIFY_FILE})"

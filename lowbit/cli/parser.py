@@ -251,6 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="add inputs on the input quantizer's rounding ties",
     )
     verify.add_argument("--executors", default=None, help="subset of runtime,qcdq,qonnx")
+    verify.add_argument(
+        "--detector-images",
+        type=int,
+        default=8,
+        help="whole images of its category per fitted detector (default 8; 0 with "
+        "--detector-random 0: skip the detectors)",
+    )
+    verify.add_argument(
+        "--detector-random", type=int, default=4, help="random images per detector (default 4)"
+    )
+    verify.add_argument(
+        "--detector-qonnx",
+        type=int,
+        default=2,
+        help="of those, images through qonnx's slow executor (default 2)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     run = sub.add_parser(

@@ -72,12 +72,12 @@ def torch_trunk(model: LowbitModel, x: np.ndarray, layer: str, source: str) -> t
 class _Witnesses:
     """The detector graphs of one export, for one image size, and how to run each."""
 
-    def __init__(self, export_dir, layer, k, bank, size, upstream, executors) -> None:
+    def __init__(self, export_dir, layer, k, bank, shape, upstream, executors) -> None:
         graphs = {kind: load_graph(Path(export_dir) / GRAPH_FILES[kind]) for kind in GRAPH_FILES}
         self.upstream, self.layer = upstream, layer
         self.runners = {}
         exposed = tuple(dict.fromkeys([*upstream, layer]))
-        integer = detector_graph(graphs["int"], layer, k, bank, size, size, exposed)
+        integer = detector_graph(graphs["int"], layer, k, bank, *shape, exposed)
         if "runtime" in executors:
             from lowbit.runtime import Runtime
 
@@ -89,7 +89,7 @@ class _Witnesses:
             if kind not in executors:
                 continue
             witness = witness_detector(
-                graphs[kind], graphs["int"], layer, k, bank, size, size, tuple(upstream)
+                graphs[kind], graphs["int"], layer, k, bank, *shape, tuple(upstream)
             )
             scales = graph_scales(graphs[kind], list(upstream))
             run = (
@@ -150,8 +150,8 @@ def verify_detector(
     """
     export_dir = Path(export_dir)
     int_graph = load_graph(export_dir / GRAPH_FILES["int"])
-    size = next(iter(inputs.values())).shape[-1]
-    trunk = cut_trunk(int_graph, [layer], size, size)
+    height, width = next(iter(inputs.values())).shape[-2:]
+    trunk = cut_trunk(int_graph, [layer], height, width)
     code_range = trunk_code_range(trunk, layer)
     value_range = aggregated_range(code_range, k)
     source, _ = pooling_chain(int_graph, layer)
@@ -173,7 +173,9 @@ def verify_detector(
             maps = anomaly_map(bank, aggregate(codes[layer], k), value_range)
             scores = image_scores(maps)
             if witnesses is None:
-                witnesses = _Witnesses(export_dir, layer, k, bank, size, upstream, executors)
+                witnesses = _Witnesses(
+                    export_dir, layer, k, bank, (height, width), upstream, executors
+                )
             for executor, run in witnesses.runners.items():
                 left = max_images.get(executor, len(x) * 10**9) - totals[executor]["images"]
                 if left <= 0:
@@ -213,7 +215,7 @@ def verify_detector(
         "bank_entries": int(len(bank)),
         "code_range": list(code_range),
         "distance_bound": distance_bound(value_range, int(np.asarray(bank).shape[1])),
-        "image_size": int(size),
+        "image_size": [int(height), int(width)],
         "inputs": {name: int(len(data)) for name, data in inputs.items()},
         "executors": list(totals.values()),
         "layers": list(layers.values()),
@@ -231,9 +233,10 @@ def _zero() -> dict[str, int]:
 
 def format_detector_report(report: dict) -> str:
     """Return one line per executor: images, trunk codes, map values and scores that differ."""
+    size = "x".join(map(str, report["image_size"]))
     lines = [
         f"stage 1 at {report['layer']}/{report['aggregate']}, bank {report['bank_entries']}, "
-        f"{report['image_size']} px, distance bound {report['distance_bound']:,}"
+        f"{size} px, distance bound {report['distance_bound']:,}"
     ]
     for row in report["executors"]:
         parts = [

@@ -114,3 +114,66 @@ def test_a_planted_trunk_bug_is_caught_and_explains_the_maps(exported, tmp_path)
     summary = report["executors"][0]
     assert summary["map"]["unexplained"] == summary["score"]["unexplained"] == 0
     assert report["unexplained"] == changed
+
+
+@pytest.fixture(scope="module")
+def with_detector(tmp_path_factory):
+    """(model, export dir) of a calibrated w1a2 conv4 normalized like training, with a detector
+    for the built-in brick fitted on 6 train/good images of 48 px."""
+    from lowbit.data import NORMALIZATION
+    from lowbit.detect.fit import fit_detector
+
+    model = calibrated("w1a2", "conv4")
+    out = tmp_path_factory.mktemp("with_detector")
+    export_model(model, out, class_names=["a", "b", "c", "d"], normalization=NORMALIZATION)
+    fit_detector(out, category="brick", train_good=6, image_size=48, bank_size=60)
+    return model, out
+
+
+def _fitted_copy(out, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(out, export)
+    return export
+
+
+def test_verify_covers_every_fitted_detector(with_detector) -> None:
+    from lowbit.verify.run import verify_detectors
+
+    model, export = with_detector
+    reports = verify_detectors(model, export, images=3, random=2, qonnx_images=1)
+    report = reports["brick"]
+    assert report["inputs"] == {"whole": 3, "random": 2}
+    assert (report["mismatches"], report["unexplained"]) == (0, 0)
+    assert report["shipped_graphs"] == dict.fromkeys(
+        ["int", "qcdq", "qonnx"], "rebuilt identically"
+    )
+    images = {row["executor"]: row["images"] for row in report["executors"]}
+    assert images == {"runtime": 5, "qcdq": 5, "qonnx": 1, "int_qonnx": 1}
+    assert verify_detectors(model, export, images=0, random=0) == {}
+
+
+def test_a_shipped_graph_that_differs_is_unexplained(with_detector, tmp_path) -> None:
+    import hashlib
+    import json
+
+    from lowbit.artifacts import detector_files
+    from lowbit.manifest import read_manifest, seal
+    from lowbit.verify.run import verify_detectors
+
+    model, out = with_detector
+    export = _fitted_copy(out, tmp_path)
+    json_path = export / detector_files("brick")[0]
+    detector = json.loads(json_path.read_text())
+    graph_path = export / detector["graphs"]["int"]["file"]
+    graph = onnx.load(graph_path)
+    init = next(i for i in graph.graph.initializer if i.name == "detector.bank_norm")
+    values = numpy_helper.to_array(init).copy()
+    values[0, 0] += 1
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    graph_path.write_bytes(graph.SerializeToString())
+    detector["graphs"]["int"]["sha256"] = hashlib.sha256(graph_path.read_bytes()).hexdigest()
+    json_path.write_text(json.dumps(detector))
+    seal(export, read_manifest(export)["files"])  # a consistent set whose graph is wrong
+    report = verify_detectors(model, export, images=1, random=0, qonnx_images=0)["brick"]
+    assert report["shipped_graphs"]["int"] == "differs from the rebuilt graph"
+    assert report["unexplained"] == 1 and report["mismatches"] == 0
