@@ -30,3 +30,34 @@ def main_job_text(result: dict, verify_report: dict) -> str:
     lines.append(f"  deployed model: {bits:,} bits ({bits / 8 / 1024:.1f} KiB)")
     lines.append(format_report(verify_report))
     return "\n".join(lines)
+
+
+def inspect_job_text(summary: dict, verify_report: dict) -> str:
+    """Returns `lowbit run --inspect`'s stage-1 summary (lowbit.jobs.inspect_job's result)."""
+    from lowbit.verify.detector import format_detector_report
+
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    s, counts = summary, summary["test_images"]
+    lines = [
+        f"stage 1 on {s['texture']} (fit {s['fit_seconds']:.0f} s, verify "
+        f"{s['verify_seconds']:.0f} s, inspect {s['inspect_seconds']:.0f} s: "
+        f"{s['added_seconds']:.0f} s added)",
+        "  "
+        + format_detector_report(verify_report["detector"][s["texture"]]).replace("\n", "\n  "),
+        f"  test images: {counts['good']} good, {counts['known']} of known types, "
+        f"{counts['held_out']} of held-out types",
+        f"  image AUROC {number(s['image_auroc'])} (known types {number(s['image_auroc_known'])}"
+        f", held-out {number(s['image_auroc_held_out'])})",
+        f"  false alarms on test good: {s['false_alarms_test_good']} of {counts['good']}; "
+        f"defective parts flagged: {share(s['flagged_defective'])} (known "
+        f"{share(s['flagged_known'])}, held-out {share(s['flagged_held_out'])})",
+        f"  type accuracy on flagged known-type parts: {share(s['type_accuracy_flagged_known'])}",
+        f"  time per part: good {s['ms_per_good_part']:.0f} ms, defective "
+        f"{s['ms_per_defective_part']:.0f} ms",
+    ]
+    return "\n".join(lines)

@@ -165,12 +165,16 @@ def cmd_infer(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> dict:
     from lowbit.jobs import MAIN_JOB_QAT_RUN, run_main_job
-    from lowbit.report_text import main_job_text
+    from lowbit.report_text import inspect_job_text, main_job_text
 
-    result = run_main_job(Path(args.out), quick=args.quick, progress=not args.quiet)
+    result = run_main_job(
+        Path(args.out), quick=args.quick, progress=not args.quiet, inspect_texture=args.inspect
+    )
     if not args.json:
         report = json.loads((Path(args.out) / MAIN_JOB_QAT_RUN / VERIFY_FILE).read_text())
         print(main_job_text(result, report))
+        if "inspect" in result:
+            print(inspect_job_text(result["inspect"], report))
     return result
 
 

@@ -274,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", default="runs/main")
     run.add_argument("--quick", action="store_true", help="tiny version for smoke tests")
+    run.add_argument(
+        "--inspect",
+        nargs="?",
+        const="brick",
+        default=None,
+        metavar="TEXTURE",
+        help="also fit a stage-1 detector for a built-in texture (default brick) into the w1a2 "
+        "export, verify it and inspect the texture's test images (adds ~2 min)",
+    )
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser(

@@ -26,7 +26,7 @@ from lowbit.detect.memory_bank import anomaly_map, image_scores
 from lowbit.detect.store import choose_category, read_detector, trunk_fingerprint
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import image_name
-from lowbit.fewshot.predict import predict
+from lowbit.fewshot.predict import Classifier
 from lowbit.fewshot.regions import Region, read_region, region_box
 from lowbit.manifest import read_description
 
@@ -115,6 +115,81 @@ def crop_square(box: list[int], shape: tuple[int, int], crop: dict | None) -> li
     return [left, top, left + side, top + side]
 
 
+class Inspector:
+    """One export and one category's detector loaded once: `run` inspects batches of parts
+    (what `inspect` does per call, without reading the files again)."""
+
+    def __init__(self, export_dir: str | Path, category: str | None = None) -> None:
+        from lowbit.runtime import Runtime
+
+        export_dir = Path(export_dir)
+        description = read_description(export_dir)
+        self.category = choose_category(export_dir, category)
+        self.detector, self.bank = read_detector(export_dir, self.category)
+        height, width = self.detector["image_size"]
+        trunk = load_trunk(export_dir, description, self.detector["layer"], height, width)
+        if trunk_fingerprint(trunk) != self.detector["trunk_sha256"]:
+            raise ModelFileError(
+                f"{export_dir}: the classifier's trunk differs from the one "
+                f"detector/{self.category} was fitted on; fit the detector again "
+                "(lowbit detect fit)"
+            )
+        self.runtime = Runtime(trunk)
+        self.normalization = description["input"].get("normalization") or None
+        self.crop = crop_rule_of(description)
+        self.classifier = Classifier(export_dir)
+
+    def stage1(self, pixels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (int64 maps [N, h, w], int64 scores [N]) of uint8 [H, W, 3] images."""
+        layer, k = self.detector["layer"], self.detector["aggregate"]
+        codes = whole_image_codes(self.runtime, layer, np.stack(pixels), self.normalization, k)
+        maps = anomaly_map(self.bank, codes, tuple(self.detector["code_range"]))
+        return maps, image_scores(maps)
+
+    def run(self, images: Sequence[str | Path | np.ndarray]) -> list[dict]:
+        """Returns `inspect`'s rows of these images (see `inspect`)."""
+        detector = self.detector
+        height, width = detector["image_size"]
+        pixels = read_whole_images(images, (height, width))
+        maps, scores = self.stage1(pixels)
+        rows = []
+        for index, (image, anomaly, score) in enumerate(zip(images, maps, scores)):
+            anomalous = bool(score > detector["image_threshold"])
+            mask, box = np.zeros((height, width), bool), None
+            if anomalous:
+                halo = detector["aggregate"] // 2
+                mask, box = locate(anomaly, detector["pixel_threshold"], height, width, halo)
+            rows.append(
+                {
+                    "image": image_name(image, index),
+                    "category": self.category,
+                    "anomalous": anomalous,
+                    "score": int(score),
+                    "threshold": detector["image_threshold"],
+                    "map": anomaly,
+                    "mask": mask,
+                    "box": box,
+                    "crop": None if box is None else crop_square(box, (height, width), self.crop),
+                    **dict.fromkeys(STAGE2_FIELDS),
+                }
+            )
+        flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
+        if flagged:
+            decisions = self.classifier.predict(
+                [pixels[i] for i in flagged],
+                boxes=[rows[i]["box"] for i in flagged] if self.crop is not None else None,
+            )
+            for i, decision in zip(flagged, decisions):
+                rows[i].update(
+                    type=decision["label"],
+                    **{"class": decision["class"]},
+                    known=decision["known"],
+                    confidence=decision["score"],
+                    confidence_name=decision["score_name"],
+                )
+        return rows
+
+
 def inspect(
     export_dir: str | Path,
     images: Sequence[str | Path | np.ndarray],
@@ -126,62 +201,7 @@ def inspect(
     image predict's decision: type (class or "unknown"), class, known, confidence (the deployed
     score) and confidence_name; these are None for a part below the threshold.
     """
-    export_dir = Path(export_dir)
-    description = read_description(export_dir)
-    category = choose_category(export_dir, category)
-    detector, bank = read_detector(export_dir, category)
-    height, width = detector["image_size"]
-    pixels = read_whole_images(images, (height, width))
-    layer, k = detector["layer"], detector["aggregate"]
-    trunk = load_trunk(export_dir, description, layer, height, width)
-    if trunk_fingerprint(trunk) != detector["trunk_sha256"]:
-        raise ModelFileError(
-            f"{export_dir}: the classifier's trunk differs from the one detector/{category} "
-            "was fitted on; fit the detector again (lowbit detect fit)"
-        )
-    from lowbit.runtime import Runtime
-
-    normalization = description["input"].get("normalization") or None
-    codes = whole_image_codes(Runtime(trunk), layer, np.stack(pixels), normalization, k)
-    maps = anomaly_map(bank, codes, tuple(detector["code_range"]))
-    scores = image_scores(maps)
-    crop = crop_rule_of(description)
-    rows = []
-    for index, (image, anomaly, score) in enumerate(zip(images, maps, scores)):
-        anomalous = bool(score > detector["image_threshold"])
-        mask, box = np.zeros((height, width), bool), None
-        if anomalous:
-            mask, box = locate(anomaly, detector["pixel_threshold"], height, width, k // 2)
-        rows.append(
-            {
-                "image": image_name(image, index),
-                "category": category,
-                "anomalous": anomalous,
-                "score": int(score),
-                "threshold": detector["image_threshold"],
-                "map": anomaly,
-                "mask": mask,
-                "box": box,
-                "crop": None if box is None else crop_square(box, (height, width), crop),
-                **dict.fromkeys(STAGE2_FIELDS),
-            }
-        )
-    flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
-    if flagged:
-        decisions = predict(
-            export_dir,
-            [pixels[i] for i in flagged],
-            boxes=[rows[i]["box"] for i in flagged] if crop is not None else None,
-        )
-        for i, decision in zip(flagged, decisions):
-            rows[i].update(
-                type=decision["label"],
-                **{"class": decision["class"]},
-                known=decision["known"],
-                confidence=decision["score"],
-                confidence_name=decision["score_name"],
-            )
-    return rows
+    return Inspector(export_dir, category).run(images)
 
 
 def json_row(row: dict, mask_path: str | None = None) -> dict:

@@ -92,6 +92,55 @@ def check_regions(
         )
 
 
+class Classifier:
+    """An export loaded once for many `predict` calls: model.json, the runtime, the statistics
+    of the deployed score (stage 2 of `inspect`, which calls it once per batch of parts)."""
+
+    def __init__(self, export_dir: str | Path) -> None:
+        self.export_dir = Path(export_dir)
+        self.description, self.runtime = load_export(export_dir)
+        self.crop = crop_rule_of(self.description)
+        self.ood = self.description.get("ood")
+        self.stats = (
+            load_export_stats(export_dir, self.description) if needs_features(self.ood) else None
+        )
+
+    def predict(
+        self,
+        images: Sequence[str | Path | np.ndarray],
+        *,
+        masks: Sequence[str | Path | np.ndarray] | None = None,
+        boxes: Sequence[Sequence[float]] | None = None,
+        whole_image: bool = False,
+    ) -> list[dict]:
+        """Returns `predict`'s rows for these images (see `predict`)."""
+        description, crop = self.description, self.crop
+        regions = regions_for(len(images), masks, boxes)
+        check_regions(crop, regions, whole_image, self.export_dir / DESCRIPTION_FILE)
+        x, defect_boxes = load_crops(
+            images,
+            regions,
+            description["model"]["image_size"],
+            description["input"]["normalization"],
+            None if whole_image else crop,
+        )
+        stats = self.stats
+        outputs = self.runtime.run(x, keep_intermediates=stats is not None)
+        features = outputs[FEATURE_TENSOR] if stats is not None else None
+        rows = decide(outputs["logits"], description["class_names"], self.ood, features, stats)
+        return [
+            {
+                "image": image_name(image, index),
+                "mask": str(region.mask) if isinstance(region.mask, Path) else None,
+                "box": box,
+                **row,
+            }
+            for index, (image, region, box, row) in enumerate(
+                zip(images, regions, defect_boxes, rows)
+            )
+        ]
+
+
 def predict(
     export_dir: str | Path,
     images: Sequence[str | Path | np.ndarray],
@@ -107,31 +156,7 @@ def predict(
     (lowbit.fewshot.regions). `box` in the result is the defect's box in the image (a mask's
     bounding box); `label` is the class, or 'unknown' when the deployed score rejects it.
     """
-    description, runtime = load_export(export_dir)
-    crop = crop_rule_of(description)
-    regions = regions_for(len(images), masks, boxes)
-    check_regions(crop, regions, whole_image, Path(export_dir) / DESCRIPTION_FILE)
-    x, defect_boxes = load_crops(
-        images,
-        regions,
-        description["model"]["image_size"],
-        description["input"]["normalization"],
-        None if whole_image else crop,
-    )
-    ood = description.get("ood")
-    stats = load_export_stats(export_dir, description) if needs_features(ood) else None
-    outputs = runtime.run(x, keep_intermediates=stats is not None)
-    features = outputs[FEATURE_TENSOR] if stats is not None else None
-    rows = decide(outputs["logits"], description["class_names"], ood, features, stats)
-    return [
-        {
-            "image": image_name(image, index),
-            "mask": str(region.mask) if isinstance(region.mask, Path) else None,
-            "box": box,
-            **row,
-        }
-        for index, (image, region, box, row) in enumerate(zip(images, regions, defect_boxes, rows))
-    ]
+    return Classifier(export_dir).predict(images, masks=masks, boxes=boxes, whole_image=whole_image)
 
 
 def format_predictions(rows: Sequence[dict]) -> str:

@@ -12,6 +12,7 @@ unexplained mismatches, and a shipped graph that differs, count in verify.json's
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,7 @@ def verify_detectors(
             pixels = np.random.default_rng(seed).integers(0, 256, (random, height, width, 3))
             inputs["random"] = normalize(pixels.astype(np.uint8), normalization)
         log.info("verifying detector %s on %s", category, {k: len(v) for k, v in inputs.items()})
+        started = time.perf_counter()
         report = verify_detector(
             model,
             export_dir,
@@ -164,5 +166,6 @@ def verify_detectors(
             )
             shipped[kind] = "rebuilt identically" if same else "differs from the rebuilt graph"
             report["unexplained"] += 0 if same else 1
-        reports[category] = {**report, "shipped_graphs": shipped}
+        seconds = round(time.perf_counter() - started, 2)
+        reports[category] = {**report, "shipped_graphs": shipped, "seconds": seconds}
     return reports

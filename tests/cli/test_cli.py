@@ -20,6 +20,20 @@ def test_run_quick_end_to_end(tmp_path, capsys):
     assert report["checked_values"] > 0
 
 
+@pytest.mark.slow
+def test_run_quick_inspect_adds_stage_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", "--quick", "--inspect", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stage 1 on brick" in text and "image AUROC" in text and "time per part" in text
+    report = json.loads((out / "w1a2" / "verify.json").read_text())
+    assert report["unexplained"] == 0 and report["detector"]["brick"]["mismatches"] == 0
+    assert (out / "w1a2" / "detector" / "brick.int.onnx").is_file()
+    assert main(["--quiet", "--json", "run", "--quick", "--inspect", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)["inspect"]
+    assert summary["texture"] == "brick" and summary["verify_unexplained"] == 0
+
+
 def test_train_export_verify_eval(tmp_path, capsys):
     run = tmp_path / "w2a2"
     args = [

@@ -117,13 +117,13 @@ def test_shrink_box_keeps_short_sides():
 
 def test_stage_two_gets_each_flagged_part_s_box(monkeypatch, fitted_export, flat_image):
     calls = []
-    real_predict = inspect_module.predict
+    real_predict = inspect_module.Classifier.predict
 
-    def spy(export_dir, images, **kwargs):
+    def spy(self, images, **kwargs):
         calls.append(kwargs["boxes"])
-        return real_predict(export_dir, images, **kwargs)
+        return real_predict(self, images, **kwargs)
 
-    monkeypatch.setattr(inspect_module, "predict", spy)
+    monkeypatch.setattr(inspect_module.Classifier, "predict", spy)
     rows = inspect(fitted_export, [flat_image])
     assert rows[0]["anomalous"] and calls == [[rows[0]["box"]]]
     assert rows[0]["map"].dtype == np.int64 and rows[0]["map"].shape == (16, 16)
@@ -134,7 +134,7 @@ def test_a_good_part_below_the_threshold_skips_stage_two(monkeypatch, fitted_exp
     def no_stage_two(*args, **kwargs):
         raise AssertionError("the classifier ran on a part below the threshold")
 
-    monkeypatch.setattr(inspect_module, "predict", no_stage_two)
+    monkeypatch.setattr(inspect_module.Classifier, "predict", no_stage_two)
     rows = inspect(fitted_export, validation_images(whole_data))
     for row in rows:
         assert not row["anomalous"] and row["score"] <= row["threshold"]
@@ -179,3 +179,14 @@ def test_a_changed_bank_or_trunk_is_refused(fitted_copy, flat_image):
     seal(fitted_copy, listed)
     with pytest.raises(ModelFileError, match="trunk differs"):
         inspect(fitted_copy, [flat_image])
+
+
+def test_inspect_job_summarises_the_texture_s_test_images(fitted_export):
+    from lowbit.jobs import inspect_job
+
+    summary = inspect_job(fitted_export, "brick", quick=True)
+    assert summary["test_images"] == {"good": 6, "known": 8, "held_out": 12}
+    assert 0 <= summary["false_alarms_test_good"] <= 6
+    for key in ("flagged_defective", "flagged_known", "flagged_held_out", "image_auroc"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["ms_per_good_part"] > 0 and summary["ms_per_defective_part"] > 0
