@@ -86,7 +86,7 @@ def test_json_run_prints_only_json_while_the_job_logs_and_shows_progress(
 ):
     result = {"out": str(tmp_path), "deployed_bits": 151_168, "verify": {"unexplained": 0}}
 
-    def job(out, *, quick, progress):
+    def job(out, *, quick, progress, inspect_texture=None):
         logging.getLogger("lowbit.jobs").info("training %s", out)
         for _ in tqdm(range(3), disable=not progress):
             pass
