@@ -301,7 +301,8 @@ def cmd_detect_fit(args: argparse.Namespace) -> dict:
     )
     keys = ("category", "layer", "aggregate", "bank_size", "image_threshold", "pixel_threshold")
     keys += ("fit_images", "validation_images", "validation_flagged", "bank_file")
-    return {key: detector[key] for key in keys}
+    graphs = {"graph_files": [entry["file"] for entry in detector["graphs"].values()]}
+    return {key: detector[key] for key in keys} | graphs
 
 
 def cmd_inspect(args: argparse.Namespace) -> list:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from lowbit.artifacts import DETECTOR_GRAPH_KINDS as KINDS
 from lowbit.artifacts import MANIFEST_FILE, detector_files
 from lowbit.data import load_whole_images
 from lowbit.detect.aggregate import aggregate
@@ -163,6 +164,7 @@ def test_cli_fit_prints_the_thresholds_and_errors_in_one_line(capsys, fitted_cop
     result = json.loads(capsys.readouterr().out)
     assert result["category"] == "brick" and result["bank_size"] <= 100
     assert result["validation_flagged"] <= 1  # floor(0.5 * 2)
+    assert result["graph_files"] == [f"detector/brick.{kind}.onnx" for kind in KINDS]
     assert read_detector(fitted_copy, "brick")[0]["false_alarm_rate"] == 0.5
     code = main(["--quiet", "detect", "fit", str(fitted_copy), "--data", data + "/test"])
     captured = capsys.readouterr()
