@@ -26,7 +26,7 @@ def runtime_outputs(runtime, x: np.ndarray, batch_size: int = 128) -> tuple[np.n
     """Returns (float64 logits [N, K], int64 feature codes [N, F]) from a Runtime."""
     logits, features = [], []
     for start in range(0, len(x), batch_size):
-        out = runtime.run(x[start : start + batch_size], keep_intermediates=True)
+        out = runtime.run(x[start : start + batch_size], outputs=[FEATURE_TENSOR])
         logits.append(out["logits"])
         features.append(out[FEATURE_TENSOR].astype(np.int64))
     return np.concatenate(logits), np.concatenate(features)

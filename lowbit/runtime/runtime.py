@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +62,14 @@ class Runtime:
             run = bind(self._graph, node, plans.get(node.output[0]))
             steps.append(_Step(node, run, tuple(node.input), node.output[0]))
         kept = {self.input_name, *self.output_names, *self._graph.initializers}
+        self._kept = kept
         self._steps = _with_releases(steps, kept)
-        self._fused_steps = _with_releases(_fused(steps, self._graph, plans), kept)
+        self._fused_base = _fused(steps, self._graph, plans)
+        self._fused_steps = _with_releases(self._fused_base, kept)
         self._reused_outputs = {
             s.output for s in self._fused_steps if s.reuses_output and s.output in kept
         }
+        self._fused_for: dict[frozenset[str], tuple[list[_Step], set[str]] | None] = {}
         self._batch_tensors = {self.input_name}
         for node in self._graph.nodes:
             if any(name in self._batch_tensors for name in node.input):
@@ -93,24 +96,34 @@ class Runtime:
         x: np.ndarray,
         *,
         keep_intermediates: bool = False,
+        outputs: Sequence[str] = (),
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> dict[str, np.ndarray]:
-        """Graph outputs by name; with keep_intermediates, every tensor of the graph.
+        """Graph outputs by name, and the intermediate tensors named in `outputs`; with
+        keep_intermediates, every tensor of the graph.
 
         Tensors are NCHW with their ONNX dtype (integer codes as numpy integers, the tail
         float64). The input is float32 (float64 only where every value is a float32) with the
         declared shape, any batch size; it is processed in chunks of `batch_size` samples,
-        each computing exactly what the whole batch would.
+        each computing exactly what the whole batch would. Naming a tensor in `outputs` keeps
+        the fused steps (keep_intermediates runs every node on its own) unless a fusion
+        computes that tensor only inside itself.
         """
         x = self._check_input(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        extra = [name for name in dict.fromkeys(outputs) if name not in self.output_names]
+        unknown = [name for name in extra if name not in self._graph.dtypes]
+        if unknown:
+            raise InputError(f"{self._graph.label}: no tensor named {', '.join(unknown)}")
+        steps = None if keep_intermediates else self._steps_keeping(frozenset(extra))
+        keep = keep_intermediates or steps is None
         chunked = len(x) > batch_size
         chunks = [
-            self._run_chunk(x[start : start + batch_size], keep_intermediates, chunked)
+            self._run_chunk(x[start : start + batch_size], keep, chunked, steps)
             for start in range(0, len(x), batch_size)
         ]
-        names = list(chunks[0]) if keep_intermediates else self.output_names
+        names = list(chunks[0]) if keep_intermediates else [*self.output_names, *extra]
         results = {}
         for name in names:
             if name in self._batch_tensors and chunked:
@@ -119,9 +132,32 @@ class Runtime:
                 results[name] = np.array(chunks[0][name], order="C", copy=True)
         return results
 
-    def _run_chunk(self, x: np.ndarray, keep: bool, chunked: bool) -> dict[str, np.ndarray]:
+    def _steps_keeping(self, extra: frozenset[str]) -> tuple[list[_Step], set[str]] | None:
+        """The fused steps and their reused outputs with the tensors `extra` kept too, or None
+        when a fusion swallows one of them (then every node runs on its own)."""
+        if not extra:
+            return self._fused_steps, self._reused_outputs
+        if extra not in self._fused_for:
+            produced = {step.output for step in self._fused_base}
+            if not extra <= produced | {self.input_name}:
+                self._fused_for[extra] = None
+            else:
+                kept = self._kept | extra
+                steps = _with_releases(self._fused_base, kept)
+                reused = {s.output for s in steps if s.reuses_output and s.output in kept}
+                self._fused_for[extra] = (steps, reused)
+        return self._fused_for[extra]
+
+    def _run_chunk(
+        self,
+        x: np.ndarray,
+        keep: bool,
+        chunked: bool,
+        fused: tuple[list[_Step], set[str]] | None = None,
+    ) -> dict[str, np.ndarray]:
         tensors = {**self._graph.initializers, self.input_name: x}
-        for step in self._steps if keep else self._fused_steps:
+        steps, reused = fused or (self._fused_steps, self._reused_outputs)
+        for step in self._steps if keep else steps:
             arguments = [tensors[name] if name else None for name in step.inputs]
             try:
                 output = step.run(*arguments)
@@ -140,7 +176,7 @@ class Runtime:
             if not keep:
                 for released in step.release:
                     del tensors[released]
-        for name in () if keep else self._reused_outputs:
+        for name in () if keep else reused:
             tensors[name] = tensors[name].copy()
         return tensors
 
