@@ -205,14 +205,25 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
     }
 
 
+def machine() -> str:
+    """The CPU model (Linux /proc/cpuinfo, else `platform`) and the number of usable cores."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="exported run directories")
     parser.add_argument("--recipe", default="w2a2", help="without runs: a calibrated conv4-64")
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="benchmarks/results/c_speed")
+    parser.add_argument("--images", type=int, default=64, help="random images per model")
+    parser.add_argument("--repeats", type=int, default=7, help="timed passes over the images")
+    parser.add_argument("--out", default="benchmarks/results/c_speed", help="output folder")
     args = parser.parse_args()
+    if find_compiler() is None:
+        parser.error("no C compiler found: set CC, or install cc, gcc or clang")
     torch.set_num_threads(1)
     results = []
     for run in args.runs or [None]:
@@ -230,9 +241,13 @@ def main() -> None:
             "images": args.images,
             "repeats": args.repeats,
             "compiler": find_compiler(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
             "models": results,
         },
+    )
+    print(
+        f"{machine()}, {find_compiler()}; per image over {args.images} images, "
+        f"median of {args.repeats} repeats; CPU time counts every thread of the process"
     )
     for result in results:
         print(f"\n{result['model']} ({result['recipe']})")

@@ -81,6 +81,17 @@ def worker(kind: str, model: str, inputs: str, repeats: int, threads: int) -> No
     print(json.dumps({"median_ms": statistics.median(times), "foreign_modules": foreign}))
 
 
+def machine() -> str:
+    """The CPU model (Linux /proc/cpuinfo, else `platform`) and the number of usable cores."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+
+
 def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -204,12 +215,18 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", action="append", default=[], help="export folder (repeat)")
-    parser.add_argument("--calibrated", default="w2a2", help="recipe, or '' for none")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/speed")
+    parser.add_argument(
+        "--calibrated", default="w2a2", help="recipe of a calibrated conv4-64, or '' for none"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="threads of every process")
+    parser.add_argument(
+        "--repeats", type=int, default=30, help="timed runs per process (ten times at batch 1)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="processes per executor and batch")
+    parser.add_argument("--out", default="benchmarks/results/speed", help="folder of speed.json")
     args = parser.parse_args()
+    if not args.export and not args.calibrated:
+        parser.error("nothing to time: give --export DIR or --calibrated RECIPE")
     rows, predict_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         models = prepare(args, Path(tmp))
@@ -246,12 +263,17 @@ def main() -> None:
     atomic_write_json(
         Path(args.out) / "speed.json",
         {
+            "machine": machine(),
             "threads": args.threads,
             "repeats": args.repeats,
             "rounds": args.rounds,
             "rows": rows,
             "predict": predict_rows,
         },
+    )
+    print(
+        f"{machine()}; {args.threads} thread(s) per process; median over {args.rounds} "
+        f"processes of each one's median of {args.repeats} runs ({args.repeats * 10} at batch 1)\n"
     )
     print("| model | batch | executor | median ms | vs onnxruntime QCDQ | vs onnxruntime fp32 |")
     print("|---|---|---|---|---|---|")
