@@ -111,7 +111,7 @@ class Trunk:
         ]
         with torch.no_grad():
             for start in range(0, len(x), 16):
-                self.model(torch.from_numpy(x[start : start + 16]))
+                self.model.backbone(torch.from_numpy(x[start : start + 16]))
         for hook in hooks:
             hook.remove()
         return {name: np.concatenate(found[name]).astype(np.float32) for name in self.layers}
