@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lowbit.core.scores import auroc
-from lowbit.data import BUILTIN_UNKNOWN, load_whole_images, make_whole_images
+from lowbit.data import BUILTIN_UNKNOWN, load_whole_images
 from lowbit.detect.fit import fit_detector
 from lowbit.detect.inspect import inspect
 from lowbit.detect.maps import upsample_nearest
@@ -34,6 +34,8 @@ from lowbit.fewshot.predict import predict
 
 log = logging.getLogger("stage1_inspect")
 EXPORT_FILES = ("model.int.onnx", "model.json", "model.ood.npz", "model.manifest.json")
+
+import whole_image_data  # noqa: E402  (benchmarks/, beside this script)
 
 
 def copy_export(source: Path, target: Path) -> Path:
@@ -121,27 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", required=True, help="comma list of export folders")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--textures", default="brick,grass")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--train-good", type=int, default=100)
-    parser.add_argument("--test-good", type=int, default=20)
-    parser.add_argument("--test-per-defect", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    whole_image_data.add_options(parser)
     parser.add_argument("--picture", type=Path, default=None, help="PNG of the first model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    textures = tuple(t for t in args.textures.split(",") if t)
-    data_root = args.out / "data"
-    if not data_root.exists():
-        make_whole_images(
-            data_root,
-            args.size,
-            args.train_good,
-            args.test_good,
-            args.test_per_defect,
-            textures=textures,
-            seed=args.seed,
-        )
+    textures, data_root = whole_image_data.textures_and_data(args, args.out / "data")
     results = []
     for model in (Path(m) for m in args.models.split(",") if m):
         export = copy_export(model, args.out / "exports" / model.name)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from lowbit.data import BUILTIN_UNKNOWN, load_whole_images, make_whole_images, to_tensor_array
+from lowbit.data import BUILTIN_UNKNOWN, load_whole_images, to_tensor_array
 from lowbit.detect.memory_bank import anomaly_map, fit_memory_bank, image_scores
 from lowbit.detect.trunk import cut_trunk, trunk_code_range
 from lowbit.runtime import Runtime
@@ -42,6 +42,8 @@ LAYERS = (
     ("backbone.blocks.2.act", 3),
     ("backbone.blocks.2.pool", 1),
 )
+
+import whole_image_data  # noqa: E402  (benchmarks/, beside this script)
 
 
 def aggregate(codes: np.ndarray, k: int, downsample: bool) -> np.ndarray:
@@ -134,30 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="export folder (model.int.onnx)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--textures", default="brick,grass")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--train-good", type=int, default=100)
-    parser.add_argument("--test-good", type=int, default=20)
-    parser.add_argument("--test-per-defect", type=int, default=10)
+    whole_image_data.add_options(parser)
     parser.add_argument("--bank", type=int, default=2000, help="memory bank entries at most")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--layers", default=None, help="e.g. backbone.blocks.1.pool/3 (default all)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    textures = tuple(t for t in args.textures.split(",") if t)
-    data_root = args.out / "data"
-    if not data_root.exists():
-        make_whole_images(
-            data_root,
-            args.size,
-            args.train_good,
-            args.test_good,
-            args.test_per_defect,
-            textures=textures,
-            seed=args.seed,
-        )
+    textures, data_root = whole_image_data.textures_and_data(args, args.out / "data")
     model = onnx.load(args.model / "model.int.onnx")
     layers = LAYERS
     if args.layers:

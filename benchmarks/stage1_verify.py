@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import whole_image_data  # noqa: E402  (benchmarks/, beside this script)
 
-from lowbit.artifacts import GRAPH_FILES, read_description
-from lowbit.data import load_whole_images, make_whole_images, to_tensor_array
+from lowbit.artifacts import GRAPH_FILES
+from lowbit.data import load_whole_images, to_tensor_array
 from lowbit.detect.aggregate import aggregate, aggregated_range
 from lowbit.detect.memory_bank import fit_memory_bank
 from lowbit.detect.trunk import cut_trunk, trunk_code_range
+from lowbit.manifest import read_description
 from lowbit.runtime import Runtime
 from lowbit.train.run import load_run
 from lowbit.verify.detector import format_detector_report, verify_detector
@@ -39,29 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layer", default="backbone.blocks.1.pool")
     parser.add_argument("--aggregate", type=int, default=3)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--textures", default="brick,grass")
-    parser.add_argument("--train-good", type=int, default=100)
-    parser.add_argument("--test-good", type=int, default=20)
-    parser.add_argument("--test-per-defect", type=int, default=10)
+    whole_image_data.add_options(parser)
     parser.add_argument("--bank", type=int, default=2000)
     parser.add_argument("--random", type=int, default=600)
     parser.add_argument("--qonnx-images", type=int, default=200, help="cap of both qonnx runs")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    textures = tuple(t for t in args.textures.split(",") if t)
-    data_root = args.out / f"data{args.size}"
-    if not data_root.exists():
-        make_whole_images(
-            data_root,
-            args.size,
-            args.train_good,
-            args.test_good,
-            args.test_per_defect,
-            textures=textures,
-            seed=args.seed,
-        )
+    textures, data_root = whole_image_data.textures_and_data(args, args.out / f"data{args.size}")
     sets = {}
     for texture in textures:
         data = load_whole_images(data_root / texture, max_train_good=args.train_good)
