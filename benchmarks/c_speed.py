@@ -26,7 +26,6 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -36,6 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from runtime_speed import machine  # noqa: E402  (benchmarks/, beside this script)
 
 from lowbit.export.api import export_model  # noqa: E402
 from lowbit.io import atomic_write_json  # noqa: E402
@@ -203,15 +203,6 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
         "rows": rows,
         "bitserial_o2_steps_us": {name: round(us, 1) for name, us in steps.items()},
     }
-
-
-def machine() -> str:
-    """The CPU model (Linux /proc/cpuinfo, else `platform`) and the number of usable cores."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor() or platform.machine()
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main() -> None:
