@@ -70,6 +70,7 @@ def verify_run(
         random=detector_random,
         qonnx_images=detector_qonnx,
         seed=seed,
+        description=description,
     )
     report["detector"] = detectors
     report["unexplained"] += sum(d["unexplained"] for d in detectors.values())
@@ -116,22 +117,25 @@ def verify_detectors(
     random: int = DETECTOR_RANDOM,
     qonnx_images: int = DETECTOR_QONNX,
     seed: int = 0,
+    description: dict | None = None,
 ) -> dict[str, dict]:
     """Returns {category: verify_detector's report + `shipped_graphs`} for every detector fitted
-    into the export ({} when none is, or when images and random are both 0)."""
+    into the export ({} when none is, or when images and random are both 0). `description`:
+    the export's model.json when the caller has read it already."""
     from lowbit.detect.float_graphs import witness_detector
     from lowbit.detect.graph import detector_graph
     from lowbit.detect.store import fitted_categories, read_detector, read_detector_graph
     from lowbit.fewshot.images import normalize
     from lowbit.verify.detector import verify_detector
 
-    if images <= 0 and random <= 0:
+    categories = fitted_categories(export_dir)
+    if (images <= 0 and random <= 0) or not categories:
         return {}
-    description = read_description(export_dir)
+    description = description or read_description(export_dir)
     normalization = description["input"].get("normalization") or None
     int_graph = load_graph(export_dir / GRAPH_FILES["int"])
     reports = {}
-    for category in fitted_categories(export_dir):
+    for category in categories:
         detector, bank = read_detector(export_dir, category)
         layer, k = detector["layer"], detector["aggregate"]
         height, width = detector["image_size"]
