@@ -11,8 +11,10 @@ library called image by image through ctypes (one `<prefix>_infer` call per imag
 quantization, the integer body, the logits and the deployed unknown-type score), lowbit's numpy
 runtime, onnxruntime on the QCDQ graph and on a plain fp32 graph of the same architecture (random
 weights: speed does not depend on them), onnxruntime with its default threads and with one
-thread (intra_op_num_threads=1). Medians over repeats of CPU and wall ms per image (CPU time
-counts every thread of the process). Then the time of each step of the bit-serial -O2 library,
+thread (intra_op_num_threads=1). Each executor is timed in a fresh process of its own that
+imports numpy and that executor only (speed_worker.py; numpy with one BLAS thread), on the same
+.npy input. Medians over repeats of CPU and wall ms per image (CPU time counts every thread of
+the process). Then the time of each step of the bit-serial -O2 library,
 measured through its debug tap (`--layers`). Writes c_speed.json.
 """
 
@@ -28,12 +30,13 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from runtime_speed import machine  # noqa: E402  (benchmarks/, beside this script)
 
@@ -84,16 +87,18 @@ def fp32_graph(description: dict, out: Path) -> Path:
     return path
 
 
-def per_image_ms(fn, images: int, repeats: int) -> tuple[float, float]:
-    """Medians over repeats of (CPU time, wall time) of fn() / images, in ms; one warm-up first."""
-    fn()
-    cpu, wall = [], []
-    for _ in range(repeats):
-        start_cpu, start_wall = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append((time.process_time() - start_cpu) * 1000 / images)
-        wall.append((time.perf_counter() - start_wall) * 1000 / images)
-    return statistics.median(cpu), statistics.median(wall)
+def per_image_ms(spec: dict) -> tuple[float, float]:
+    """(CPU, wall) ms per image of one executor, timed by speed_worker.py in a fresh process."""
+    worker = Path(__file__).with_name("speed_worker.py")
+    result = subprocess.run(
+        [sys.executable, str(worker), json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec['kind']} on {spec['model']}: {result.stderr.strip()[-2000:]}")
+    timing = json.loads(result.stdout.strip().splitlines()[-1])
+    if timing["foreign_modules"]:
+        raise RuntimeError(f"{spec['kind']} worker loaded {timing['foreign_modules']}")
+    return timing["cpu_ms"], timing["wall_ms"]
 
 
 def c_calls(c_model: CModel, x: np.ndarray):
@@ -137,23 +142,15 @@ def step_times(library: Path, classes: int, x: np.ndarray, repeats: int) -> dict
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def sessions(path: Path) -> dict[str, ort.InferenceSession]:
-    """onnxruntime sessions with default threads and with one thread."""
-    one = ort.SessionOptions()
-    one.intra_op_num_threads = one.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    return {
-        "default threads": ort.InferenceSession(str(path), providers=providers),
-        "1 thread": ort.InferenceSession(str(path), one, providers=providers),
-    }
-
-
 def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict:
     description = json.loads((export_dir / "model.json").read_text())
     classes = len(description["class_names"])
     x = np.random.default_rng(0).uniform(-2, 2, (images, 3, 32, 32)).astype(np.float32)
     runtime = Runtime(export_dir / "model.int.onnx")
     expected = runtime.run(x)["logits"]
+    inputs = work / "inputs.npy"
+    np.save(inputs, x)
+    common = {"inputs": str(inputs), "repeats": repeats, "classes": classes, "threads": 1}
     timings: dict[str, tuple[float, float]] = {}
     for kernel in ("scalar", "bitserial"):
         write_c_target(export_dir, description, kernel=kernel)
@@ -163,30 +160,22 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
             )
             c_model = CModel(library, classes)
             assert np.array_equal(c_model.run(x)["logits"], expected), f"{kernel} {label}"
-            timings[f"C {kernel} {label} (batch 1)"] = per_image_ms(
-                c_calls(c_model, x), images, repeats
-            )
+            spec = {**common, "kind": "c", "model": str(library), "batch": 1}
+            timings[f"C {kernel} {label} (batch 1)"] = per_image_ms(spec)
     library = compile_c_target(export_dir / C_DIR, work / "bitserial-tap.so", tap=True)
     steps = step_times(library, classes, x, repeats)
-    single = [x[i : i + 1] for i in range(images)]
-    timings["numpy runtime (batch 1)"] = per_image_ms(
-        lambda: [runtime.run(image) for image in single], images, repeats
-    )
-    timings[f"numpy runtime (batch {images})"] = per_image_ms(
-        lambda: runtime.run(x), images, repeats
-    )
+    int_graph = str(export_dir / "model.int.onnx")
+    for batch in (1, images):
+        spec = {**common, "kind": "runtime", "model": int_graph, "batch": batch}
+        timings[f"numpy runtime (batch {batch})"] = per_image_ms(spec)
     graphs = {"QCDQ": export_dir / "model.qcdq.onnx", "fp32": fp32_graph(description, work)}
     for graph, path in graphs.items():
-        for threads, session in sessions(path).items():
-            name = session.get_inputs()[0].name
-            timings[f"onnxruntime {graph}, {threads} (batch 1)"] = per_image_ms(
-                lambda s=session, n=name: [s.run(None, {n: image}) for image in single],
-                images,
-                repeats,
-            )
-            timings[f"onnxruntime {graph}, {threads} (batch {images})"] = per_image_ms(
-                lambda s=session, n=name: s.run(None, {n: x}), images, repeats
-            )
+        for threads, label in ((0, "default threads"), (1, "1 thread")):
+            for batch in (1, images):
+                spec = {**common, "kind": "onnxruntime", "model": str(path), "batch": batch}
+                timings[f"onnxruntime {graph}, {label} (batch {batch})"] = per_image_ms(
+                    {**spec, "threads": threads}
+                )
     reference = timings["onnxruntime QCDQ, 1 thread (batch 1)"][0]
     rows = [
         {
