@@ -5,7 +5,8 @@ accumulator bound (gemm.py), and lays the nodes out as steps that call the op fu
 `OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py), each
 with its convolution where one feeds it (conv_requantize.py), and the fused input quantizer
 (input_quant.py); these two reuse per-thread workspaces. A run checks the input, splits it
-into batch chunks and runs the steps on each.
+into batch chunks and runs the steps on each, on `threads` threads with BLAS held to one
+(threads.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +30,15 @@ from lowbit.runtime.fuse import Fusion, requantization_fusions, requantize
 from lowbit.runtime.graph import Graph, load_graph
 from lowbit.runtime.input_quant import QuantizeInput, input_quantizations
 from lowbit.runtime.plan import bind, is_gemm, plan_gemm
+from lowbit.runtime.threads import default_threads, independent_samples, single_threaded_blas
 from lowbit.runtime.threshold import channel_axis
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
-"""Samples per chunk. Fused convolutions split a chunk further into parts whose patches stay in
-cache (conv_requantize.py); one chunk of 64 still measured 5% slower on conv4-64. (Parts or
-chunks on two Python threads were faster only with single-threaded BLAS; against BLAS's own
-threads they lost 15-35%, so they run serially.)"""
+"""Samples per chunk at most. Fused convolutions split a chunk further into parts whose patches
+stay in cache (conv_requantize.py); one chunk of 64 still measured 5% slower on conv4-64. With
+several threads a batch is split into at least one chunk per thread (threads.py)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,18 @@ class _Step:
 class Runtime:
     """A loaded, checked and planned integer graph; `run` maps float32 images to its outputs."""
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto) -> None:
+    def __init__(
+        self, model: str | os.PathLike | onnx.ModelProto, *, threads: int | None = None
+    ) -> None:
+        """Load and plan `model`. `threads`: CPU threads a run uses (its batch chunks run in
+        parallel, BLAS at one thread meanwhile); default: BLAS's thread count, which follows
+        OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the number of cores."""
+        if threads is None:
+            threads = default_threads()
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
         self._graph: Graph = load_graph(model)
         self.input_name: str = self._graph.input_name
         self.output_names: list[str] = list(self._graph.output_names)
@@ -69,6 +83,12 @@ class Runtime:
         self._reused_outputs = {
             s.output for s in self._fused_steps if s.reuses_output and s.output in kept
         }
+        # Chunks run on several threads only when they cannot differ from one whole run:
+        # samples provably apart, and every GEMM exact (a float GEMM's rounding may depend on
+        # how many rows BLAS is given).
+        self._independent = independent_samples(self._graph) and all(
+            entry["input_range"] is not None for entry in self._plan
+        )
         self._fused_for: dict[frozenset[str], tuple[list[_Step], set[str]] | None] = {}
         self._batch_tensors = {self.input_name}
         for node in self._graph.nodes:
@@ -104,10 +124,10 @@ class Runtime:
 
         Tensors are NCHW with their ONNX dtype (integer codes as numpy integers, the tail
         float64). The input is float32 (float64 only where every value is a float32) with the
-        declared shape, any batch size; it is processed in chunks of `batch_size` samples,
-        each computing exactly what the whole batch would. Naming a tensor in `outputs` keeps
-        the fused steps (keep_intermediates runs every node on its own) unless a fusion
-        computes that tensor only inside itself.
+        declared shape, any batch size; it is processed in chunks of at most `batch_size`
+        samples, at least one per thread, each computing exactly what the whole batch would.
+        Naming a tensor in `outputs` keeps the fused steps (keep_intermediates runs every node
+        on its own) unless a fusion computes that tensor only inside itself.
         """
         x = self._check_input(x)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -118,16 +138,26 @@ class Runtime:
             raise InputError(f"{self._graph.label}: no tensor named {', '.join(unknown)}")
         steps = None if keep_intermediates else self._steps_keeping(frozenset(extra))
         keep = keep_intermediates or steps is None
-        chunked = len(x) > batch_size
-        chunks = [
-            self._run_chunk(x[start : start + batch_size], keep, chunked, steps)
-            for start in range(0, len(x), batch_size)
-        ]
+        threads = self.threads if self._independent else 1
+        size = min(batch_size, math.ceil(len(x) / threads))
+        chunked = len(x) > size
+        parts = [x[start : start + size] for start in range(0, len(x), size)]
+        with single_threaded_blas() as blas_single:
+            if len(parts) > 1 and threads > 1 and blas_single:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.threads, "lowbit-runtime")
+                futures = [
+                    self._pool.submit(self._run_chunk, part, keep, chunked, steps) for part in parts
+                ]
+                chunks = [future.result() for future in futures]
+            else:
+                chunks = [self._run_chunk(part, keep, chunked, steps) for part in parts]
         names = list(chunks[0]) if keep_intermediates else [*self.output_names, *extra]
         results = {}
         for name in names:
             if name in self._batch_tensors and chunked:
-                results[name] = np.concatenate([chunk[name] for chunk in chunks])
+                # chunks may be NCHW views of channel-major memory: the result is C-ordered
+                results[name] = np.ascontiguousarray(np.concatenate([c[name] for c in chunks]))
             else:  # a copy, so that callers cannot alter initializers
                 results[name] = np.array(chunks[0][name], order="C", copy=True)
         return results
@@ -170,7 +200,7 @@ class Runtime:
                 raise ModelFileError(
                     f"{self._graph.where(step.node)}: output '{name}' has shape "
                     f"{list(output.shape)} for a chunk of {len(x)} samples; the graph mixes "
-                    "samples, run it with batch_size >= the number of samples"
+                    "samples, run it with threads=1 and batch_size >= the number of samples"
                 )
             tensors[name] = output
             if not keep:
