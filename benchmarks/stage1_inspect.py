@@ -5,11 +5,12 @@
 Per model and texture: copies the export (the source stays untouched), fits the detector with
 `lowbit detect fit`'s defaults on the first --train-good train/good images (80% bank, 20%
 validation: the thresholds), then runs `inspect` on test/good and every defect type. Reports
-image and pixel AUROC (known types and held-out burn/fold apart; held-out types are measured,
-never used to choose), the false-alarm rate on test good images and the share of defect images
-flagged at the calibrated threshold, and the type accuracy of inspect on the flagged images of
-known types against the classifier on the ground-truth crops of the same images (and of all
-known-type images). --picture writes one example (image, map, mask and box, type) as a PNG.
+image and pixel AUROC and AUPRO (lowbit/detect/metrics.py), known types and held-out burn/fold
+apart (held-out types are measured, never used to choose), the false-alarm rate on test good
+images and the share of defect images flagged at the calibrated threshold, and the type
+accuracy of inspect on the flagged images of known types against the classifier on the
+ground-truth crops of the same images (and of all known-type images). --picture writes one
+example (image, map, mask and box, type) as a PNG.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lowbit.data import BUILTIN_UNKNOWN, load_whole_images
 from lowbit.detect.fit import fit_detector
 from lowbit.detect.inspect import inspect
 from lowbit.detect.maps import upsample_nearest
+from lowbit.detect.metrics import aupro, region_labels
 from lowbit.fewshot.predict import predict
 
 log = logging.getLogger("stage1_inspect")
@@ -68,6 +70,7 @@ def evaluate(export: Path, category: Path) -> tuple[dict, list[dict], object]:
         chosen = good | members
         values, truth = pixels[chosen].ravel(), masks[chosen].ravel()
         result[f"pixel_auroc_{group}"] = auroc(-values[~truth], -values[truth])
+        result[f"aupro_{group}"] = aupro(pixels[chosen], region_labels(masks[chosen]))
         result[f"flagged_{group}"] = float(flagged[members].mean())
     result["false_alarms_test_good"] = float(flagged[good].mean())
     result["test_good"] = int(good.sum())
@@ -151,15 +154,17 @@ def format_table(results: list[dict]) -> str:
     """Returns the results as a markdown table (docs/anomaly.md)."""
     header = (
         "| model | texture | image AUROC known / held-out | pixel AUROC known / held-out | "
-        "false alarms (test good) | flagged known / held-out | type acc. inspect | "
-        "type acc. GT crops (same / all) | held-out flagged → unknown |"
+        "AUPRO known / held-out | false alarms (test good) | flagged known / held-out | "
+        "type acc. inspect | type acc. GT crops (same / all) | held-out flagged → unknown |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['texture']} | {r['image_auroc_known']:.3f} / "
             f"{r['image_auroc_held_out']:.3f} | {r['pixel_auroc_known']:.3f} / "
-            f"{r['pixel_auroc_held_out']:.3f} | {r['false_alarms_test_good']:.2f} "
+            f"{r['pixel_auroc_held_out']:.3f} | "
+            f"{r['aupro_known']:.3f} / {r['aupro_held_out']:.3f} | "
+            f"{r['false_alarms_test_good']:.2f} "
             f"({r['test_good']}) | {r['flagged_known']:.2f} / {r['flagged_held_out']:.2f} | "
             f"{r['type_accuracy_inspect']:.2f} ({r['known_detected']}) | "
             f"{r['type_accuracy_truth_crops_same']:.2f} / {r['type_accuracy_truth_crops_all']:.2f}"
