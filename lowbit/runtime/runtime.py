@@ -66,6 +66,7 @@ class Runtime:
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0  # a forked child re-creates the pool: its threads did not survive
         self._graph: Graph = load_graph(model)
         self.input_name: str = self._graph.input_name
         self.output_names: list[str] = list(self._graph.output_names)
@@ -144,8 +145,9 @@ class Runtime:
         parts = [x[start : start + size] for start in range(0, len(x), size)]
         with single_threaded_blas() as blas_single:
             if len(parts) > 1 and threads > 1 and blas_single:
-                if self._pool is None:
+                if self._pool is None or self._pool_pid != os.getpid():
                     self._pool = ThreadPoolExecutor(self.threads, "lowbit-runtime")
+                    self._pool_pid = os.getpid()
                 futures = [
                     self._pool.submit(self._run_chunk, part, keep, chunked, steps) for part in parts
                 ]

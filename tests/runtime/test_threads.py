@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import numpy as np
@@ -124,3 +126,21 @@ def test_float_gemm_is_not_split():
     model = one_node(node, [4], {"w": np.ones((4, 2))}, TensorProto.DOUBLE)
     assert Runtime(model, threads=2)._independent is False
     assert Runtime(conv4_model(np.random.default_rng(17)), threads=2)._independent is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_chunks():
+    """A child forked after the pool exists has none of its threads: it makes its own."""
+    runtime = Runtime(conv4_model(np.random.default_rng(18)), threads=2)
+    x = np.random.default_rng(19).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    expected = runtime.run(x)["logits"]  # the parent's pool now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the run finishes with the same logits
+        signal.alarm(20)
+        ok = np.array_equal(runtime.run(x)["logits"], expected)
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
