@@ -11,6 +11,10 @@ not drawn). For each flagged image, the classifier's type accuracy with the crop
 - `region - halo`: that box moved in by the aggregation's halo (k // 2 cells a side), which
   undoes the growth k x k sums give a region (inspect's rule);
 - `image threshold`: the largest region of cells above the image threshold;
+- `peak region - halo`: the region (cells above the pixel threshold) holding the map's
+  maximum, less the halo;
+- `peak half - halo`: within that region, the cells connected to the maximum whose value is
+  at least halfway from the pixel threshold to the maximum, less the halo;
 - `ground truth`: the mask's own box (the classifier's ceiling).
 """
 
@@ -26,7 +30,7 @@ import numpy as np
 
 from lowbit.data import BUILTIN_CLASSES, BUILTIN_UNKNOWN, load_whole_images, make_whole_images
 from lowbit.detect.inspect import inspect, shrink_box
-from lowbit.detect.maps import largest_region, upsample_nearest
+from lowbit.detect.maps import label_regions, largest_region, upsample_nearest
 from lowbit.fewshot.predict import predict
 from lowbit.fewshot.regions import region_box
 
@@ -42,10 +46,22 @@ def boxes_by_rule(row: dict, detector: dict, truth: np.ndarray) -> dict[str, lis
     above = largest_region(anomaly > detector["pixel_threshold"])
     region = region_box(upsample_nearest(above, height, width))
     strict = largest_region(anomaly > detector["image_threshold"])
+    peak = np.unravel_index(int(np.argmax(anomaly)), anomaly.shape)
+    labels, _ = label_regions(anomaly > detector["pixel_threshold"])
+    peak_region = labels == labels[peak]
+    half = (int(detector["pixel_threshold"]) + int(anomaly[peak])) // 2
+    half_labels, _ = label_regions(peak_region & (anomaly >= half))
+    peak_half = half_labels == half_labels[peak]
     return {
         "region": region,
         "region - halo": shrink_box(region, halo, halo),
         "image threshold": region_box(upsample_nearest(strict, height, width)),
+        "peak region - halo": shrink_box(
+            region_box(upsample_nearest(peak_region, height, width)), halo, halo
+        ),
+        "peak half - halo": shrink_box(
+            region_box(upsample_nearest(peak_half, height, width)), halo, halo
+        ),
         "ground truth": region_box(truth),
     }
 
