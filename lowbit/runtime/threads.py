@@ -1,12 +1,13 @@
 """The runtime's CPU threads: its own pool over batch chunks, BLAS held to one thread meanwhile.
 
 A run of conv4-64 spends most of its time outside the GEMMs (im2col, threshold counts, pooling:
-single-threaded numpy passes), and its GEMMs are small, so BLAS's own threads gain little and
-spin-wait for each other when the machine is busy. The runtime therefore parallelises over
-batch chunks on a thread pool of its own (numpy releases the GIL in these passes) and sets the
-BLAS library to one thread while a run is in progress, restoring it afterwards. Measured on a
-2-core machine (docs/results.md): batch 64 with two threads of chunks takes 0.8–0.9× the time of
-one thread, where BLAS's two threads took 1.2×.
+single-threaded numpy passes), and its GEMMs are small, so BLAS's own threads gain little, and
+on a busy machine they stalled each other (batch 1 took 72–92 ms instead of under 1 ms). The
+runtime therefore parallelises over batch chunks on a thread pool of its own (numpy releases the
+GIL in these passes) and sets the BLAS library to one thread while a run is in progress,
+restoring it afterwards. Measured on a 2-core machine (benchmarks/runtime_speed.py,
+docs/results.md), conv4-64 w1a2 at batch 64: 17–21 ms with two chunk threads against 28–40 ms
+on one thread; with BLAS's own two threads instead, 29 ms against 25 ms on one thread.
 """
 
 from __future__ import annotations
