@@ -28,12 +28,16 @@ _libraries: list | None = None
 _held = False
 
 
-def _blas_libraries() -> list:
-    """threadpoolctl's controllers of the loaded BLAS libraries (found once)."""
+def _blas_libraries() -> list | None:
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once), or None where
+    threadpoolctl is not installed: the runtime needs only numpy and onnx, and then runs every
+    batch on one thread and leaves BLAS as it is."""
     global _libraries
     if _libraries is None:
-        from threadpoolctl import ThreadpoolController
-
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
         controller = ThreadpoolController().select(user_api="blas")
         _libraries = list(controller.lib_controllers)
     return _libraries
@@ -41,25 +45,32 @@ def _blas_libraries() -> list:
 
 def default_threads() -> int:
     """Threads a run uses by default: the BLAS library's thread count (which follows
-    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the number of cores), at least 1."""
-    counts = [library.get_num_threads() or 1 for library in _blas_libraries()]
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, else the number of cores), at least 1; 1 without
+    threadpoolctl."""
+    libraries = _blas_libraries()
+    if libraries is None:
+        return 1
+    counts = [library.get_num_threads() or 1 for library in libraries]
     return max(1, max(counts, default=1))
 
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[bool]:
     """BLAS at one thread while the block runs; nested or concurrent runs share one setting,
-    restored when the last of them ends. Yields whether BLAS is indeed at one thread: OpenBLAS
-    ignores the request from some threads (seen from a non-main thread once torch has set its
-    OpenMP threads), and then a run does not add threads of its own."""
+    restored when the last of them ends. Yields whether BLAS is known to be at one thread
+    (False without threadpoolctl): OpenBLAS ignores the request from some threads (seen from a
+    non-main thread once torch has set its OpenMP threads), and then a run does not add
+    threads of its own."""
     global _depth, _held
     with _lock:
         if _depth == 0:
             _saved.clear()
-            for library in _blas_libraries():
+            libraries = _blas_libraries()
+            for library in libraries or ():
                 _saved.append((library, library.get_num_threads()))
                 library.set_num_threads(1)
-            _held = all(library.get_num_threads() == 1 for library, _ in _saved)
+            held_to_one = (library.get_num_threads() == 1 for library, _ in _saved)
+            _held = libraries is not None and all(held_to_one)
         _depth += 1
         held = _held
     try:

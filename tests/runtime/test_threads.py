@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -144,3 +145,16 @@ def test_forked_child_runs_chunks():
     os.close(write)
     _, status = os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1" and status == 0
+
+
+def test_without_threadpoolctl(monkeypatch):
+    """numpy and onnx suffice: without threadpoolctl a run stays on one thread, BLAS untouched."""
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
+    monkeypatch.setattr(runtime_threads, "_libraries", None)
+    model = conv4_model(np.random.default_rng(20))
+    x = np.random.default_rng(21).standard_normal((9, 3, 32, 32)).astype(np.float32)
+    assert Runtime(model).threads == 1
+    runtime = Runtime(model, threads=2)
+    out = runtime.run(x)["logits"]
+    assert runtime._pool is None  # the chunks ran serially
+    assert np.array_equal(out, Runtime(model, threads=1).run(x, batch_size=1)["logits"])
