@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Runtime:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0  # a forked child re-creates the pool: its threads did not survive
+        self._pool_lock = threading.Lock()  # runs from several threads make one pool
         self._graph: Graph = load_graph(model)
         self.input_name: str = self._graph.input_name
         self.output_names: list[str] = list(self._graph.output_names)
@@ -145,11 +147,9 @@ class Runtime:
         parts = [x[start : start + size] for start in range(0, len(x), size)]
         with single_threaded_blas() as blas_single:
             if len(parts) > 1 and threads > 1 and blas_single:
-                if self._pool is None or self._pool_pid != os.getpid():
-                    self._pool = ThreadPoolExecutor(self.threads, "lowbit-runtime")
-                    self._pool_pid = os.getpid()
+                pool = self._thread_pool()
                 futures = [
-                    self._pool.submit(self._run_chunk, part, keep, chunked, steps) for part in parts
+                    pool.submit(self._run_chunk, part, keep, chunked, steps) for part in parts
                 ]
                 chunks = [future.result() for future in futures]
             else:
@@ -163,6 +163,14 @@ class Runtime:
             else:  # a copy, so that callers cannot alter initializers
                 results[name] = np.array(chunks[0][name], order="C", copy=True)
         return results
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The pool of this process (made on first use, again in a forked child)."""
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.threads, "lowbit-runtime")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def _steps_keeping(self, extra: frozenset[str]) -> tuple[list[_Step], set[str]] | None:
         """The fused steps and their reused outputs with the tensors `extra` kept too, or None
