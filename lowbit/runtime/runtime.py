@@ -3,8 +3,9 @@
 Loading checks the graph (graph.py), plans each ConvInteger/MatMul's exact GEMM dtype from its
 accumulator bound (gemm.py), and lays the nodes out as steps that call the op functions of
 `OPS` (ops.py) — or, when no intermediates are kept, fused requantizations (fuse.py), each
-with its convolution where one feeds it (conv_requantize.py), and the fused input quantizer
-(input_quant.py); these two reuse per-thread workspaces. A run checks the input, splits it
+with its convolution where one feeds it (conv_requantize.py), the fused input quantizer
+(input_quant.py), these two reusing per-thread workspaces, and the classifier head as one
+step (head_tail.py). A run checks the input, splits it
 into batch chunks and runs the steps on each, on `threads` threads with BLAS held to one
 (threads.py).
 """
@@ -29,6 +30,7 @@ from lowbit.errors import InputError, LowbitError, ModelFileError
 from lowbit.runtime.conv_requantize import ConvRequantize
 from lowbit.runtime.fuse import Fusion, requantization_fusions, requantize
 from lowbit.runtime.graph import Graph, load_graph
+from lowbit.runtime.head_tail import HeadTail, head_fusion
 from lowbit.runtime.input_quant import QuantizeInput, input_quantizations
 from lowbit.runtime.plan import bind, is_gemm, plan_gemm
 from lowbit.runtime.threads import default_threads, independent_samples, single_threaded_blas
@@ -81,7 +83,12 @@ class Runtime:
         kept = {self.input_name, *self.output_names, *self._graph.initializers}
         self._kept = kept
         self._steps = _with_releases(steps, kept)
-        self._fused_base = _fused(steps, self._graph, plans)
+        # with the head as one step; without, for runs that name a tensor inside the head
+        self._fused_bases = [
+            _fused(steps, self._graph, plans, head=True),
+            _fused(steps, self._graph, plans, head=False),
+        ]
+        self._fused_base = self._fused_bases[0]
         self._fused_steps = _with_releases(self._fused_base, kept)
         self._reused_outputs = {
             s.output for s in self._fused_steps if s.reuses_output and s.output in kept
@@ -178,14 +185,15 @@ class Runtime:
         if not extra:
             return self._fused_steps, self._reused_outputs
         if extra not in self._fused_for:
-            produced = {step.output for step in self._fused_base}
-            if not extra <= produced | {self.input_name}:
-                self._fused_for[extra] = None
-            else:
-                kept = self._kept | extra
-                steps = _with_releases(self._fused_base, kept)
-                reused = {s.output for s in steps if s.reuses_output and s.output in kept}
-                self._fused_for[extra] = (steps, reused)
+            self._fused_for[extra] = None
+            for base in self._fused_bases:
+                produced = {step.output for step in base}
+                if extra <= produced | {self.input_name}:
+                    kept = self._kept | extra
+                    steps = _with_releases(base, kept)
+                    reused = {s.output for s in steps if s.reuses_output and s.output in kept}
+                    self._fused_for[extra] = (steps, reused)
+                    break
         return self._fused_for[extra]
 
     def _run_chunk(
@@ -259,10 +267,13 @@ def run_model(model: str | os.PathLike | onnx.ModelProto, x: np.ndarray) -> dict
     return Runtime(model).run(x)
 
 
-def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_Step]:
+def _fused(
+    steps: list[_Step], graph: Graph, plans: dict[str, dict], *, head: bool = True
+) -> list[_Step]:
     """The steps with each requantization of fuse.py replaced by one `requantize` step, or
-    by one `ConvRequantize` step together with the convolution that alone feeds it, and each
-    input quantization by one `QuantizeInput` step (input_quant.py)."""
+    by one `ConvRequantize` step together with the convolution that alone feeds it, each
+    input quantization by one `QuantizeInput` step (input_quant.py) and, with `head`, the
+    classifier head by one `HeadTail` step (head_tail.py)."""
     fusions = {f.nodes[0].output[0]: f for f in requantization_fusions(graph)}
     quantizations = {q.nodes[0].output[0]: q for q in input_quantizations(graph)}
     fused_away = {
@@ -303,7 +314,37 @@ def _fused(steps: list[_Step], graph: Graph, plans: dict[str, dict]) -> list[_St
             fused.append(_Step(threshold_node, run, fusion.inputs, output))
         elif step.output not in fused_away:
             fused.append(step)
-    return fused
+    tail = head_fusion(graph) if head else None
+    plan = plans.get(tail.matmul.output[0]) if tail is not None else None
+    if tail is None or plan is None or plan["input_range"] is None:
+        return fused
+    inner = {node.output[0] for node in tail.nodes}
+    first = next(i for i, step in enumerate(fused) if step.output in inner)
+    if any(step.output not in inner for step in fused[first:]):
+        return fused  # the head's nodes are not the last steps
+    proven = _proven_range(graph, tail.features, code_ranges, plan["input_range"])
+    run = HeadTail(graph, tail, plan, input_proven=proven)
+    step = _Step(tail.matmul, run, (tail.features,), tail.output)
+    return [*fused[:first], step]
+
+
+VALUE_PRESERVING = ("Flatten", "Reshape")
+"""Ops whose output holds exactly their first input's values."""
+
+
+def _proven_range(
+    graph: Graph, name: str, code_ranges: dict[str, tuple[int, int]], limits: list[int]
+) -> bool:
+    """Whether `name` provably lies in `limits`: it is a requantization's codes, or passes
+    such codes through value-preserving ops only."""
+    producer = {node.output[0]: node for node in graph.nodes}
+    while name not in code_ranges:
+        node = producer.get(name)
+        if node is None or node.op_type not in VALUE_PRESERVING:
+            return False
+        name = node.input[0]
+    low, high = code_ranges[name]
+    return limits[0] <= low <= high <= limits[1]
 
 
 def _conv_requantize(
