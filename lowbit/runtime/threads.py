@@ -67,8 +67,10 @@ def single_threaded_blas() -> Iterator[bool]:
             _saved.clear()
             libraries = _blas_libraries()
             for library in libraries or ():
-                _saved.append((library, library.get_num_threads()))
-                library.set_num_threads(1)
+                count = library.get_num_threads()
+                if count != 1:  # at one already: nothing to set or restore
+                    _saved.append((library, count))
+                    library.set_num_threads(1)
             held_to_one = (library.get_num_threads() == 1 for library, _ in _saved)
             _held = libraries is not None and all(held_to_one)
         _depth += 1
