@@ -1,7 +1,7 @@
 """Inference speed of exported models, each executor timed in its own fresh process.
 
     python benchmarks/runtime_speed.py --export DIR [--export DIR ...] [--calibrated w2a2]
-        [--threads 1] [--repeats 30] [--rounds 3] [--out benchmarks/results/speed]
+        [--threads 1] [--repeats 30] [--rounds 3] [--block 3] [--out benchmarks/results/speed]
 
 Models: each export folder (model.int.onnx, model.qcdq.onnx, model.json) and, with
 `--calibrated RECIPE`, a conv4-64 at 32x32 calibrated on random data and exported here (speed
@@ -15,9 +15,12 @@ does not depend on training). Per model one input file per batch size (1 and 64,
   torch.onnx here).
 Every process gets the same thread count (`OMP/OPENBLAS/MKL_NUM_THREADS`, onnxruntime's
 intra-op threads); it loads the model, runs once, then times `--repeats` runs (ten times as
-many at batch 1). Processes are interleaved round by round; the table gives, per executor and
-batch, the median over `--rounds` processes of each process's median, and the ratios against
-both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG
+many at batch 1). The three processes of a round start together and take turns, `--block` runs
+at a time (ten times as many at batch 1), one process running at any moment: this machine's
+speed changes in stretches of 0.1–2 s (a process alone swings between 0.55 and 0.85 ms per
+batch-1 run), and taking turns makes every executor sample the same stretches. The table
+gives, per executor and batch, the median over `--rounds` rounds of each process's median, and
+the ratios against both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG
 --whole-image` on one image, a subprocess of the installed CLI, from start to exit (import and
 load included), with the check that it imports no torch (`python -X importtime`). Writes
 speed.json.
@@ -45,40 +48,45 @@ EXECUTORS = {  # name -> (worker, graph file in the model's folder)
 }
 
 
-def worker(kind: str, model: str, inputs: str, repeats: int, threads: int) -> None:
-    """Time one executor on one input file; print JSON. Imports only what the executor needs."""
-    import numpy as np
-
-    x = np.load(inputs)
+def executor(kind: str, model: str, x, threads: int):
+    """fn() running one executor on x. Imports only what the executor needs."""
     if kind == "runtime":
         from lowbit.runtime import Runtime
 
         runtime = Runtime(model)
+        return lambda: runtime.run(x)
+    import onnxruntime as ort
 
-        def run():
-            return runtime.run(x)
-    else:
-        import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
 
-        def run():
-            return session.run(None, feed)
+def serve(kind: str, model: str, inputs: str, threads: int) -> None:
+    """Worker process: load, run once, print "ready"; then for each line N on stdin time N
+    runs and print their milliseconds as a JSON list; on 0 print the heavy modules loaded."""
+    import numpy as np
 
+    run = executor(kind, model, np.load(inputs), threads)
     run()  # warm-up: first-call allocations and lazy initialization
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        count = int(line)
+        if count == 0:
+            break
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1000)
+        print(json.dumps(times), flush=True)
     foreign = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_MODULES))
     if kind == "onnxruntime":
         foreign.remove("onnxruntime")
-    print(json.dumps({"median_ms": statistics.median(times), "foreign_modules": foreign}))
+    print(json.dumps({"foreign_modules": foreign}), flush=True)
 
 
 def machine() -> str:
@@ -99,15 +107,74 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def time_in_subprocess(kind: str, model: Path, inputs: Path, repeats: int, threads: int) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, str(model), str(inputs)]
-    command += [str(repeats), str(threads)]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=thread_env(threads), check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{kind} on {model}: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def time_interleaved(
+    jobs: list[tuple[str, Path]], inputs: Path, repeats: int, block: int, threads: int
+) -> list[list[float]]:
+    """Milliseconds of `repeats` runs of each (kind, model), each in a fresh worker process of
+    its own: the processes start together, then take turns, `block` runs at a time, in an order
+    that rotates from block to block, so that every executor samples the same stretches of the
+    machine's speed. Only one process runs at any moment; the others wait on their stdin."""
+    workers: list[_Worker] = []
+    try:
+        for kind, model in jobs:
+            workers.append(_Worker(kind, model, inputs, threads))
+        for worker in workers:
+            worker.reply()  # "ready"
+        times: list[list[float]] = [[] for _ in jobs]
+        for index in range(-(-repeats // block)):
+            count = min(block, repeats - index * block)
+            for offset in range(len(workers)):
+                turn = (index + offset) % len(workers)
+                times[turn] += json.loads(workers[turn].ask(str(count)))
+        for worker in workers:
+            foreign = json.loads(worker.ask("0"))["foreign_modules"]
+            if foreign:
+                raise RuntimeError(f"{worker.label} imported {foreign}")
+        return times
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+class _Worker:
+    """One `--serve` process of this script, talked to line by line."""
+
+    def __init__(self, kind: str, model: Path, inputs: Path, threads: int) -> None:
+        self.label = f"{kind} on {model}"
+        self._errors = tempfile.TemporaryFile(mode="w+")  # a full stderr pipe would block it
+        command = [sys.executable, __file__, "--serve", kind, str(model), str(inputs)]
+        self._process = subprocess.Popen(
+            [*command, str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+            text=True,
+            env=thread_env(threads),
+        )
+
+    def ask(self, line: str) -> str:
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+        return self.reply()
+
+    def reply(self) -> str:
+        """The worker's next line, or a RuntimeError with its stderr if it died."""
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait(timeout=60)
+            self._errors.seek(0)
+            raise RuntimeError(f"{self.label}: {self._errors.read().strip()[-2000:]}")
+        return line.strip()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._process.stdin.close()  # the worker's loop ends at end of input
+                self._process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._errors.close()
 
 
 def fp32_graph(model_json: dict, path: Path) -> None:
@@ -223,6 +290,9 @@ def main() -> None:
         "--repeats", type=int, default=30, help="timed runs per process (ten times at batch 1)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="processes per executor and batch")
+    parser.add_argument(
+        "--block", type=int, default=3, help="runs per turn of a process (ten times at batch 1)"
+    )
     parser.add_argument("--out", default="benchmarks/results/speed", help="folder of speed.json")
     args = parser.parse_args()
     if not args.export and not args.calibrated:
@@ -234,15 +304,13 @@ def main() -> None:
             measured: dict[tuple[str, int], list[float]] = {}
             for _ in range(args.rounds):
                 for batch in BATCHES:
-                    for name, (kind, graph) in EXECUTORS.items():
-                        inputs = folder / f"inputs_{batch}.npy"
-                        repeats = args.repeats * (10 if batch == 1 else 1)
-                        result = time_in_subprocess(
-                            kind, folder / graph, inputs, repeats, args.threads
-                        )
-                        if result["foreign_modules"]:
-                            raise RuntimeError(f"{name} imported {result['foreign_modules']}")
-                        measured.setdefault((name, batch), []).append(result["median_ms"])
+                    jobs = [(kind, folder / graph) for kind, graph in EXECUTORS.values()]
+                    repeats = args.repeats * (10 if batch == 1 else 1)
+                    block = max(1, args.block * (10 if batch == 1 else 1))
+                    inputs = folder / f"inputs_{batch}.npy"
+                    times = time_interleaved(jobs, inputs, repeats, block, args.threads)
+                    for name, runs in zip(EXECUTORS, times):
+                        measured.setdefault((name, batch), []).append(statistics.median(runs))
             for batch in BATCHES:
                 ms = {name: statistics.median(measured[name, batch]) for name in EXECUTORS}
                 for name in EXECUTORS:
@@ -267,13 +335,16 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "rounds": args.rounds,
+            "block": args.block,
             "rows": rows,
             "predict": predict_rows,
         },
     )
     print(
         f"{machine()}; {args.threads} thread(s) per process; median over {args.rounds} "
-        f"processes of each one's median of {args.repeats} runs ({args.repeats * 10} at batch 1)\n"
+        f"processes of each one's median of {args.repeats} runs ({args.repeats * 10} at batch 1), "
+        f"the executors' processes taking turns {args.block} runs at a time "
+        f"({args.block * 10} at batch 1)\n"
     )
     print("| model | batch | executor | median ms | vs onnxruntime QCDQ | vs onnxruntime fp32 |")
     print("|---|---|---|---|---|---|")
@@ -290,8 +361,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        kind, model, inputs, repeats, threads = sys.argv[2:7]
-        worker(kind, model, inputs, int(repeats), int(threads))
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        kind, model, inputs, threads = sys.argv[2:6]
+        serve(kind, model, inputs, int(threads))
     else:
         main()

@@ -30,3 +30,31 @@ def test_lowbit_imports_resolve(script):
                 if alias.name.startswith("lowbit"):
                     importlib.import_module(alias.name)
     assert not missing, f"{script.name}: {', '.join(missing)}"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS[0].parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runtime_speed_processes_take_turns(tmp_path):
+    """Each executor's worker times the runs it is asked for, turn by turn; a worker that
+    fails reports its error instead of hanging the benchmark."""
+    import numpy as np
+    import onnx
+
+    from tests.runtime.graphs import conv4_model
+
+    speed = _script("runtime_speed")
+    model = tmp_path / "model.int.onnx"
+    onnx.save(conv4_model(np.random.default_rng(0), channels=(3, 4, 4, 4, 4), size=16), model)
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.zeros((2, 3, 16, 16), np.float32))
+    times = speed.time_interleaved([("runtime", model)] * 2, inputs, repeats=5, block=2, threads=1)
+    assert [len(t) for t in times] == [5, 5] and all(ms > 0 for t in times for ms in t)
+    with pytest.raises(RuntimeError, match="no such model file"):
+        speed.time_interleaved(
+            [("runtime", model), ("runtime", tmp_path / "missing.onnx")], inputs, 2, 1, 1
+        )
