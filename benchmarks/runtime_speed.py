@@ -16,9 +16,10 @@ does not depend on training). Per model one input file per batch size (1 and 64,
 Every process gets the same thread count (`OMP/OPENBLAS/MKL_NUM_THREADS`, onnxruntime's
 intra-op threads); it loads the model, runs once, then times `--repeats` runs (ten times as
 many at batch 1). The three processes of a round start together and take turns, `--block` runs
-at a time (ten times as many at batch 1), one process running at any moment: this machine's
-speed changes in stretches of 0.1–2 s (a process alone swings between 0.55 and 0.85 ms per
-batch-1 run), and taking turns makes every executor sample the same stretches. The table
+at a time (ten times as many at batch 1) after one untimed run, with a short pause before each
+turn and one process running at any moment: this machine's speed changes in stretches of
+0.1–2 s (a process alone swings between 0.55 and 0.85 ms per batch-1 run), and taking turns
+makes every executor sample the same stretches. The table
 gives, per executor and batch, the median over `--rounds` rounds of each process's median, and
 the ratios against both onnxruntime rows of the same rounds. Also timed: `lowbit predict EXPORT IMG
 --whole-image` on one image, a subprocess of the installed CLI, from start to exit (import and
@@ -40,6 +41,10 @@ import time
 from pathlib import Path
 
 BATCHES = (1, 64)
+TURN_PAUSE_S = 0.1
+"""Idle time before each turn: onnxruntime's pool threads spin for a while after a run, and with
+two threads per process they took the next process's second core (onnxruntime fp32 at batch
+64 measured 16.5 ms with no pause, 9.7 ms with this one, 8.3 ms running alone)."""
 HEAVY_MODULES = ("torch", "brevitas", "qonnx", "onnxruntime", "scipy", "PIL")
 EXECUTORS = {  # name -> (worker, graph file in the model's folder)
     "lowbit runtime": ("runtime", "model.int.onnx"),
@@ -66,7 +71,8 @@ def executor(kind: str, model: str, x, threads: int):
 
 
 def serve(kind: str, model: str, inputs: str, threads: int) -> None:
-    """Worker process: load, run once, print "ready"; then for each line N on stdin time N
+    """Worker process: load, run once, print "ready"; then for each line N on stdin run once
+    untimed (the other processes' turns have evicted this one's data from the caches), time N
     runs and print their milliseconds as a JSON list; on 0 print the heavy modules loaded."""
     import numpy as np
 
@@ -77,6 +83,7 @@ def serve(kind: str, model: str, inputs: str, threads: int) -> None:
         count = int(line)
         if count == 0:
             break
+        run()
         times = []
         for _ in range(count):
             start = time.perf_counter()
@@ -125,6 +132,7 @@ def time_interleaved(
             count = min(block, repeats - index * block)
             for offset in range(len(workers)):
                 turn = (index + offset) % len(workers)
+                time.sleep(TURN_PAUSE_S)
                 times[turn] += json.loads(workers[turn].ask(str(count)))
         for worker in workers:
             foreign = json.loads(worker.ask("0"))["foreign_modules"]
