@@ -13,8 +13,10 @@ runtime, onnxruntime on the QCDQ graph and on a plain fp32 graph of the same arc
 weights: speed does not depend on them), onnxruntime with its default threads and with one
 thread (intra_op_num_threads=1). Each executor is timed in a fresh process of its own that
 imports numpy and that executor only (speed_worker.py; numpy with one BLAS thread), on the same
-.npy input. Medians over repeats of CPU and wall ms per image (CPU time counts every thread of
-the process). Then the time of each step of the bit-serial -O2 library,
+.npy input; the processes start together and take turns, one pass over the images at a time,
+so that all of them sample the same stretches of this machine's changing speed
+(runtime_speed.py). Medians over repeats of CPU and wall ms per image (CPU time counts every
+thread of the process). Then the time of each step of the bit-serial -O2 library,
 measured through its debug tap (`--layers`). Writes c_speed.json.
 """
 
@@ -30,7 +32,6 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from runtime_speed import machine  # noqa: E402  (benchmarks/, beside this script)
+from runtime_speed import TURN_PAUSE_S, Worker, machine  # noqa: E402  (beside this script)
 
 from lowbit.export.api import export_model  # noqa: E402
 from lowbit.io import atomic_write_json  # noqa: E402
@@ -87,18 +88,39 @@ def fp32_graph(description: dict, out: Path) -> Path:
     return path
 
 
-def per_image_ms(spec: dict) -> tuple[float, float]:
-    """(CPU, wall) ms per image of one executor, timed by speed_worker.py in a fresh process."""
+def per_image_ms(specs: dict[str, dict], repeats: int) -> dict[str, tuple[float, float]]:
+    """(CPU, wall) ms per image of each executor, median over `repeats` passes, each executor
+    in a fresh speed_worker.py process of its own. The processes start together and take
+    turns, one pass at a time (after one untimed pass and a short pause), in an order that
+    rotates from pass to pass, so that every executor samples the same stretches of the
+    machine's speed (runtime_speed.py's `time_interleaved`)."""
     worker = Path(__file__).with_name("speed_worker.py")
-    result = subprocess.run(
-        [sys.executable, str(worker), json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{spec['kind']} on {spec['model']}: {result.stderr.strip()[-2000:]}")
-    timing = json.loads(result.stdout.strip().splitlines()[-1])
-    if timing["foreign_modules"]:
-        raise RuntimeError(f"{spec['kind']} worker loaded {timing['foreign_modules']}")
-    return timing["cpu_ms"], timing["wall_ms"]
+    workers = []
+    try:
+        for spec in specs.values():
+            command = [sys.executable, str(worker), "--serve", json.dumps(spec)]
+            workers.append(Worker(f"{spec['kind']} on {spec['model']}", command, threads=1))
+        for process in workers:
+            process.reply()  # "ready"
+        cpu: list[list[float]] = [[] for _ in workers]
+        wall: list[list[float]] = [[] for _ in workers]
+        for index in range(repeats):
+            for offset in range(len(workers)):
+                turn = (index + offset) % len(workers)
+                time.sleep(TURN_PAUSE_S)
+                timing = json.loads(workers[turn].ask("1"))
+                cpu[turn] += timing["cpu_ms"]
+                wall[turn] += timing["wall_ms"]
+        for process in workers:
+            foreign = json.loads(process.ask("0"))["foreign_modules"]
+            if foreign:
+                raise RuntimeError(f"{process.label} worker loaded {foreign}")
+    finally:
+        for process in workers:
+            process.close()
+    return {
+        name: (statistics.median(c), statistics.median(w)) for name, c, w in zip(specs, cpu, wall)
+    }
 
 
 def c_calls(c_model: CModel, x: np.ndarray):
@@ -151,7 +173,7 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
     inputs = work / "inputs.npy"
     np.save(inputs, x)
     common = {"inputs": str(inputs), "repeats": repeats, "classes": classes, "threads": 1}
-    timings: dict[str, tuple[float, float]] = {}
+    specs: dict[str, dict] = {}
     for kernel in ("scalar", "bitserial"):
         write_c_target(export_dir, description, kernel=kernel)
         for label, opt in OPTIONS:
@@ -161,21 +183,23 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
             c_model = CModel(library, classes)
             assert np.array_equal(c_model.run(x)["logits"], expected), f"{kernel} {label}"
             spec = {**common, "kind": "c", "model": str(library), "batch": 1}
-            timings[f"C {kernel} {label} (batch 1)"] = per_image_ms(spec)
+            specs[f"C {kernel} {label} (batch 1)"] = spec
     library = compile_c_target(export_dir / C_DIR, work / "bitserial-tap.so", tap=True)
     steps = step_times(library, classes, x, repeats)
     int_graph = str(export_dir / "model.int.onnx")
     for batch in (1, images):
         spec = {**common, "kind": "runtime", "model": int_graph, "batch": batch}
-        timings[f"numpy runtime (batch {batch})"] = per_image_ms(spec)
+        specs[f"numpy runtime (batch {batch})"] = spec
     graphs = {"QCDQ": export_dir / "model.qcdq.onnx", "fp32": fp32_graph(description, work)}
     for graph, path in graphs.items():
         for threads, label in ((0, "default threads"), (1, "1 thread")):
             for batch in (1, images):
                 spec = {**common, "kind": "onnxruntime", "model": str(path), "batch": batch}
-                timings[f"onnxruntime {graph}, {label} (batch {batch})"] = per_image_ms(
-                    {**spec, "threads": threads}
-                )
+                specs[f"onnxruntime {graph}, {label} (batch {batch})"] = {
+                    **spec,
+                    "threads": threads,
+                }
+    timings = per_image_ms(specs, repeats)
     reference = timings["onnxruntime QCDQ, 1 thread (batch 1)"][0]
     rows = [
         {

@@ -121,10 +121,11 @@ def time_interleaved(
     its own: the processes start together, then take turns, `block` runs at a time, in an order
     that rotates from block to block, so that every executor samples the same stretches of the
     machine's speed. Only one process runs at any moment; the others wait on their stdin."""
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     try:
         for kind, model in jobs:
-            workers.append(_Worker(kind, model, inputs, threads))
+            command = [sys.executable, __file__, "--serve", kind, str(model), str(inputs)]
+            workers.append(Worker(f"{kind} on {model}", [*command, str(threads)], threads))
         for worker in workers:
             worker.reply()  # "ready"
         times: list[list[float]] = [[] for _ in jobs]
@@ -144,15 +145,14 @@ def time_interleaved(
             worker.close()
 
 
-class _Worker:
-    """One `--serve` process of this script, talked to line by line."""
+class Worker:
+    """A worker process talked to line by line (this script's `--serve`, speed_worker.py's)."""
 
-    def __init__(self, kind: str, model: Path, inputs: Path, threads: int) -> None:
-        self.label = f"{kind} on {model}"
+    def __init__(self, label: str, command: list[str], threads: int) -> None:
+        self.label = label
         self._errors = tempfile.TemporaryFile(mode="w+")  # a full stderr pipe would block it
-        command = [sys.executable, __file__, "--serve", kind, str(model), str(inputs)]
         self._process = subprocess.Popen(
-            [*command, str(threads)],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,

@@ -1,5 +1,9 @@
 """Times one executor per image in a fresh process: `python benchmarks/speed_worker.py SPEC`.
 
+With `--serve SPEC` it loads the executor, runs one pass, prints "ready", then for each line N
+on stdin runs one untimed pass and N timed ones and prints {"cpu_ms": [...], "wall_ms": [...]}
+per image; on 0 it prints the heavy modules it found loaded (c_speed.py's turn-taking).
+
 SPEC is JSON: kind ("c", "runtime" or "onnxruntime"), model (the .so, model.int.onnx or an ONNX
 file), inputs (a .npy of float32 images), batch (1: one call per image; else one call on all),
 repeats, threads (onnxruntime's intra-op threads; 0 = its default), classes (for "c"). The
@@ -45,25 +49,46 @@ def executor(spec: dict, x):
     return lambda: [session.run(None, {name: image}) for image in images]
 
 
-def main() -> None:
-    import numpy as np
-
-    spec = json.loads(sys.argv[1])
-    x = np.load(spec["inputs"])
-    run = executor(spec, x)
-    run()  # warm-up: first-call allocations and lazy initialization
+def timed_passes(run, images: int, count: int) -> tuple[list[float], list[float]]:
+    """CPU and wall ms per image of `count` passes of run()."""
     cpu, wall = [], []
-    for _ in range(spec["repeats"]):
+    for _ in range(count):
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         run()
-        cpu.append((time.process_time() - start_cpu) * 1000 / len(x))
-        wall.append((time.perf_counter() - start_wall) * 1000 / len(x))
-    foreign = sorted(
+        cpu.append((time.process_time() - start_cpu) * 1000 / images)
+        wall.append((time.perf_counter() - start_wall) * 1000 / images)
+    return cpu, wall
+
+
+def foreign_modules(spec: dict) -> list[str]:
+    return sorted(
         {m.split(".")[0] for m in sys.modules}
         & set(HEAVY_MODULES) - {"onnxruntime" if spec["kind"] == "onnxruntime" else ""}
     )
+
+
+def main() -> None:
+    import numpy as np
+
+    serving = sys.argv[1] == "--serve"
+    spec = json.loads(sys.argv[2 if serving else 1])
+    x = np.load(spec["inputs"])
+    run = executor(spec, x)
+    run()  # warm-up: first-call allocations and lazy initialization
+    if serving:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            count = int(line)
+            if count == 0:
+                break
+            run()  # the other processes' turns have evicted this one's data from the caches
+            cpu, wall = timed_passes(run, len(x), count)
+            print(json.dumps({"cpu_ms": cpu, "wall_ms": wall}), flush=True)
+        print(json.dumps({"foreign_modules": foreign_modules(spec)}), flush=True)
+        return
+    cpu, wall = timed_passes(run, len(x), spec["repeats"])
     print(json.dumps({"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall),
-                      "foreign_modules": foreign}))  # fmt: skip
+                      "foreign_modules": foreign_modules(spec)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,3 +58,32 @@ def test_runtime_speed_processes_take_turns(tmp_path):
         speed.time_interleaved(
             [("runtime", model), ("runtime", tmp_path / "missing.onnx")], inputs, 2, 1, 1
         )
+
+
+def test_speed_worker_serves_timed_passes(tmp_path):
+    """c_speed.py's worker (speed_worker.py --serve): per-image CPU and wall ms of the passes
+    asked for, then the heavy modules it loaded (none for the runtime)."""
+    import json
+    import sys
+
+    import numpy as np
+    import onnx
+
+    from tests.runtime.graphs import conv4_model
+
+    speed = _script("runtime_speed")
+    model = tmp_path / "model.int.onnx"
+    onnx.save(conv4_model(np.random.default_rng(0), channels=(3, 4, 4, 4, 4), size=16), model)
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.zeros((3, 3, 16, 16), np.float32))
+    spec = {"kind": "runtime", "model": str(model), "inputs": str(inputs), "batch": 1}
+    script = BENCHMARKS[0].parent / "speed_worker.py"
+    worker = speed.Worker("runtime", [sys.executable, str(script), "--serve", json.dumps(spec)], 1)
+    try:
+        assert worker.reply() == "ready"
+        timing = json.loads(worker.ask("2"))
+        assert len(timing["cpu_ms"]) == len(timing["wall_ms"]) == 2
+        assert all(ms > 0 for ms in timing["wall_ms"])
+        assert json.loads(worker.ask("0")) == {"foreign_modules": []}
+    finally:
+        worker.close()
