@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="builtin")
     parser.add_argument("--unknown", default=None, help="real held-out types, comma-separated")
     parser.add_argument("--recipe", default="fp32")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=32)
