@@ -42,6 +42,8 @@ class HeadFusion:
     features: str  # F, the integer tensor the head reads
     matmul: onnx.NodeProto  # its plan holds the GEMM dtype
     output: str  # the logits
+    factor: str  # T
+    floor: str | None  # c; None for the linear head
 
 
 class HeadTail:
@@ -50,7 +52,6 @@ class HeadTail:
     def __init__(
         self, graph: Graph, fusion: HeadFusion, plan: dict, input_proven: bool = False
     ) -> None:
-        by_output = {node.output[0]: node for node in fusion.nodes}
         weights = graph.initializers[fusion.matmul.input[1]]
         self._weights_int = weights
         self._gemm_dtype = np.dtype(plan["gemm_dtype"])
@@ -59,18 +60,8 @@ class HeadTail:
         trusts_annotation = plan["input_range_source"].startswith("finn_datatype")
         self._check_range = trusts_annotation and not input_proven
         self._where = graph.where(fusion.matmul)
-        final = by_output[fusion.output]
-        self._factor = graph.initializers[final.input[1]]
-        self._floor: np.ndarray | None = None
-        if len(fusion.nodes) > 4:  # cosine: the Max's constant operand
-            maximum = next(node for node in fusion.nodes if node.op_type == "Max")
-            self._floor = graph.initializers[maximum.input[1]]
-            self._axes = tuple(
-                int(a)
-                for a in graph.initializers[
-                    next(n for n in fusion.nodes if n.op_type == "ReduceSum").input[1]
-                ].reshape(-1)
-            )
+        self._factor = graph.initializers[fusion.factor]
+        self._floor = None if fusion.floor is None else graph.initializers[fusion.floor]
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         f = features.astype(np.int64)
@@ -90,7 +81,7 @@ class HeadTail:
         dots = np.matmul(f.astype(dtype), weights).astype(np.int64).astype(np.float64)
         if self._floor is None:
             return np.multiply(dots, self._factor)
-        squares = np.sum(np.multiply(f, f), axis=self._axes, keepdims=True, dtype=np.int64)
+        squares = np.sum(np.multiply(f, f), axis=1, keepdims=True, dtype=np.int64)  # axes [1]
         norm = np.sqrt(squares.astype(np.float64))
         np.maximum(norm, self._floor, out=norm)
         cosines = np.divide(dots, norm)
@@ -112,7 +103,7 @@ def head_fusion(graph: Graph) -> HeadFusion | None:
         return None
     nodes = [final]
     source = producer.get(final.input[0])
-    square = None
+    square = floor = None
     if source is not None and source.op_type == "Div":  # the cosine head
         cast_dots = producer.get(source.input[0])
         maximum = producer.get(source.input[1])
@@ -138,6 +129,7 @@ def head_fusion(graph: Graph) -> HeadFusion | None:
         ):
             return None
         nodes += [source, maximum, root, cast_sq, reduce, square]
+        floor = maximum.input[1]
     else:
         cast_dots = source
     if not _is_cast(graph, cast_dots, np.int64, np.float64):
@@ -163,7 +155,7 @@ def head_fusion(graph: Graph) -> HeadFusion | None:
             return None
     order = {id(node): i for i, node in enumerate(graph.nodes)}
     nodes.sort(key=lambda node: order[id(node)])
-    return HeadFusion(tuple(nodes), cast_f.input[0], matmul, output)
+    return HeadFusion(tuple(nodes), cast_f.input[0], matmul, output, final.input[1], floor)
 
 
 def _is_cast(graph: Graph, node: onnx.NodeProto | None, source: type | None, target: type) -> bool:

@@ -84,10 +84,7 @@ class Runtime:
         self._kept = kept
         self._steps = _with_releases(steps, kept)
         # with the head as one step; without, for runs that name a tensor inside the head
-        self._fused_bases = [
-            _fused(steps, self._graph, plans, head=True),
-            _fused(steps, self._graph, plans, head=False),
-        ]
+        self._fused_bases = _fused(steps, self._graph, plans)
         self._fused_base = self._fused_bases[0]
         self._fused_steps = _with_releases(self._fused_base, kept)
         self._reused_outputs = {
@@ -268,12 +265,13 @@ def run_model(model: str | os.PathLike | onnx.ModelProto, x: np.ndarray) -> dict
 
 
 def _fused(
-    steps: list[_Step], graph: Graph, plans: dict[str, dict], *, head: bool = True
-) -> list[_Step]:
+    steps: list[_Step], graph: Graph, plans: dict[str, dict]
+) -> tuple[list[_Step], list[_Step]]:
     """The steps with each requantization of fuse.py replaced by one `requantize` step, or
-    by one `ConvRequantize` step together with the convolution that alone feeds it, each
-    input quantization by one `QuantizeInput` step (input_quant.py) and, with `head`, the
-    classifier head by one `HeadTail` step (head_tail.py)."""
+    by one `ConvRequantize` step together with the convolution that alone feeds it, and each
+    input quantization by one `QuantizeInput` step (input_quant.py); twice: with the
+    classifier head as one `HeadTail` step (head_tail.py), and as it is. Both lists share
+    their steps."""
     fusions = {f.nodes[0].output[0]: f for f in requantization_fusions(graph)}
     quantizations = {q.nodes[0].output[0]: q for q in input_quantizations(graph)}
     fused_away = {
@@ -314,18 +312,18 @@ def _fused(
             fused.append(_Step(threshold_node, run, fusion.inputs, output))
         elif step.output not in fused_away:
             fused.append(step)
-    tail = head_fusion(graph) if head else None
+    tail = head_fusion(graph)
     plan = plans.get(tail.matmul.output[0]) if tail is not None else None
     if tail is None or plan is None or plan["input_range"] is None:
-        return fused
+        return fused, fused
     inner = {node.output[0] for node in tail.nodes}
     first = next(i for i, step in enumerate(fused) if step.output in inner)
     if any(step.output not in inner for step in fused[first:]):
-        return fused  # the head's nodes are not the last steps
-    proven = _proven_range(graph, tail.features, code_ranges, plan["input_range"])
+        return fused, fused  # the head's nodes are not the last steps
+    proven = _proven_range(producers, tail.features, code_ranges, plan["input_range"])
     run = HeadTail(graph, tail, plan, input_proven=proven)
     step = _Step(tail.matmul, run, (tail.features,), tail.output)
-    return [*fused[:first], step]
+    return [*fused[:first], step], fused
 
 
 VALUE_PRESERVING = ("Flatten", "Reshape")
@@ -333,16 +331,19 @@ VALUE_PRESERVING = ("Flatten", "Reshape")
 
 
 def _proven_range(
-    graph: Graph, name: str, code_ranges: dict[str, tuple[int, int]], limits: list[int]
+    producers: dict[str, _Step],
+    name: str,
+    code_ranges: dict[str, tuple[int, int]],
+    limits: list[int],
 ) -> bool:
     """Whether `name` provably lies in `limits`: it is a requantization's codes, or passes
-    such codes through value-preserving ops only."""
-    producer = {node.output[0]: node for node in graph.nodes}
+    such codes through value-preserving ops only (`producers`: the unfused step of each
+    tensor)."""
     while name not in code_ranges:
-        node = producer.get(name)
-        if node is None or node.op_type not in VALUE_PRESERVING:
+        step = producers.get(name)
+        if step is None or step.node.op_type not in VALUE_PRESERVING:
             return False
-        name = node.input[0]
+        name = step.inputs[0]
     low, high = code_ranges[name]
     return limits[0] <= low <= high <= limits[1]
 
