@@ -32,14 +32,13 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from runtime_speed import TURN_PAUSE_S, Worker, machine  # noqa: E402  (beside this script)
+from runtime_speed import machine, take_turns  # noqa: E402  (beside this script)
 
 from lowbit.export.api import export_model  # noqa: E402
 from lowbit.io import atomic_write_json  # noqa: E402
@@ -89,37 +88,15 @@ def fp32_graph(description: dict, out: Path) -> Path:
 
 
 def per_image_ms(specs: dict[str, dict], repeats: int) -> dict[str, tuple[float, float]]:
-    """(CPU, wall) ms per image of each executor, median over `repeats` passes, each executor
-    in a fresh speed_worker.py process of its own. The processes start together and take
-    turns, one pass at a time (after one untimed pass and a short pause), in an order that
-    rotates from pass to pass, so that every executor samples the same stretches of the
-    machine's speed (runtime_speed.py's `time_interleaved`)."""
-    worker = Path(__file__).with_name("speed_worker.py")
-    workers = []
-    try:
-        for spec in specs.values():
-            command = [sys.executable, str(worker), "--serve", json.dumps(spec)]
-            workers.append(Worker(f"{spec['kind']} on {spec['model']}", command, threads=1))
-        for process in workers:
-            process.reply()  # "ready"
-        cpu: list[list[float]] = [[] for _ in workers]
-        wall: list[list[float]] = [[] for _ in workers]
-        for index in range(repeats):
-            for offset in range(len(workers)):
-                turn = (index + offset) % len(workers)
-                time.sleep(TURN_PAUSE_S)
-                timing = json.loads(workers[turn].ask("1"))
-                cpu[turn] += timing["cpu_ms"]
-                wall[turn] += timing["wall_ms"]
-        for process in workers:
-            foreign = json.loads(process.ask("0"))["foreign_modules"]
-            if foreign:
-                raise RuntimeError(f"{process.label} worker loaded {foreign}")
-    finally:
-        for process in workers:
-            process.close()
+    """(CPU, wall) ms per image of each executor, median over `repeats` passes over the images,
+    the executors taking turns one pass at a time (runtime_speed.py's `take_turns`)."""
+    replies = take_turns(list(specs.values()), [1] * repeats, threads=1)
     return {
-        name: (statistics.median(c), statistics.median(w)) for name, c, w in zip(specs, cpu, wall)
+        name: (
+            statistics.median(ms for reply in worker for ms in reply["cpu_ms"]),
+            statistics.median(ms for reply in worker for ms in reply["wall_ms"]),
+        )
+        for name, worker in zip(specs, replies)
     }
 
 
@@ -172,7 +149,7 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
     expected = runtime.run(x)["logits"]
     inputs = work / "inputs.npy"
     np.save(inputs, x)
-    common = {"inputs": str(inputs), "repeats": repeats, "classes": classes, "threads": 1}
+    common = {"inputs": str(inputs), "classes": classes, "threads": 1}
     specs: dict[str, dict] = {}
     for kernel in ("scalar", "bitserial"):
         write_c_target(export_dir, description, kernel=kernel)

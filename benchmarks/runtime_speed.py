@@ -8,7 +8,8 @@ Models: each export folder (model.int.onnx, model.qcdq.onnx, model.json) and, wi
 does not depend on training). Per model one input file per batch size (1 and 64, uniform in
 [-2, 2], saved as .npy) feeds every executor:
 - lowbit's integer runtime on model.int.onnx, in a process that imports numpy and
-  lowbit.runtime only (checked: the worker reports any other heavy module it finds loaded);
+  lowbit.runtime only (benchmarks/speed_worker.py; checked: the worker reports any other heavy
+  module it finds loaded);
 - onnxruntime on model.qcdq.onnx (default graph optimizations, as users run it), in a process
   that imports onnxruntime and numpy only;
 - onnxruntime on the plain fp32 graph of the same architecture (random weights, exported with
@@ -45,55 +46,11 @@ TURN_PAUSE_S = 0.1
 """Idle time before each turn: onnxruntime's pool threads spin for a while after a run, and with
 two threads per process they took the next process's second core (onnxruntime fp32 at batch
 64 measured 16.5 ms with no pause, 9.7 ms with this one, 8.3 ms running alone)."""
-HEAVY_MODULES = ("torch", "brevitas", "qonnx", "onnxruntime", "scipy", "PIL")
 EXECUTORS = {  # name -> (worker, graph file in the model's folder)
     "lowbit runtime": ("runtime", "model.int.onnx"),
     "onnxruntime QCDQ": ("onnxruntime", "model.qcdq.onnx"),
     "onnxruntime fp32": ("onnxruntime", "fp32.onnx"),
 }
-
-
-def executor(kind: str, model: str, x, threads: int):
-    """fn() running one executor on x. Imports only what the executor needs."""
-    if kind == "runtime":
-        from lowbit.runtime import Runtime
-
-        runtime = Runtime(model)
-        return lambda: runtime.run(x)
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    return lambda: session.run(None, feed)
-
-
-def serve(kind: str, model: str, inputs: str, threads: int) -> None:
-    """Worker process: load, run once, print "ready"; then for each line N on stdin run once
-    untimed (the other processes' turns have evicted this one's data from the caches), time N
-    runs and print their milliseconds as a JSON list; on 0 print the heavy modules loaded."""
-    import numpy as np
-
-    run = executor(kind, model, np.load(inputs), threads)
-    run()  # warm-up: first-call allocations and lazy initialization
-    print("ready", flush=True)
-    for line in sys.stdin:
-        count = int(line)
-        if count == 0:
-            break
-        run()
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1000)
-        print(json.dumps(times), flush=True)
-    foreign = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_MODULES))
-    if kind == "onnxruntime":
-        foreign.remove("onnxruntime")
-    print(json.dumps({"foreign_modules": foreign}), flush=True)
 
 
 def machine() -> str:
@@ -117,36 +74,53 @@ def thread_env(threads: int) -> dict[str, str]:
 def time_interleaved(
     jobs: list[tuple[str, Path]], inputs: Path, repeats: int, block: int, threads: int
 ) -> list[list[float]]:
-    """Milliseconds of `repeats` runs of each (kind, model), each in a fresh worker process of
-    its own: the processes start together, then take turns, `block` runs at a time, in an order
-    that rotates from block to block, so that every executor samples the same stretches of the
-    machine's speed. Only one process runs at any moment; the others wait on their stdin."""
+    """Milliseconds per call on the whole of `inputs`, `repeats` calls of each (kind, model)
+    taking turns `block` calls at a time (`take_turns`)."""
+    import numpy as np
+
+    images = len(np.load(inputs, mmap_mode="r"))
+    specs = [
+        {"kind": kind, "model": str(model), "inputs": str(inputs), "batch": images}
+        | {"threads": threads}
+        for kind, model in jobs
+    ]
+    counts = [min(block, repeats - start) for start in range(0, repeats, block)]
+    replies = take_turns(specs, counts, threads)
+    return [[ms * images for reply in worker for ms in reply["wall_ms"]] for worker in replies]
+
+
+def take_turns(specs: list[dict], counts: list[int], threads: int) -> list[list[dict]]:
+    """Each spec's executor in a fresh speed_worker.py process of its own: the processes start
+    together, then take turns, one running at any moment, the others waiting on their stdin.
+    For each count, every process in turn (the order rotating from count to count, a pause of
+    TURN_PAUSE_S before each turn) times that many passes, so that all of them sample the same
+    stretches of the machine's speed. Returns each process's replies, one per count."""
+    worker = Path(__file__).with_name("speed_worker.py")
     workers: list[Worker] = []
     try:
-        for kind, model in jobs:
-            command = [sys.executable, __file__, "--serve", kind, str(model), str(inputs)]
-            workers.append(Worker(f"{kind} on {model}", [*command, str(threads)], threads))
-        for worker in workers:
-            worker.reply()  # "ready"
-        times: list[list[float]] = [[] for _ in jobs]
-        for index in range(-(-repeats // block)):
-            count = min(block, repeats - index * block)
+        for spec in specs:
+            command = [sys.executable, str(worker), json.dumps(spec)]
+            workers.append(Worker(f"{spec['kind']} on {spec['model']}", command, threads))
+        for process in workers:
+            process.reply()  # "ready"
+        replies: list[list[dict]] = [[] for _ in workers]
+        for index, count in enumerate(counts):
             for offset in range(len(workers)):
                 turn = (index + offset) % len(workers)
                 time.sleep(TURN_PAUSE_S)
-                times[turn] += json.loads(workers[turn].ask(str(count)))
-        for worker in workers:
-            foreign = json.loads(worker.ask("0"))["foreign_modules"]
+                replies[turn].append(json.loads(workers[turn].ask(str(count))))
+        for process in workers:
+            foreign = json.loads(process.ask("0"))["foreign_modules"]
             if foreign:
-                raise RuntimeError(f"{worker.label} imported {foreign}")
-        return times
+                raise RuntimeError(f"{process.label} imported {foreign}")
+        return replies
     finally:
-        for worker in workers:
-            worker.close()
+        for process in workers:
+            process.close()
 
 
 class Worker:
-    """A worker process talked to line by line (this script's `--serve`, speed_worker.py's)."""
+    """A speed_worker.py process, talked to line by line."""
 
     def __init__(self, label: str, command: list[str], threads: int) -> None:
         self.label = label
@@ -369,8 +343,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        kind, model, inputs, threads = sys.argv[2:6]
-        serve(kind, model, inputs, int(threads))
-    else:
-        main()
+    main()

@@ -1,21 +1,21 @@
-"""Times one executor per image in a fresh process: `python benchmarks/speed_worker.py SPEC`.
+"""A fresh process timing one executor: `python benchmarks/speed_worker.py SPEC`.
 
-With `--serve SPEC` it loads the executor, runs one pass, prints "ready", then for each line N
-on stdin runs one untimed pass and N timed ones and prints {"cpu_ms": [...], "wall_ms": [...]}
-per image; on 0 it prints the heavy modules it found loaded (c_speed.py's turn-taking).
+It loads the executor, runs one pass over the inputs, prints "ready", then for each line N on
+stdin runs one untimed pass (the other workers' turns have evicted its data from the caches)
+and N timed ones, and prints {"cpu_ms": [...], "wall_ms": [...]}, per image of each pass; on 0
+(or end of input) it prints {"foreign_modules": [...]}, the heavy modules it found loaded,
+which must be none. runtime_speed.py's `take_turns` drives several at once (runtime_speed.py
+and c_speed.py).
 
 SPEC is JSON: kind ("c", "runtime" or "onnxruntime"), model (the .so, model.int.onnx or an ONNX
 file), inputs (a .npy of float32 images), batch (1: one call per image; else one call on all),
-repeats, threads (onnxruntime's intra-op threads; 0 = its default), classes (for "c"). The
-process imports numpy and that executor only. Prints JSON: medians over repeats of CPU and wall
-ms per image (one warm-up pass first; CPU time counts every thread of the process) and the
-heavy modules it found loaded, which must be none.
+threads (onnxruntime's intra-op threads; 0 = its default), classes (for "c"). The process
+imports numpy and that executor only; CPU time counts every thread of the process.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 
@@ -70,25 +70,19 @@ def foreign_modules(spec: dict) -> list[str]:
 def main() -> None:
     import numpy as np
 
-    serving = sys.argv[1] == "--serve"
-    spec = json.loads(sys.argv[2 if serving else 1])
+    spec = json.loads(sys.argv[1])
     x = np.load(spec["inputs"])
     run = executor(spec, x)
     run()  # warm-up: first-call allocations and lazy initialization
-    if serving:
-        print("ready", flush=True)
-        for line in sys.stdin:
-            count = int(line)
-            if count == 0:
-                break
-            run()  # the other processes' turns have evicted this one's data from the caches
-            cpu, wall = timed_passes(run, len(x), count)
-            print(json.dumps({"cpu_ms": cpu, "wall_ms": wall}), flush=True)
-        print(json.dumps({"foreign_modules": foreign_modules(spec)}), flush=True)
-        return
-    cpu, wall = timed_passes(run, len(x), spec["repeats"])
-    print(json.dumps({"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall),
-                      "foreign_modules": foreign_modules(spec)}))  # fmt: skip
+    print("ready", flush=True)
+    for line in sys.stdin:
+        count = int(line)
+        if count == 0:
+            break
+        run()
+        cpu, wall = timed_passes(run, len(x), count)
+        print(json.dumps({"cpu_ms": cpu, "wall_ms": wall}), flush=True)
+    print(json.dumps({"foreign_modules": foreign_modules(spec)}), flush=True)
 
 
 if __name__ == "__main__":

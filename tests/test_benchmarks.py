@@ -61,7 +61,7 @@ def test_runtime_speed_processes_take_turns(tmp_path):
 
 
 def test_speed_worker_serves_timed_passes(tmp_path):
-    """c_speed.py's worker (speed_worker.py --serve): per-image CPU and wall ms of the passes
+    """The benchmarks' worker (speed_worker.py): per-image CPU and wall ms of the passes
     asked for, then the heavy modules it loaded (none for the runtime)."""
     import json
     import sys
@@ -78,7 +78,7 @@ def test_speed_worker_serves_timed_passes(tmp_path):
     np.save(inputs, np.zeros((3, 3, 16, 16), np.float32))
     spec = {"kind": "runtime", "model": str(model), "inputs": str(inputs), "batch": 1}
     script = BENCHMARKS[0].parent / "speed_worker.py"
-    worker = speed.Worker("runtime", [sys.executable, str(script), "--serve", json.dumps(spec)], 1)
+    worker = speed.Worker("runtime", [sys.executable, str(script), json.dumps(spec)], 1)
     try:
         assert worker.reply() == "ready"
         timing = json.loads(worker.ask("2"))
