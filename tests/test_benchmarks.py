@@ -87,3 +87,27 @@ def test_speed_worker_serves_timed_passes(tmp_path):
         assert json.loads(worker.ask("0")) == {"foreign_modules": []}
     finally:
         worker.close()
+
+
+def test_ood_auxiliary_losses_and_fold_runs(tmp_path, capsys):
+    """The auxiliary-loss harness: its losses, its rotations, and a fold trained with each
+    auxiliary loss through lowbit's own training loop (which it leaves as it found it)."""
+    import torch
+
+    import lowbit.train.loop as loop
+
+    aux = _script("ood_auxiliary")
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    assert float(aux.nt_xent(a, a * 3, 0.05)) < 1e-3  # each row finds its own pair
+    assert float(aux.nt_xent(a, b, 0.05)) > 1.0
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    turned, k = aux.rotated(x, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(turned[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
+    original = loop.train_epoch
+    for kind in ("rotation", "contrastive"):
+        tiny = ["--epochs", "1", "--per-class", "10", "--width", "4", "--folds", "hole"]
+        assert aux.main(["--aux", kind, *tiny, "--out", str(tmp_path / kind)]) == 0
+        assert "hole: msp " in capsys.readouterr().out
+        assert (tmp_path / kind / "fold_hole" / kind / "metrics.json").is_file()
+    assert loop.train_epoch is original
