@@ -5,7 +5,9 @@
 
 For each exported model (a run directory with model.int.onnx, model.qcdq.onnx and model.json; it
 is copied, not written to) the script writes the C target twice, `kernel="scalar"` (the
-reference) and `kernel="bitserial"`, compiles each at -O2 and at -O3 -march=native, checks that
+reference) and `kernel="bitserial"`, compiles each at -O2 and at -O3 -march=native (and the
+bit-serial one at -O2 with -DLOWBIT_NO_VECTOR_POPCOUNT, what a CPU without AVX-512 VPOPCNTDQ
+runs), checks that
 the C logits equal the numpy runtime's on the benchmark inputs, and times per image: the C
 library called image by image through ctypes (one `<prefix>_infer` call per image: input
 quantization, the integer body, the logits and the deployed unknown-type score), lowbit's numpy
@@ -49,6 +51,7 @@ from lowbit.targets.c.run import CModel, compile_c_target, find_compiler  # noqa
 from lowbit.targets.c.target import C_DIR, write_c_target  # noqa: E402
 
 OPTIONS = (("-O2", "-O2"), ("-O3 -march=native", "-O3 -march=native"))
+NO_VECTOR = "LOWBIT_NO_VECTOR_POPCOUNT"  # the C target's switch off the vector popcount body
 
 
 def calibrated_export(recipe: str, out: Path, classes: int = 8) -> None:
@@ -161,6 +164,18 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
             assert np.array_equal(c_model.run(x)["logits"], expected), f"{kernel} {label}"
             spec = {**common, "kind": "c", "model": str(library), "batch": 1}
             specs[f"C {kernel} {label} (batch 1)"] = spec
+    # the bit-serial -O2 library without its vector body: what a CPU without AVX-512 VPOPCNTDQ
+    # runs (the same as the vector build there)
+    library = compile_c_target(
+        export_dir / C_DIR, work / "bitserial-novector.so", defines=(NO_VECTOR,)
+    )
+    assert np.array_equal(CModel(library, classes).run(x)["logits"], expected), "no vector"
+    specs["C bitserial -O2, no vector body (batch 1)"] = {
+        **common,
+        "kind": "c",
+        "model": str(library),
+        "batch": 1,
+    }
     library = compile_c_target(export_dir / C_DIR, work / "bitserial-tap.so", tap=True)
     steps = step_times(library, classes, x, repeats)
     int_graph = str(export_dir / "model.int.onnx")

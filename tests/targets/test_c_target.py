@@ -8,8 +8,10 @@ stride-2 and 1x1 convolutions; int16 dot products for the 8-bit first layer) and
 reference (conv4 w1a2/w2a2, resnet8 w2a2). conv4 w8a8 with a linear head runs on both (255
 thresholds: the binary search; 5- and 6-bit first-layer and head weights: bit fields straddling
 bytes). The bit-serial kernels and their packing are also checked alone against numpy on random
-layers (several 64-channel words, strides, 4 activation planes, 2-bit codes with -2), with the
-compiler's popcount and with the portable one (-DLOWBIT_NO_BUILTIN_POPCOUNT).
+layers (several 64-channel words, strides, 4 activation planes, 2-bit codes with -2), with each
+body: the compiler's popcount (the vector body where the CPU has AVX-512 VPOPCNTDQ and cout is a
+multiple of 8), without the vector body (-DLOWBIT_NO_VECTOR_POPCOUNT) and the portable one
+(-DLOWBIT_NO_BUILTIN_POPCOUNT); whole models run with each of the latter two as well.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lowbit.targets import parse_targets, write_targets
 from lowbit.targets.c.bitplanes import (
     activation_planes,
     plane_coefficients,
+    stored_weight_planes,
     weight_planes,
     words_per_pixel,
 )
@@ -55,6 +58,7 @@ from tests.export.helpers import (
 
 NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
 NO_BUILTIN = "LOWBIT_NO_BUILTIN_POPCOUNT"
+NO_VECTOR = "LOWBIT_NO_VECTOR_POPCOUNT"
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc, clang)")
 
 
@@ -412,24 +416,28 @@ def test_bit_planes_reconstruct_codes_and_dot_products(bits, planes, channels, k
 
 
 POPCOUNT_FLAGS = {
-    "builtin": ["-O2"],  # x86 without -mpopcnt: the POPCNT copy, picked at run time
+    # x86-64 without -mpopcnt: the vector body where the CPU has AVX-512 VPOPCNTDQ (and cout is
+    # a multiple of 8), else the POPCNT copy, picked at run time
+    "builtin": ["-O2"],
+    "novector": ["-O2", f"-D{NO_VECTOR}"],
     "portable": ["-O2", f"-D{NO_BUILTIN}"],
     **({"mpopcnt": ["-O2", "-mpopcnt"]} if platform.machine() in ("x86_64", "AMD64") else {}),
 }
 
 
-def bitconv_library(tmp_path, planes: int, bits: int, shape: tuple, flags: list) -> ctypes.CDLL:
+def bitconv_library(tmp_path, planes: int, bits: int, shape: tuple, cout: int,
+                    flags: list) -> ctypes.CDLL:  # fmt: skip
     """The generated lb_pack_planes + bit-serial kernel behind two exported functions."""
-    name, text = bitconv_kernel(planes, bits, shape)
+    name, text = bitconv_kernel(planes, bits, shape, cout)
     source = tmp_path / f"{name}.c"
     source.write_text(
         "#include <stdint.h>\n" + POPCOUNT + PACK_PLANES + text
         + "void pack(const uint8_t *x, int cin, int h, int w, int pt, int pl, int ph, int pw,\n"
         "          int planes, uint64_t *packed)\n"
         "{ lb_pack_planes(x, cin, h, w, pt, pl, ph, pw, planes, packed); }\n"
-        "void conv(const uint64_t *packed, int pw, const uint64_t *weights, int cout, int sh,\n"
-        f"          int sw, int ho, int wo, int32_t *acc)\n"
-        f"{{ {name}(packed, pw, weights, cout, sh, sw, ho, wo, acc); }}\n"
+        "void conv(const uint64_t *packed, int pw, const uint64_t *weights, int sh, int sw,\n"
+        "          int ho, int wo, int32_t *acc)\n"
+        f"{{ {name}(packed, pw, weights, sh, sw, ho, wo, acc); }}\n"
     )  # fmt: skip
     library = tmp_path / f"{name}.so"
     command = [find_compiler(), *flags, *CFLAGS, "-fPIC", "-shared"]
@@ -440,32 +448,32 @@ def bitconv_library(tmp_path, planes: int, bits: int, shape: tuple, flags: list)
     loaded = ctypes.CDLL(str(library))
     pointer, number = ctypes.c_void_p, ctypes.c_int
     loaded.pack.argtypes = [pointer, *[number] * 8, pointer]
-    loaded.conv.argtypes = [pointer, number, pointer, *[number] * 5, pointer]
+    loaded.conv.argtypes = [pointer, number, pointer, *[number] * 4, pointer]
     return loaded
 
 
 @needs_cc
 @pytest.mark.parametrize("popcount", list(POPCOUNT_FLAGS))
 @pytest.mark.parametrize(
-    "planes, bits, channels, kernel, stride, pad",
+    "planes, bits, channels, cout, kernel, stride, pad",
     [
-        (2, 2, 64, 3, 1, 1),  # conv4-64's layers: one word per pixel
-        (2, 1, 100, 3, 1, 1),  # two words, the second part-filled; bipolar
-        (4, 2, 130, 3, 2, 1),  # three words, stride 2, 4 planes (w2a4)
-        (1, 1, 5, 1, 2, 0),  # resnet8's 1x1 stride-2 shortcut, 1-bit activations
-        (3, 2, 70, 2, 1, 0),  # an even kernel, no padding
+        (2, 2, 64, 16, 3, 1, 1),  # conv4-64's layers: one word per pixel
+        (2, 1, 100, 8, 3, 1, 1),  # two words, the second part-filled; bipolar
+        (4, 2, 130, 24, 3, 2, 1),  # three words, stride 2, 4 planes (w2a4)
+        (1, 1, 5, 7, 1, 2, 0),  # resnet8's 1x1 stride-2 shortcut, 1-bit activations
+        (3, 2, 70, 7, 2, 1, 0),  # an even kernel, no padding, cout without a vector body
     ],
 )
-def test_bitconv_kernel_equals_numpy(tmp_path, popcount, planes, bits, channels, kernel, stride,
-                                     pad) -> None:  # fmt: skip
+def test_bitconv_kernel_equals_numpy(tmp_path, popcount, planes, bits, channels, cout, kernel,
+                                     stride, pad) -> None:  # fmt: skip
     """lb_pack_planes equals activation_planes and the kernel equals a numpy ConvInteger, on
-    random codes (2-bit weights include -2), with each popcount."""
+    random codes (2-bit weights include -2), with each popcount body."""
     rng = np.random.default_rng(channels)
-    cout, h, w = 7, 9, 6
+    h, w = 9, 6
     weights = random_codes(rng, (cout, channels, kernel, kernel), bits)
     x = rng.integers(0, 2**planes, size=(channels, h, w)).astype(np.uint8)
     library = bitconv_library(tmp_path, planes, bits, (kernel, kernel, words_per_pixel(channels)),
-                              POPCOUNT_FLAGS[popcount])  # fmt: skip
+                              cout, POPCOUNT_FLAGS[popcount])  # fmt: skip
     expected_planes = activation_planes(x, planes, (pad, pad, pad, pad))
     packed = np.full(expected_planes.size, 0xA5, np.uint64)  # garbage: pack clears it
     ph, pw = expected_planes.shape[:2]
@@ -473,24 +481,27 @@ def test_bitconv_kernel_equals_numpy(tmp_path, popcount, planes, bits, channels,
     assert np.array_equal(packed, expected_planes.reshape(-1))
     expected = numpy_conv(x, weights, stride, pad)
     acc = np.zeros(expected.shape, np.int32)
-    w_planes = weight_planes(weights, bits)
-    library.conv(packed.ctypes.data, pw, w_planes.ctypes.data, cout, stride, stride,
+    w_planes = stored_weight_planes(weights, bits)
+    library.conv(packed.ctypes.data, pw, w_planes.ctypes.data, stride, stride,
                  expected.shape[1], expected.shape[2], acc.ctypes.data)  # fmt: skip
     assert np.array_equal(acc, expected)
 
 
 @needs_cc
+@pytest.mark.parametrize("define", [NO_BUILTIN, NO_VECTOR])
 @pytest.mark.parametrize("name", ["w1a2-conv4", "w2a2-conv4"])
-def test_portable_popcount_model_equals_runtime(exports, name, tmp_path) -> None:
+def test_other_popcount_bodies_model_equals_runtime(exports, name, define, tmp_path) -> None:
     """The whole bit-serial model compiled without the builtin popcount (-DLOWBIT_NO_BUILTIN_
-    POPCOUNT: the SWAR count) gives the runtime's tensors."""
+    POPCOUNT: the SWAR count) or without the vector body (-DLOWBIT_NO_VECTOR_POPCOUNT: the
+    per-channel POPCNT body, which the suite's CPU may otherwise never run) gives the runtime's
+    tensors."""
     source, description, x, expected = exports(name)
     out = tmp_path / "export"
     shutil.copytree(source, out)
     write_c_target(out, description, kernel="bitserial")
     text = (out / C_DIR / file_names("lowbit")[1]).read_text()
-    assert "lb_bitconv_" in text
-    library = compile_c_target(out / C_DIR, out / "model.so", tap=True, defines=(NO_BUILTIN,))
+    assert "lb_bitconv_" in text and "_vector(" in text
+    library = compile_c_target(out / C_DIR, out / "model.so", tap=True, defines=(define,))
     got = CModel(library, NUM_CLASSES).run(x, keep_intermediates=True)
     for tensor, values in got["tensors"].items():
         assert np.array_equal(values, expected[tensor].reshape(len(x), -1)), tensor

@@ -15,8 +15,10 @@ c_{B-1} = -2^(B-1) (a narrow ternary {-1, 0, 1} code is then "nonzero" w_0 minus
 count and pixels of the zero padding are 0 in every activation plane: the code the graph pads
 with (ConvInteger without zero points pads with 0).
 
-`weight_planes` is what the C target stores (packed once at export), `activation_planes` the
-numpy twin of the generated `lb_pack_planes` (tests), `plane_coefficients` the c_j.
+`weight_planes` packs a layer's weights once at export and `stored_weight_planes` puts the output
+channel last, the order the C target stores (each window word's planes for every output channel
+side by side, which a vector popcount reads in one load); `activation_planes` is the numpy twin
+of the generated `lb_pack_planes` (tests), `plane_coefficients` the c_j.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def weight_planes(weights: np.ndarray, bits: int, where: str = "weights") -> np.
     # [cout, channels, kh, kw, planes] -> [cout, kh, kw, planes, channels] -> pack channels
     words = _pack_words(planes.transpose(0, 2, 3, 4, 1))  # [cout, kh, kw, planes, words]
     return np.ascontiguousarray(words.transpose(0, 1, 2, 4, 3))
+
+
+def stored_weight_planes(weights: np.ndarray, bits: int, where: str = "weights") -> np.ndarray:
+    """uint64 [kh, kw, words, planes, cout]: weight_planes with the output channel last, the
+    layout of the C target's bit-serial kernels."""
+    return np.ascontiguousarray(np.moveaxis(weight_planes(weights, bits, where), 0, -1))
 
 
 def activation_planes(

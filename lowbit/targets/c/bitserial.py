@@ -6,13 +6,22 @@ input is unsigned codes below 2^4 (the range its MultiThreshold gives, through M
 aliases) runs as two steps: `lb_pack_planes` writes the input's bit planes into a zero-padded
 pixel grid (bitplanes.py: [ph][pw][words][planes], one bit per channel), then `lb_bitconv_*`
 computes each accumulator as AND + popcount sums over the 64-bit words of its window, against
-weight planes packed once at export ([cout][kh][kw][words][planes]). One kernel is written per
-(activation planes, weight planes, kh, kw, words) so its loops have constant bounds and its
-popcount terms are written out. Every other convolution (the 8-bit first layer) runs as int16
-dot products over a constant number of taps (each output row's windows copied into columns, four
-output channels at a time): a loop compilers vectorize at -O2 (x86: pmaddwd). The accumulators
-are the graph's NCHW int32 tensors, equal to the scalar reference's (`kernel="scalar"`,
-templates.CONV), which stays the oracle.
+weight planes packed once at export with the output channel last ([kh][kw][words][planes][cout]).
+One kernel is written per (activation planes, weight planes, kh, kw, words, cout), so its loops
+have constant bounds, with up to three bodies picked at run time:
+- vector (x86-64 with GCC >= 8 or Clang >= 10, cout a multiple of 8, a CPU with AVX-512
+  VPOPCNTDQ): per window word, one loop over the output channels that the compiler turns into
+  8-lane vector popcounts, at -O2 too (the body's target attribute);
+- builtin: per output channel, the window's popcount terms written out with
+  `__builtin_popcountll` (the POPCNT instruction where the CPU has it);
+- portable: the same with a SWAR popcount (other compilers, or -DLOWBIT_NO_BUILTIN_POPCOUNT).
+-DLOWBIT_NO_VECTOR_POPCOUNT leaves the vector body out. All three compute the same integers in
+int32: every partial sum is at most sum_b 2^b sum_j |c_j| <= 15 x 3 = 45 times the window's taps
+in magnitude, far inside int32 for any layer under 47 million taps. Every other convolution (the
+8-bit first layer) runs as int16 dot products over a constant number of taps (each output row's
+windows copied into columns, four output channels at a time): a loop compilers vectorize at -O2
+(x86: pmaddwd). The accumulators are the graph's NCHW int32 tensors, equal to the scalar reference's
+(`kernel="scalar"`, templates.CONV), which stays the oracle.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from lowbit.targets.c.bitplanes import (
     MAX_ACTIVATION_BITS,
     MAX_WEIGHT_BITS,
     plane_coefficients,
-    weight_planes,
+    stored_weight_planes,
     words_per_pixel,
 )
 from lowbit.targets.c.pack import c_type
@@ -51,6 +60,14 @@ POPCOUNT = """\
 #else
 #define LB_POPCNT_TARGET
 #endif
+#endif
+
+/* The vector bodies (x86-64, GCC >= 8 or Clang >= 10): compiled for AVX-512 VPOPCNTDQ by a
+   target attribute and called only where __builtin_cpu_supports finds it. */
+#if defined(LB_BUILTIN_POPCOUNT) && defined(__x86_64__) && !defined(LOWBIT_NO_VECTOR_POPCOUNT) \
+    && ((defined(__clang__) && __clang_major__ >= 10) || (!defined(__clang__) && __GNUC__ >= 8))
+#define LB_VECTOR_POPCOUNT 1
+#define LB_VECTOR_TARGET __attribute__((target("popcnt,avx512f,avx512vpopcntdq")))
 #endif
 
 #if !defined(LB_BUILTIN_POPCOUNT) || defined(LB_POPCNT_AT_RUN_TIME)
@@ -150,22 +167,43 @@ static void lb_conv_dot_${x}_$TAPS(const $X *restrict x, int cin, int h, int w,
 
 SIGNATURE = (
     "(const uint64_t *restrict packed, int pw,\n"
-    "    const uint64_t *restrict weights, int cout, int sh, int sw, int ho, int wo,\n"
-    "    int32_t *restrict acc)"
+    "    const uint64_t *restrict weights, int sh, int sw, int ho, int wo, int32_t *restrict acc)"
 )
+VECTOR_LANES = 8
+"""64-bit lanes of one AVX-512 register: a vector body needs cout to be a multiple of this."""
 
 
 UNROLL_TERMS = 64
 """Popcount terms per output value up to which a kernel's window loop is written out."""
 
 
-def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) -> str:
-    """The body of a bit-serial kernel (see bitconv_kernel) counting bits with `popcount`.
+def _window_lines(planes: int, shape: tuple) -> list[str]:
+    """C lines (inside the oy/ox loops) that copy the window's words into `taps`
+    ([kh * kw * words][planes], the weights' order), shared by all output channels."""
+    kh, kw, words = shape
+    return [
+        "            const uint64_t *window = packed + (oy * sh * row + ox * sw * pixel);",
+        "            int32_t *out = acc + (long)oy * wo + ox;",
+        f"            for (ky = 0; ky < {kh}; ++ky)",
+        f"                for (k = 0; k < {kw * words * planes}; ++k)",
+        f"                    taps[ky * {kw * words * planes} + k] = window[ky * row + k];",
+    ]
 
-    The window's words are first copied into `taps` ([kh * kw * words][planes], the weights'
-    order), shared by all output channels; the sum over them is written out term by term when
-    it has at most UNROLL_TERMS popcounts (conv4-64: 18 or 36), else it is a loop.
-    """
+
+def _bipolar_counts(popcount: str, planes: int, count: int) -> list[str]:
+    """C lines: n_b = popcount of activation plane b over the window (bipolar weights)."""
+    return [
+        "            int32_t " + ", ".join(f"n{b} = 0" for b in range(planes)) + ";",
+        f"            for (k = 0; k < {count}; ++k) {{",
+        *(f"                n{b} += {popcount}(taps[k * {planes} + {b}]);" for b in range(planes)),
+        "            }",
+    ]
+
+
+def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple, cout: int) -> str:
+    """The per-output-channel body of a bit-serial kernel (see bitconv_kernel), counting bits
+    with `popcount`: the sum over the window is written out term by term when it has at most
+    UNROLL_TERMS popcounts (conv4-64: 18 or 36), else it is a loop."""
     kh, kw, words = shape
     count = kh * kw * words  # words per plane in a window
     weight_planes = len(plane_coefficients(weight_bits))
@@ -176,23 +214,10 @@ def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) ->
         "    int oy, ox, co, ky, k;",
         "    for (oy = 0; oy < ho; ++oy) {",
         "        for (ox = 0; ox < wo; ++ox) {",
-        "            const uint64_t *window = packed + (oy * sh * row + ox * sw * pixel);",
-        "            const uint64_t *w = weights;",
-        "            int32_t *out = acc + (long)oy * wo + ox;",
-        f"            for (ky = 0; ky < {kh}; ++ky)",
-        f"                for (k = 0; k < {kw * words * planes}; ++k)",
-        f"                    taps[ky * {kw * words * planes} + k] = window[ky * row + k];",
+        *_window_lines(planes, shape),
     ]
     if weight_bits == 1:  # Σ a·w = Σ_b 2^b (2 popcount(a_b & w) - popcount(a_b)): n_b per window
-        lines += [
-            "            int32_t " + ", ".join(f"n{b} = 0" for b in range(planes)) + ";",
-            f"            for (k = 0; k < {count}; ++k) {{",
-            *(
-                f"                n{b} += {popcount}(taps[k * {planes} + {b}]);"
-                for b in range(planes)
-            ),
-            "            }",
-        ]
+        lines += _bipolar_counts(popcount, planes, count)
         total = " + ".join(f"{2 ** (b + 1)} * s{b}_0 - {2**b} * n{b}" for b in range(planes))
     else:
         total = " + ".join(
@@ -201,13 +226,14 @@ def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) ->
             for j, coefficient in enumerate(plane_coefficients(weight_bits))
         )
     lines += [
-        f"            for (co = 0; co < cout; ++co, w += {count * weight_planes}) {{",
+        f"            for (co = 0; co < {cout}; ++co) {{",
+        "                const uint64_t *w = weights + co; /* [k][j][cout] */",
         "                int32_t " + ", ".join(f"s{b}_{j} = 0" for b, j in pairs) + ";",
     ]
     if count * len(pairs) <= UNROLL_TERMS:
         lines += [
             f"                s{b}_{j} += "
-            f"{popcount}(taps[{k * planes + b}] & w[{k * weight_planes + j}]);"
+            f"{popcount}(taps[{k * planes + b}] & w[{(k * weight_planes + j) * cout}]);"
             for k in range(count)
             for b, j in pairs
         ]
@@ -215,8 +241,8 @@ def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) ->
         lines += [
             f"                for (k = 0; k < {count}; ++k) {{",
             *(
-                f"                    s{b}_{j} += "
-                f"{popcount}(taps[k * {planes} + {b}] & w[k * {weight_planes} + {j}]);"
+                f"                    s{b}_{j} += {popcount}(taps[k * {planes} + {b}]"
+                f" & w[(k * {weight_planes} + {j}) * {cout}]);"
                 for b, j in pairs
             ),
             "                }",
@@ -230,28 +256,96 @@ def _bitconv_body(popcount: str, planes: int, weight_bits: int, shape: tuple) ->
     return "{\n" + "\n".join(lines) + "\n}\n"
 
 
-def bitconv_kernel(planes: int, weight_bits: int, shape: tuple[int, int, int]) -> tuple[str, str]:
-    """(name, C text) of the bit-serial ConvInteger for `planes` activation bit planes,
-    `weight_bits` (1: bipolar), kernel (kh, kw) and `words` 64-channel words per pixel."""
+def _bitconv_vector_body(planes: int, weight_bits: int, shape: tuple, cout: int) -> str:
+    """The vector body of a bit-serial kernel: for each window word, every output channel's
+    weighted popcounts in one loop over `cout` (a multiple of VECTOR_LANES) with unit-stride
+    weights, which the compiler vectorizes under LB_VECTOR_TARGET."""
     kh, kw, words = shape
-    name = f"lb_bitconv_a{planes}_w{weight_bits}_{kh}x{kw}_c{words}"
-    args = "(packed, pw, weights, cout, sh, sw, ho, wo, acc)"
+    count = kh * kw * words
+    coefficients = plane_coefficients(weight_bits)
+    if weight_bits == 1:  # 2^(b+1) popcount(a_b & w_0), less Σ_b 2^b n_b at the end
+        terms = [(b, 0, 2 ** (b + 1)) for b in range(planes)]
+    else:
+        terms = [(b, j, c * 2**b) for b in range(planes) for j, c in enumerate(coefficients)]
+    term = " + ".join(
+        f"({weight}) * lb_popcount_builtin(a{b} & w[{j * cout} + co])" for b, j, weight in terms
+    )
+    lines = [
+        f"    const long pixel = {words * planes}, row = (long)pw * pixel;",
+        f"    uint64_t taps[{count * planes}];",
+        f"    int32_t sum[{cout}];",
+        "    int oy, ox, co, ky, k;",
+        "    for (oy = 0; oy < ho; ++oy) {",
+        "        for (ox = 0; ox < wo; ++ox) {",
+        *_window_lines(planes, shape),
+        f"            for (co = 0; co < {cout}; ++co) sum[co] = 0;",
+        f"            for (k = 0; k < {count}; ++k) {{",
+        f"                const uint64_t *w = weights + (long)k * {len(coefficients) * cout};",
+        *(
+            f"                const uint64_t a{b} = taps[k * {planes} + {b}];"
+            for b in range(planes)
+        ),
+        f"                for (co = 0; co < {cout}; ++co) sum[co] += {term};",
+        "            }",
+    ]
+    if weight_bits == 1:
+        lines += _bipolar_counts("lb_popcount_builtin", planes, count)
+        bias = " + ".join(f"{2**b} * n{b}" for b in range(planes))
+        lines.append(f"            for (co = 0; co < {cout}; ++co) sum[co] -= {bias};")
+    lines += [
+        f"            for (co = 0; co < {cout}; ++co) out[(long)co * ho * wo] = sum[co];",
+        "        }",
+        "    }",
+    ]
+    return "{\n" + "\n".join(lines) + "\n}\n"
+
+
+def bitconv_kernel(
+    planes: int, weight_bits: int, shape: tuple[int, int, int], cout: int
+) -> tuple[str, str]:
+    """(name, C text) of the bit-serial ConvInteger for `planes` activation bit planes,
+    `weight_bits` (1: bipolar), kernel (kh, kw), `words` 64-channel words per pixel and `cout`
+    output channels."""
+    kh, kw, words = shape
+    name = f"lb_bitconv_a{planes}_w{weight_bits}_{kh}x{kw}_c{words}_o{cout}"
+    args = "(packed, pw, weights, sh, sw, ho, wo, acc)"
     kind = "bipolar 1-bit weights" if weight_bits == 1 else f"{weight_bits}-bit weights"
-    return name, (
+    vector = cout % VECTOR_LANES == 0
+    text = (
         f"/* Bit-serial ONNX ConvInteger, {kh}x{kw} kernel, {words} word(s) of 64 input channels"
-        f" per pixel,\n   {planes} activation bit plane(s) x {kind}"
+        f" per pixel,\n   {planes} activation bit plane(s) x {kind}, {cout} output channels"
         " (lowbit/targets/c/bitplanes.py):\n"
         "   acc[co][oy][ox] = sum_b 2^b sum_j c_j popcount(a_b & w_j) over the window's words;\n"
-        "   `packed`: lb_pack_planes' grid of width pw; `weights`: [cout][kh][kw][words][planes].\n"
-        "   Compiled with the builtin popcount and/or the portable one (see lb_popcount_*). */\n"
+        "   `packed`: lb_pack_planes' grid of width pw; `weights`: [kh][kw][words][planes][cout].\n"
+        "   Bodies: vector, builtin and portable popcount (lowbit/targets/c/bitserial.py). */\n"
+    )
+    if vector:
+        text += (
+            "#ifdef LB_VECTOR_POPCOUNT\n"
+            f"static void LB_VECTOR_TARGET {name}_vector{SIGNATURE}\n"
+            + _bitconv_vector_body(planes, weight_bits, shape, cout)
+            + "#endif\n"
+        )
+    text += (
         "#ifdef LB_BUILTIN_POPCOUNT\n"
         f"static void LB_POPCNT_TARGET {name}_builtin{SIGNATURE}\n"
-        + _bitconv_body("lb_popcount_builtin", planes, weight_bits, shape)
+        + _bitconv_body("lb_popcount_builtin", planes, weight_bits, shape, cout)
         + "#endif\n#if !defined(LB_BUILTIN_POPCOUNT) || defined(LB_POPCNT_AT_RUN_TIME)\n"
         f"static void {name}_portable{SIGNATURE}\n"
-        + _bitconv_body("lb_popcount_portable", planes, weight_bits, shape)
+        + _bitconv_body("lb_popcount_portable", planes, weight_bits, shape, cout)
         + "#endif\n"
         f"static void {name}{SIGNATURE}\n{{\n"
+    )
+    if vector:
+        text += (
+            "#ifdef LB_VECTOR_POPCOUNT\n"
+            f'    if (__builtin_cpu_supports("avx512vpopcntdq")) {{\n'
+            f"        {name}_vector{args};\n"
+            "        return;\n"
+            "    }\n"
+            "#endif\n"
+        )
+    return name, text + (
         "#if defined(LB_POPCNT_AT_RUN_TIME)\n"
         f'    if (__builtin_cpu_supports("popcnt")) {name}_builtin{args};\n'
         f"    else {name}_portable{args};\n"
@@ -282,12 +376,12 @@ def conv_bitserial(
     layer = node.output[0].removesuffix(".acc")
     cout, cin, kh, kw = weights.shape
     words = words_per_pixel(cin)
-    packed_weights = weight_planes(weights, bits, f"{plan.label}: {layer}")
+    packed_weights = stored_weight_planes(weights, bits, f"{plan.label}: {layer}")
     var = plan.const(f"lb_w{len(plan.constants)}", np.uint64, packed_weights)
     plan.sizes[layer]["weights"] = (var, packed_weights.nbytes)
     plan.kernels.setdefault("popcount", POPCOUNT)
     plan.kernels.setdefault("pack_planes", PACK_PLANES)
-    name, text = bitconv_kernel(planes, bits, (kh, kw, words))
+    name, text = bitconv_kernel(planes, bits, (kh, kw, words), cout)
     plan.kernels.setdefault(name, text)
     h, w = x.shape[2:]
     ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
@@ -302,8 +396,8 @@ def conv_bitserial(
     ho, wo = out_shape
     out = plan.buffer(node.output[0], np.int32, (1, cout, ho, wo))
     plan.emit(
-        f"    {name}({grid.var}, {pw}, {var}, {cout}, {strides[0]}, {strides[1]}, {ho}, "
-        f"{wo}, {out.var});\n",
+        f"    {name}({grid.var}, {pw}, {var}, {strides[0]}, {strides[1]}, {ho}, {wo}, "
+        f"{out.var});\n",
         out,
         grid,
     )
