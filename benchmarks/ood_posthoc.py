@@ -11,7 +11,11 @@ No retraining: for each fold's `plain` model (or `--candidate`), relative Mahala
   deviation (the multi-layer statistics of Lee et al. 2018 and Sastry & Oore 2020);
 - `ensemble`: the sum of `final` and the four `blockN` scores, each standardized by its mean
   and standard deviation on the fold's validation crops (known types only); `final+msp` and
-  `ensemble+msp` add the standardized MSP.
+  `ensemble+msp` add the standardized MSP;
+- `viewsV`: the backbone features summed over the first V of the 8 dihedral views of each crop
+  (`dihedral_view`: identity, flips, transposes; exact permutations of the input pixels), for
+  the training crops as for the scored ones: V = 2, 4, 8. `viewsV-mean` instead averages the V
+  views' scores, with the statistics fitted on every view of every training crop.
 Each is measured like the selection: the fold's known test crops against the pseudo-unknown type,
 mean FPR95 / AUROC over the folds. The real held-out types are never read.
 """
@@ -31,6 +35,33 @@ from lowbit.core.feature_scores import fit_feature_stats, rel_mahalanobis_score
 from lowbit.core.scores import auroc, fpr_at_95_tpr, msp
 
 SPLITS = ("train", "val", "test", "ood")
+VIEWS = (2, 4, 8)
+
+
+def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View 0..7 of images [N, C, H, W] (H = W): bit 0 flips left-right, bit 1 up-down, bit 2
+    transposes; the eight together are the square's symmetries."""
+    if view & 1:
+        x = x.flip(3)
+    if view & 2:
+        x = x.flip(2)
+    if view & 4:
+        x = x.transpose(2, 3)
+    return x
+
+
+def view_features(model, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Returns the backbone features of every dihedral view of images x, view by view."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for view in range(max(VIEWS)):
+            chunks = [
+                model.features(dihedral_view(torch.from_numpy(x[s : s + batch]), view))
+                for s in range(0, len(x), batch)
+            ]
+            out.append(torch.cat(chunks).double().numpy())
+    return out
 
 
 def block_outputs(model, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
@@ -73,6 +104,19 @@ def fold_scores(model, splits) -> dict[str, dict[str, np.ndarray]]:
     for variant, pick in inputs.items():
         stats = fit_feature_stats(pick(data["train"]), labels, classes)
         scores[variant] = {name: rel_mahalanobis_score(pick(data[name]), stats) for name in SPLITS}
+    views = {name: view_features(model, getattr(splits, name).x) for name in SPLITS}
+    for count in VIEWS:
+        summed = {name: np.sum(views[name][:count], axis=0) for name in SPLITS}
+        stats = fit_feature_stats(summed["train"], labels, classes)
+        scores[f"views{count}"] = {
+            name: rel_mahalanobis_score(summed[name], stats) for name in SPLITS
+        }
+        every = np.concatenate(views["train"][:count])
+        stats = fit_feature_stats(every, np.tile(labels, count), classes)
+        scores[f"views{count}-mean"] = {
+            name: np.mean([rel_mahalanobis_score(v, stats) for v in views[name][:count]], axis=0)
+            for name in SPLITS
+        }
     blocks = [key for key in inputs if key.startswith("block")]
     for variant, members in {
         "ensemble": ["final", *blocks],

@@ -62,12 +62,18 @@ POPCOUNT = """\
 #endif
 #endif
 
-/* The vector bodies (x86-64, GCC >= 8 or Clang >= 10): compiled for AVX-512 VPOPCNTDQ by a
-   target attribute and called only where __builtin_cpu_supports finds it. */
+/* The vector bodies (x86-64, GCC >= 8 or Clang >= 10): compiled for AVX-512 VPOPCNTDQ, with
+   loop vectorization on, by function attributes, and called only where __builtin_cpu_supports
+   finds the instruction. */
 #if defined(LB_BUILTIN_POPCOUNT) && defined(__x86_64__) && !defined(LOWBIT_NO_VECTOR_POPCOUNT) \
     && ((defined(__clang__) && __clang_major__ >= 10) || (!defined(__clang__) && __GNUC__ >= 8))
 #define LB_VECTOR_POPCOUNT 1
+#if defined(__clang__) /* vectorizes at -O2 */
 #define LB_VECTOR_TARGET __attribute__((target("popcnt,avx512f,avx512vpopcntdq")))
+#else /* GCC before 12 vectorizes only from -O3, unless asked */
+#define LB_VECTOR_TARGET \
+    __attribute__((target("popcnt,avx512f,avx512vpopcntdq"), optimize("tree-vectorize")))
+#endif
 #endif
 
 #if !defined(LB_BUILTIN_POPCOUNT) || defined(LB_POPCNT_AT_RUN_TIME)
