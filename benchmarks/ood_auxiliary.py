@@ -1,11 +1,14 @@
-"""Leave-one-known-type-out check of two self-supervised auxiliary losses for unknown types.
+"""Leave-one-known-type-out check of training changes for unknown types: two self-supervised
+auxiliary losses, and dihedral augmentation.
 
     python benchmarks/ood_auxiliary.py --aux rotation --out runs/ood_aux --folds scratch,crack
     python benchmarks/ood_auxiliary.py --aux contrastive --out runs/ood_aux
+    python benchmarks/ood_auxiliary.py --dihedral --out runs/ood_aux
 
 Trains the fold models of `benchmarks/ood_select.py` (same options, same folds, the real held-out
-types never read) with one extra loss during training, and prints every score's FPR95 / AUROC per
-fold. Compare with the `plain` candidate of `ood_select.py` on the same folds.
+types never read) with the change, and prints every score's FPR95 / AUROC per fold. Compare with
+the `plain` candidate of `ood_select.py` on the same folds; `ood_posthoc.py --runs OUT
+--candidate NAME` scores the fold models further (NAME: `rotation`, `contrastive`, `dihedral`).
 
 - `rotation`: each crop is also rotated by a random multiple of 90 degrees, and a linear head on
   the backbone features predicts the rotation (Hendrycks et al. 2019, "Using Self-Supervised
@@ -13,6 +16,9 @@ fold. Compare with the `plain` candidate of `ood_select.py` on the same folds.
 - `contrastive`: a second view of each crop (flips, brightness/contrast jitter, shifts) and the
   NT-Xent loss on a 2-layer projection of the features (SimCLR; for OOD detection with Mahalanobis
   scores: Winkens et al. 2020, "Contrastive Training for Improved Out-of-Distribution Detection").
+
+- `--dihedral`: the training augmentation (random left-right flips and shifts) also flips
+  crops up-down and transposes them, each with probability 1/2: all 8 symmetries of the square.
 
 loss = task loss + --weight x auxiliary loss; the classifier sees the unrotated crops. The
 auxiliary heads live only in this script: they are not saved, so an interrupted fold resumes
@@ -110,9 +116,23 @@ def auxiliary_epoch(kind: str, weight: float, temperature: float):
     return train_epoch
 
 
+def dihedral_augment(augment):
+    """Returns `augment` (loop.augment) followed by random up-down flips and transposes."""
+
+    def dihedral(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
+        x = augment(x, generator, max_shift)
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(2), x)
+        turn = torch.rand(len(x), generator=generator) < 0.5
+        return torch.where(turn[:, None, None, None], x.transpose(2, 3), x).contiguous()
+
+    return dihedral
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--aux", choices=("rotation", "contrastive"), required=True)
+    parser.add_argument("--aux", choices=("rotation", "contrastive"), default=None)
+    parser.add_argument("--dihedral", action="store_true", help="dihedral augmentation instead")
     parser.add_argument("--weight", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=0.2, help="contrastive only")
     parser.add_argument("--epochs", type=int, default=24)
@@ -121,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default=None, help="pseudo-unknown types (default: all known)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if (args.aux is None) == (not args.dihedral):
+        parser.error("give one of --aux and --dihedral")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     options = SelectionOptions(
         epochs=args.epochs,
@@ -128,15 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         folds=tuple(args.folds.split(",")) if args.folds else None,
     )
-    original, loop.train_epoch = (
-        loop.train_epoch,
-        auxiliary_epoch(args.aux, args.weight, args.temperature),
-    )
+    name = args.aux or "dihedral"
+    original = loop.train_epoch, loop.augment
+    if args.dihedral:
+        loop.augment = dihedral_augment(loop.augment)
+    else:
+        loop.train_epoch = auxiliary_epoch(args.aux, args.weight, args.temperature)
     try:
-        result = run_selection(options, args.out, (Candidate(args.aux),), progress=False)
+        result = run_selection(options, args.out, (Candidate(name),), progress=False)
     finally:
-        loop.train_epoch = original
-    for fold, scores in result["per_fold"][args.aux].items():
+        loop.train_epoch, loop.augment = original
+    for fold, scores in result["per_fold"][name].items():
         row = "  ".join(f"{s} {v['fpr95']:.3f}/{v['auroc']:.3f}" for s, v in scores.items())
         print(f"{fold}: {row}")
     return 0

@@ -89,9 +89,10 @@ def test_speed_worker_serves_timed_passes(tmp_path):
         worker.close()
 
 
-def test_ood_auxiliary_losses_and_fold_runs(tmp_path, capsys):
-    """The auxiliary-loss harness: its losses, its rotations, and a fold trained with each
-    auxiliary loss through lowbit's own training loop (which it leaves as it found it)."""
+def test_ood_training_changes_and_fold_runs(tmp_path, capsys):
+    """The training-change harness: its losses, its rotations, its dihedral augmentation (every
+    one of the 8 symmetries occurs), and a fold trained with each change through lowbit's own
+    training loop (which it leaves as it found it)."""
     import torch
 
     import lowbit.train.loop as loop
@@ -104,10 +105,19 @@ def test_ood_auxiliary_losses_and_fold_runs(tmp_path, capsys):
     turned, k = aux.rotated(x, torch.Generator().manual_seed(0))
     for i in range(2):
         assert torch.equal(turned[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
-    original = loop.train_epoch
-    for kind in ("rotation", "contrastive"):
-        tiny = ["--epochs", "1", "--per-class", "10", "--width", "4", "--folds", "hole"]
-        assert aux.main(["--aux", kind, *tiny, "--out", str(tmp_path / kind)]) == 0
+    x = torch.arange(64 * 3 * 4 * 4, dtype=torch.float32).reshape(64, 3, 4, 4)
+    seen = aux.dihedral_augment(loop.augment)(x, torch.Generator().manual_seed(0), 0)
+    symmetries = [x[0].flip(2), x[0].flip(1)]
+    symmetries = [x[0], *symmetries, x[0].flip(1).flip(2)]
+    symmetries += [s.transpose(1, 2) for s in symmetries]
+    assert {next(i for i, s in enumerate(symmetries) if torch.equal(s, v - v.min()))
+            for v in seen} == set(range(8))  # fmt: skip
+    original = loop.train_epoch, loop.augment
+    tiny = ["--epochs", "1", "--per-class", "10", "--width", "4", "--folds", "hole"]
+    for name, flags in (("rotation", ["--aux", "rotation"]),
+                        ("contrastive", ["--aux", "contrastive"]),
+                        ("dihedral", ["--dihedral"])):  # fmt: skip
+        assert aux.main([*flags, *tiny, "--out", str(tmp_path / name)]) == 0
         assert "hole: msp " in capsys.readouterr().out
-        assert (tmp_path / kind / "fold_hole" / kind / "metrics.json").is_file()
-    assert loop.train_epoch is original
+        assert (tmp_path / name / "fold_hole" / name / "metrics.json").is_file()
+    assert (loop.train_epoch, loop.augment) == original
