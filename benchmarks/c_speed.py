@@ -3,23 +3,21 @@
     python benchmarks/c_speed.py RUN_DIR [RUN_DIR ...] [--images 64] [--repeats 7] [--out DIR]
     python benchmarks/c_speed.py --recipe w2a2          # a calibrated conv4-64, exported here
 
-For each exported model (a run directory with model.int.onnx, model.qcdq.onnx and model.json; it
-is copied, not written to) the script writes the C target twice, `kernel="scalar"` (the
-reference) and `kernel="bitserial"`, compiles each at -O2 and at -O3 -march=native (and the
-bit-serial one at -O2 with -DLOWBIT_NO_VECTOR_POPCOUNT, what a CPU without AVX-512 VPOPCNTDQ
-runs), checks that
-the C logits equal the numpy runtime's on the benchmark inputs, and times per image: the C
-library called image by image through ctypes (one `<prefix>_infer` call per image: input
-quantization, the integer body, the logits and the deployed unknown-type score), lowbit's numpy
-runtime, onnxruntime on the QCDQ graph and on a plain fp32 graph of the same architecture (random
-weights: speed does not depend on them), onnxruntime with its default threads and with one
-thread (intra_op_num_threads=1). Each executor is timed in a fresh process of its own that
-imports numpy and that executor only (speed_worker.py; numpy with one BLAS thread), on the same
-.npy input; the processes start together and take turns, one pass over the images at a time,
-so that all of them sample the same stretches of this machine's changing speed
-(runtime_speed.py). Medians over repeats of CPU and wall ms per image (CPU time counts every
-thread of the process). Then the time of each step of the bit-serial -O2 library,
-measured through its debug tap (`--layers`). Writes c_speed.json.
+For each exported model (a run directory with model.int.onnx, model.qcdq.onnx and model.json; it is
+copied, not written to) the script writes the C target twice, `kernel="scalar"` (the reference) and
+`kernel="bitserial"`, compiles each at -O2 and at -O3 -march=native (and the bit-serial one at -O2
+with -DLOWBIT_NO_VECTOR_POPCOUNT, what a CPU without AVX-512 VPOPCNTDQ runs), checks that the C
+logits equal the numpy runtime's on the benchmark inputs, and times per image: the C library called
+image by image through ctypes (one `<prefix>_infer` call per image: input quantization, the integer
+body, the logits and the deployed unknown-type score), lowbit's numpy runtime, onnxruntime on the
+QCDQ graph and on a plain fp32 graph of the same architecture (random weights: speed does not depend
+on them), onnxruntime with its default threads and with one thread (intra_op_num_threads=1). Each
+executor is timed in a fresh process of its own that imports numpy and that executor only
+(speed_worker.py; numpy with one BLAS thread), on the same .npy input; the processes start together
+and take turns, one pass over the images at a time, so that all of them sample the same stretches of
+this machine's changing speed (runtime_speed.py). Medians over repeats of CPU and wall ms per image
+(CPU time counts every thread of the process). Then the time of each step of the bit-serial -O2
+library, measured through its debug tap (`--layers`). Writes c_speed.json.
 """
 
 from __future__ import annotations
@@ -164,8 +162,8 @@ def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict
             assert np.array_equal(c_model.run(x)["logits"], expected), f"{kernel} {label}"
             spec = {**common, "kind": "c", "model": str(library), "batch": 1}
             specs[f"C {kernel} {label} (batch 1)"] = spec
-    # the bit-serial -O2 library without its vector body: what a CPU without AVX-512 VPOPCNTDQ
-    # runs (the same as the vector build there)
+    # the bit-serial -O2 library without its vector body: what the default build runs on a CPU
+    # without AVX-512 VPOPCNTDQ
     library = compile_c_target(
         export_dir / C_DIR, work / "bitserial-novector.so", defines=(NO_VECTOR,)
     )
