@@ -50,18 +50,19 @@ def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
     return x
 
 
-def view_features(model, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
-    """Returns the backbone features of every dihedral view of images x, view by view."""
-    out = []
+def view_outputs(model, x: np.ndarray, batch: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Returns [(features, logits)] of images x, one pair per dihedral view (float64)."""
+    pairs = []
     model.eval()
     with torch.no_grad():
         for view in range(max(VIEWS)):
-            chunks = [
-                model.features(dihedral_view(torch.from_numpy(x[s : s + batch]), view))
-                for s in range(0, len(x), batch)
-            ]
-            out.append(torch.cat(chunks).double().numpy())
-    return out
+            features, logits = [], []
+            for start in range(0, len(x), batch):
+                f = model.features(dihedral_view(torch.from_numpy(x[start : start + batch]), view))
+                features.append(f.double().numpy())
+                logits.append(model.head(f).double().numpy())
+            pairs.append((np.concatenate(features), np.concatenate(logits)))
+    return pairs
 
 
 def block_outputs(model, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
@@ -104,7 +105,7 @@ def fold_scores(model, splits) -> dict[str, dict[str, np.ndarray]]:
     for variant, pick in inputs.items():
         stats = fit_feature_stats(pick(data["train"]), labels, classes)
         scores[variant] = {name: rel_mahalanobis_score(pick(data[name]), stats) for name in SPLITS}
-    views = {name: view_features(model, getattr(splits, name).x) for name in SPLITS}
+    views = {name: [f for f, _ in view_outputs(model, getattr(splits, name).x)] for name in SPLITS}
     for count in VIEWS:
         summed = {name: np.sum(views[name][:count], axis=0) for name in SPLITS}
         stats = fit_feature_stats(summed["train"], labels, classes)

@@ -4,7 +4,7 @@
 
 For each run directory of `lowbit train` / `lowbit bench` (quantized runs through their
 fake-quant model, whose feature codes equal the integer graph's): the run's own splits are
-loaded, every crop is seen in the first V of its 8 dihedral views (`ood_posthoc.dihedral_view`),
+loaded, every crop is seen in the first V of its 8 dihedral views (`ood_posthoc.view_outputs`),
 the backbone features are summed over the views, the relative Mahalanobis statistics are fitted
 on the training split's summed features, and the test crops of the known types are scored
 against the run's held-out types: FPR95 and AUROC for V = 1 (the deployed score), 2, 4 and 8,
@@ -20,29 +20,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from ood_posthoc import VIEWS, dihedral_view  # beside this script
+from ood_posthoc import VIEWS, view_outputs  # beside this script
 
 from lowbit.core.feature_scores import fit_feature_stats, rel_mahalanobis_score
 from lowbit.core.scores import auroc, fpr_at_95_tpr, msp
 from lowbit.io import atomic_write_json
 
 SPLITS = ("train", "test", "ood")
-
-
-def outputs_by_view(model, x: np.ndarray, batch: int = 256) -> list[tuple[np.ndarray, ...]]:
-    """Returns [(features, logits)] of images x, one pair per dihedral view."""
-    pairs = []
-    model.eval()
-    with torch.no_grad():
-        for view in range(max(VIEWS)):
-            features, logits = [], []
-            for start in range(0, len(x), batch):
-                f = model.features(dihedral_view(torch.from_numpy(x[start : start + batch]), view))
-                features.append(f.double().numpy())
-                logits.append(model.head(f).double().numpy())
-            pairs.append((np.concatenate(features), np.concatenate(logits)))
-    return pairs
 
 
 def run_row(run: Path) -> dict:
@@ -59,7 +43,7 @@ def run_row(run: Path) -> dict:
         seed=train["seed"],
         per_class=train["per_class"],
     )
-    outputs = {name: outputs_by_view(model, getattr(splits, name).x) for name in SPLITS}
+    outputs = {name: view_outputs(model, getattr(splits, name).x) for name in SPLITS}
     test_logits = outputs["test"][0][1]
     known, unknown = msp(test_logits), msp(outputs["ood"][0][1])
     row = {

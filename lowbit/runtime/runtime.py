@@ -85,8 +85,7 @@ class Runtime:
         self._steps = _with_releases(steps, kept)
         # with the head as one step; without, for runs that name a tensor inside the head
         self._fused_bases = _fused(steps, self._graph, plans)
-        self._fused_base = self._fused_bases[0]
-        self._fused_steps = _with_releases(self._fused_base, kept)
+        self._fused_steps = _with_releases(self._fused_bases[0], kept)
         self._reused_outputs = {
             s.output for s in self._fused_steps if s.reuses_output and s.output in kept
         }
