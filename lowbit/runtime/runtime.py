@@ -220,8 +220,17 @@ class Runtime:
             if not keep:
                 for released in step.release:
                     del tensors[released]
-        for name in () if keep else reused:
-            tensors[name] = tensors[name].copy()
+        if not keep:
+            # A workspace step overwrites its output on the next chunk this thread runs, and so
+            # does every view of it (Flatten, Reshape): copy both kinds of kept tensor.
+            for name, value in tensors.items():
+                if name in reused or (
+                    name not in self._graph.initializers
+                    and name != self.input_name
+                    and isinstance(value, np.ndarray)
+                    and value.base is not None
+                ):
+                    tensors[name] = value.copy()
         return tensors
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:

@@ -66,3 +66,19 @@ def test_returned_tensors_are_not_overwritten_by_the_next_run(runtime):
     runtime.run(second_x, outputs=[FEATURES])
     for name, value in first.items():
         assert np.array_equal(value, kept[name]), name
+
+
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_view_of_a_workspace_survives_the_next_chunk(threads):
+    """With a 1x1 last feature map, "flat" (Flatten of the last fused step's pooled codes) is a
+    view of that step's workspace, which the thread's next chunk overwrites: each chunk's
+    tensor must be its own, at any chunk size."""
+    model = conv4_model(np.random.default_rng(0), channels=(3, 8, 8, 8, 8), size=16)
+    runtime = Runtime(model, threads=threads)
+    x = np.random.default_rng(3).standard_normal((70, 3, 16, 16)).astype(np.float32)
+    every = runtime.run(x, keep_intermediates=True)
+    for chunk in (7, 16, 32):
+        named = runtime.run(x, outputs=["flat"], batch_size=chunk)
+        assert np.array_equal(named["flat"], every["flat"]), chunk
