@@ -144,6 +144,9 @@ def step_times(library: Path, classes: int, x: np.ndarray, repeats: int) -> dict
 
 def bench_model(export_dir: Path, images: int, repeats: int, work: Path) -> dict:
     description = json.loads((export_dir / "model.json").read_text())
+    if description.get("ood"):  # one pass of the graph, as every other executor here runs it;
+        # a detector with views runs the body once per view (docs/accelerator_targets.md)
+        description["ood"] = {**description["ood"], "views": 1}
     classes = len(description["class_names"])
     x = np.random.default_rng(0).uniform(-2, 2, (images, 3, 32, 32)).astype(np.float32)
     runtime = Runtime(export_dir / "model.int.onnx")

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from lowbit.artifacts import CONFIG_FILE
-from lowbit.core.scores import DEFAULT_OOD_SCORE
+from lowbit.core.scores import DEFAULT_OOD_SCORE, default_views
 from lowbit.data import NORMALIZATION, crop_rule
 from lowbit.export.api import export_model
 from lowbit.fewshot.openset import integer_calibration
@@ -32,11 +32,12 @@ def export_run(
     *,
     batch: int | None = None,
     ood_score: str | None = None,
+    ood_views: int | None = None,
     tpr: float = 0.95,
 ) -> tuple[Path, dict]:
     """Exports a trained run (see export_with_targets); returns (export folder, model.json)."""
     out_dir, description, _ = export_with_targets(
-        run_dir, out_dir, batch=batch, ood_score=ood_score, tpr=tpr
+        run_dir, out_dir, batch=batch, ood_score=ood_score, ood_views=ood_views, tpr=tpr
     )
     return out_dir, description
 
@@ -48,10 +49,12 @@ def export_with_targets(
     targets: tuple[str, ...] = (),
     batch: int | None = None,
     ood_score: str | None = None,
+    ood_views: int | None = None,
     tpr: float = 0.95,
 ) -> tuple[Path, dict, dict[str, list[str]]]:
     """Exports a trained run: fits the feature-score statistics on its training split and
-    calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split.
+    calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split,
+    on the features summed over `ood_views` dihedral views (None: the score's default_views).
 
     Holds the writer lock of `out_dir` (default: the run directory); the files of `targets`
     (lowbit/targets/__init__.py) are published in one set with the graphs. Returns (export
@@ -75,7 +78,9 @@ def export_with_targets(
         splits = splits_for(record, run_dir / CONFIG_FILE)
         # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
         fit = (splits.train.x, splits.train.y, len(record["class_names"]))
-        ood = integer_calibration(splits.val.x, ood_score or DEFAULT_OOD_SCORE, tpr, fit=fit)
+        score = ood_score or DEFAULT_OOD_SCORE
+        views = default_views(score) if ood_views is None else ood_views
+        ood = integer_calibration(splits.val.x, score, tpr, fit=fit, views=views)
         description = export_model(
             model,
             out_dir,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.artifacts import DESCRIPTION_FILE, INT_GRAPH_FILE
+from lowbit.core.feature_scores import FEATURE_TENSOR
 from lowbit.errors import InputError, ModelFileError
 from lowbit.io import atomic_write_bytes
 from lowbit.manifest import check_export, read_description
@@ -59,20 +60,20 @@ def load_input(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: cannot read array ({error})") from None
 
 
-def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None]:
-    """Returns (model.json's "ood" entry, feature statistics) of an export folder whose
-    detector is calibrated; (None, None) for a bare graph file or an uncalibrated export."""
+def _detector(export_dir: Path | None) -> tuple[dict | None, dict | None, int]:
+    """Returns (model.json's "ood" entry, feature statistics, view count) of an export folder
+    whose detector is calibrated; (None, None, 1) for a bare graph file or an uncalibrated one."""
     if export_dir is None or not (export_dir / DESCRIPTION_FILE).is_file():
-        return None, None
+        return None, None, 1
     from lowbit.core.feature_scores import load_export_stats
-    from lowbit.fewshot.predict import needs_features
+    from lowbit.fewshot.predict import export_views, needs_features
 
     description = read_description(export_dir)
     ood = description.get("ood")
     if not isinstance(ood, dict) or ood.get("threshold") is None:
-        return None, None
+        return None, None, 1
     stats = load_export_stats(export_dir, description) if needs_features(ood) else None
-    return ood, stats
+    return ood, stats, export_views(description, export_dir)
 
 
 def infer_file(
@@ -101,16 +102,24 @@ def infer_file(
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
     runtime = Runtime(model)
-    ood, stats = _detector(export_dir)
+    ood, stats, views = _detector(export_dir)
     x = load_input(input_path)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
     try:
-        outputs = runtime.run(
-            x, batch_size=batch_size or DEFAULT_BATCH_SIZE, keep_intermediates=stats is not None
-        )
+        outputs = runtime.run(x, batch_size=batch_size, keep_intermediates=stats is not None)
+        if stats is not None and views > 1:  # the score reads features summed over the views
+            from lowbit.core.views import dihedral_view
+
+            features = outputs[FEATURE_TENSOR].astype(np.int64)
+            for view in range(1, views):
+                more = runtime.run(
+                    dihedral_view(x, view), batch_size=batch_size, outputs=[FEATURE_TENSOR]
+                )
+                features = features + more[FEATURE_TENSOR]
+            outputs[FEATURE_TENSOR] = features
     except InputError as error:  # the runtime names the tensor; the user needs the file too
         raise InputError(f"{input_path}: {error}") from None
     if ood is not None:
-        from lowbit.core.feature_scores import FEATURE_TENSOR
         from lowbit.core.scores import score
 
         features = outputs.get(FEATURE_TENSOR)

@@ -117,6 +117,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
         targets=targets,
         batch=parse_batch(args.batch),
         ood_score=args.ood_score,
+        ood_views=args.ood_views,
     )
     return {
         "out": str(out_dir),

@@ -231,7 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ood-score",
         default=None,
         help="deployed unknown-type score: msp, max_logit, energy, prototype, mahalanobis, "
-        "rel_mahalanobis (default: lowbit's selected one)",
+        "rel_mahalanobis, residual, vim (default: lowbit's selected one)",
+    )
+    export.add_argument(
+        "--ood-views",
+        type=int,
+        default=None,
+        choices=(1, 2, 4, 8),
+        help="dihedral views of each crop whose features the score sums (prototype, "
+        "mahalanobis, rel_mahalanobis, residual; default 8 for these, 1 otherwise)",
     )
     export.set_defaults(func=cmd_export)
 

@@ -18,6 +18,12 @@ from lowbit.core.logit_scores import LOGIT_SCORES, energy, max_logit, msp
 
 __all__ = [
     "DEFAULT_OOD_SCORE",
+    "DEFAULT_OOD_VIEWS",
+    "VIEW_SCORES",
+    "check_detector",
+    "default_views",
+    "detector_name",
+    "ood_views",
     "LOGIT_SCORES",
     "SCORES",
     "all_scores",
@@ -63,9 +69,48 @@ def all_scores(
     return {name: score(name, logits, features, stats) for name in names}
 
 
-# The score an export deploys by default (model.json "ood"), chosen by leave-one-known-type-out
-# validation (lowbit/bench/ood_selection.py; docs/unknown_types.md gives the command and table).
+# The detector an export deploys by default (model.json "ood": score and views), chosen by
+# leave-one-known-type-out validation (lowbit/bench/ood_selection.py; docs/unknown_types.md gives
+# the command and table): relative Mahalanobis on the features summed over 8 dihedral views.
 DEFAULT_OOD_SCORE = "rel_mahalanobis"
+DEFAULT_OOD_VIEWS = 8
+
+# Feature scores that read the features summed over a crop's dihedral views (lowbit/core/views.py).
+# vim also reads the logits, which stay those of view 0, so it is left at one view.
+VIEW_SCORES = ("prototype", "mahalanobis", "rel_mahalanobis", "residual")
+
+
+def default_views(name: str) -> int:
+    """Returns the view count an export uses for score `name` unless told otherwise."""
+    return DEFAULT_OOD_VIEWS if name in VIEW_SCORES else 1
+
+
+def check_detector(name: str, views: int) -> None:
+    """ValueError unless score `name` can read `views` views (1, 2, 4 or 8)."""
+    from lowbit.core.views import check_views
+
+    check_views(views)
+    if name not in SCORES:
+        raise ValueError(f"unknown OOD score {name!r}: choose from {', '.join(SCORES)}")
+    if views > 1 and name not in VIEW_SCORES:
+        raise ValueError(
+            f"score {name!r} reads one view; views > 1 work with {', '.join(VIEW_SCORES)}"
+        )
+
+
+def detector_name(name: str, views: int = 1) -> str:
+    """Returns the detector's name in metrics.json and reports: the score, with its view count
+    when it reads more than one view ("rel_mahalanobis@8views")."""
+    return name if views == 1 else f"{name}@{views}views"
+
+
+def ood_views(ood: dict | None) -> int:
+    """Returns model.json's "ood" view count (1 when absent: one view, the crop itself);
+    ValueError naming the field when it is not 1, 2, 4 or 8."""
+    from lowbit.core.views import check_views
+
+    views = (ood or {}).get("views")
+    return 1 if views is None else check_views(views, "model.json: ood.views")
 
 
 def _check_scores(scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,9 +38,10 @@ from lowbit.core.feature_scores import add_class, load_export_stats
 from lowbit.core.feature_scores import drop_class as drop_class_stats
 from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError, ModelFileError, VerifyError, WriteError
-from lowbit.fewshot.features import prototype, runtime_features
+from lowbit.fewshot.features import prototype, runtime_features, runtime_view_outputs
 from lowbit.fewshot.images import load_images
 from lowbit.fewshot.openset import integer_calibration
+from lowbit.fewshot.predict import export_views
 from lowbit.io import make_dir, named_in, writing
 from lowbit.lock import writer_lock
 from lowbit.manifest import publish, read_description, read_manifest
@@ -212,6 +213,7 @@ def _rebuild(
                 ood.get("score", "msp"),
                 ood.get("tpr") or 0.95,
                 stats=refit(stats) if stats is not None else None,
+                views=export_views(description, export_dir),
             ),
             batch=_fixed_batch(old_graph),
             source_run=slot,
@@ -282,7 +284,10 @@ def enroll_class(
         x = load_images(images, size, description["input"]["normalization"])
         runtime = Runtime(export_dir / description["files"]["int"])
         support = runtime_features(runtime, x)
-        row = prototype(support)
+        row = prototype(support)  # the head classifies view 0, the image itself
+        views = export_views(description, export_dir)
+        # the detector's statistics read the features summed over its views (model.json "ood")
+        support_views = runtime_view_outputs(runtime, x, views)[1] if views > 1 else support
         timing["features_s"] = time.perf_counter() - start
         start = time.perf_counter()
         model, record = _load_source(export_dir, description)
@@ -305,7 +310,7 @@ def enroll_class(
             verify_n=verify_n,
             verify_random=verify_random,
             progress=progress,
-            refit=lambda stats: add_class(stats, support),
+            refit=lambda stats: add_class(stats, support_views),
         )
         timing["total_s"] = time.perf_counter() - total
         log.info("enrolled %r from %d images into %s", name, len(x), export_dir)

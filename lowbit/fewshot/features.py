@@ -32,6 +32,16 @@ def runtime_outputs(runtime, x: np.ndarray, batch_size: int = 128) -> tuple[np.n
     return np.concatenate(logits), np.concatenate(features)
 
 
+def runtime_view_outputs(
+    runtime, x: np.ndarray, views: int, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (float64 logits of the images [N, K], int64 feature codes [N, F] summed over
+    `views` dihedral views, lowbit.core.views) from a Runtime."""
+    from lowbit.core.views import view_outputs
+
+    return view_outputs(lambda images: runtime_outputs(runtime, images, batch_size), x, views)
+
+
 def runtime_features(runtime, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Returns int64 feature codes [N, F] from a lowbit.runtime.Runtime of model.int.onnx."""
     return runtime_outputs(runtime, x, batch_size)[1]

@@ -58,6 +58,7 @@ def integer_calibration(
     *,
     fit: tuple[np.ndarray, np.ndarray, int] | None = None,
     stats: dict | None = None,
+    views: int = 1,
 ):
     """Returns graph -> model.json's "ood" entry, calibrated on that integer graph's outputs.
 
@@ -67,32 +68,41 @@ def integer_calibration(
     exactly the target TPR of the calibration images. Feature statistics are fitted on the
     graph's own feature codes of `fit` = (x_train, y_train, classes), or taken from `stats`; the
     entry then carries them under "stats_arrays" (export_model writes them to model.ood.npz).
+    With `views` > 1 the feature codes are summed over that many dihedral views of each image
+    (lowbit.core.views), for the statistics and the threshold alike; the entry says so.
     """
     from lowbit.core.feature_scores import FEATURE_SCORES, fit_feature_stats
+    from lowbit.core.scores import check_detector
 
     if score in FEATURE_SCORES and fit is None and stats is None:
         raise ConfigError(f"OOD score {score!r} needs feature statistics: fit them on train")
+    try:
+        check_detector(score, views)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
     def calibrate(int_graph) -> dict:
-        from lowbit.fewshot.features import FEATURE_TENSOR, runtime_outputs
+        from lowbit.fewshot.features import FEATURE_TENSOR, runtime_view_outputs
         from lowbit.runtime import Runtime
 
         runtime = Runtime(int_graph)
         fitted, fitted_images = stats, None
         if fit is not None:
             x_train, y_train, classes = fit
-            train_logits, train_features = runtime_outputs(runtime, x_train)
+            train_logits, train_features = runtime_view_outputs(runtime, x_train, views)
             fitted = fit_feature_stats(train_features, y_train, classes, train_logits)
             fitted_images = int(len(x_train))
-        logits, features = runtime_outputs(runtime, x_val)
+        logits, features = runtime_view_outputs(runtime, x_val, views)
         scores = ood_score(logits, score, features, fitted)
         entry = {
             "score": score,
+            "views": views,
             "threshold": calibrate_threshold(scores, tpr),
             "tpr": tpr,
             "calibrated_on": calibrated_on,
             "calibration_images": int(len(x_val)),
-            "units": f"{score} of {INT_GRAPH_FILE}'s outputs",
+            "units": f"{score} of {INT_GRAPH_FILE}'s outputs"
+            + (f", features summed over {views} dihedral views" if views > 1 else ""),
         }
         if fitted is not None:
             entry["stats"] = {

@@ -43,6 +43,36 @@ def needs_features(ood: dict | None) -> bool:
     return is_feature_score((ood or {}).get("score") or "msp")
 
 
+def export_views(description: dict, export_dir: str | Path) -> int:
+    """Returns model.json's "ood" view count; ModelFileError naming the file when malformed."""
+    from lowbit.core.scores import VIEW_SCORES, ood_views
+    from lowbit.errors import ModelFileError
+
+    where = Path(export_dir) / DESCRIPTION_FILE
+    ood = description.get("ood") or {}
+    try:
+        views = ood_views(ood)
+    except ValueError as error:
+        raise ModelFileError(f"{where}: {error}") from None
+    if views > 1 and ood.get("score") not in VIEW_SCORES:
+        raise ModelFileError(
+            f"{where}: ood.score {ood.get('score')!r} reads one view, ood.views is {views}; "
+            "re-export the model"
+        )
+    return views
+
+
+def run_views(runtime, x: np.ndarray, views: int, features: bool) -> tuple:
+    """Returns (logits of the images, feature codes summed over `views` dihedral views, or None
+    without `features`) from one runtime call on the views stacked into one batch."""
+    from lowbit.core.views import stack_views, sum_views
+
+    if not features:
+        return runtime.run(x)["logits"], None
+    outputs = runtime.run(stack_views(x, views), outputs=[FEATURE_TENSOR])
+    return outputs["logits"][: len(x)], sum_views(outputs[FEATURE_TENSOR], views)
+
+
 def decide(
     logits: np.ndarray,
     class_names: Sequence[str],
@@ -104,6 +134,7 @@ class Classifier:
         self.stats = (
             load_export_stats(export_dir, self.description) if needs_features(self.ood) else None
         )
+        self.views = export_views(self.description, export_dir)
 
     def predict(
         self,
@@ -125,9 +156,8 @@ class Classifier:
             None if whole_image else crop,
         )
         stats = self.stats
-        outputs = self.runtime.run(x, keep_intermediates=stats is not None)
-        features = outputs[FEATURE_TENSOR] if stats is not None else None
-        rows = decide(outputs["logits"], description["class_names"], self.ood, features, stats)
+        logits, features = run_views(self.runtime, x, self.views, stats is not None)
+        rows = decide(logits, description["class_names"], self.ood, features, stats)
         return [
             {
                 "image": image_name(image, index),

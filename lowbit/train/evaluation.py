@@ -3,9 +3,11 @@
 metrics.json keys (stable, snake_case): recipe, head, loss, tau, epochs, seed, parameter_bits
 (lowbit.models.accounting; before format 2 of model.json this key was `model_bits`),
 accuracy, val_accuracy, per_class_accuracy, confusion_matrix, class_names, num_test, num_ood,
-ood ({score} x {auroc, fpr95} for every score of lowbit.core.scores.SCORES, or null without OOD
-samples) and ood_default (the score an export deploys by default). Feature scores are fitted on
-the training split's feature codes, exactly as an export fits them.
+ood ({score} x {auroc, fpr95} for every score of lowbit.core.scores.SCORES, and for the feature
+scores of VIEW_SCORES on the features summed over DEFAULT_OOD_VIEWS dihedral views as
+"<score>@8views"; null without OOD samples) and ood_default (the detector an export deploys by
+default, "rel_mahalanobis@8views"). Feature scores are fitted on the training split's feature
+codes (summed over the views for the view detectors), exactly as an export fits them.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ import numpy as np
 import torch
 
 from lowbit.core.feature_scores import fit_feature_stats
-from lowbit.core.scores import DEFAULT_OOD_SCORE
+from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, VIEW_SCORES, detector_name
+from lowbit.core.views import dihedral_view
 from lowbit.models import LowbitModel
 from lowbit.models.accounting import parameter_bits
 from lowbit.train.config import TrainConfig
-from lowbit.train.metrics import accuracy, confusion_matrix, ood_metrics, per_class_accuracy
+from lowbit.train.metrics import (
+    accuracy,
+    confusion_matrix,
+    feature_metrics,
+    ood_metrics,
+    per_class_accuracy,
+)
 
 
 def predict_logits(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -71,17 +80,40 @@ def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> n
 
 
 def ood_evaluation(
-    model: LowbitModel, splits, logits_in: np.ndarray, features_in: np.ndarray
+    model: LowbitModel,
+    splits,
+    logits_in: np.ndarray,
+    features_in: np.ndarray,
+    views: int = DEFAULT_OOD_VIEWS,
 ) -> dict | None:
     """Returns metrics.json's "ood": every score's AUROC and FPR95, splits.test (whose logits
-    and features are given) vs splits.ood; feature scores fitted on splits.train."""
+    and features are given) vs splits.ood; feature scores fitted on splits.train. With `views`
+    > 1 the scores of VIEW_SCORES are measured again on the features summed over that many
+    dihedral views (lowbit.core.views), fitted the same way: "<score>@<views>views"."""
     ood = getattr(splits, "ood", None)
     if ood is None or len(ood.x) == 0 or len(logits_in) == 0:
         return None
+    classes = len(splits.class_names)
     train_logits, train_features = model_outputs(model, splits.train.x)
-    stats = fit_feature_stats(train_features, splits.train.y, len(splits.class_names), train_logits)
+    stats = fit_feature_stats(train_features, splits.train.y, classes, train_logits)
     logits_out, features_out = model_outputs(model, ood.x)
-    return ood_metrics(logits_in, logits_out, features_in, features_out, stats)
+    metrics = ood_metrics(logits_in, logits_out, features_in, features_out, stats)
+    if views > 1:
+
+        def summed(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+            dtype = np.int64 if np.issubdtype(first.dtype, np.integer) else np.float64
+            total = first.astype(dtype)
+            for view in range(1, views):
+                total = total + model_outputs(model, dihedral_view(x, view))[1].astype(dtype)
+            return total
+
+        train_summed = summed(splits.train.x, train_features)
+        stats_views = fit_feature_stats(train_summed, splits.train.y, classes)
+        scored = feature_metrics(
+            summed(splits.test.x, features_in), summed(ood.x, features_out), stats_views
+        )
+        metrics.update({detector_name(name, views): scored[name] for name in VIEW_SCORES})
+    return metrics
 
 
 def split_accuracy(model: LowbitModel, split) -> float | None:
@@ -114,5 +146,5 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "num_test": int(len(pred)),
         "num_ood": int(len(ood.x)) if ood is not None else 0,
         "ood": ood_evaluation(model, splits, logits, features),
-        "ood_default": DEFAULT_OOD_SCORE,
+        "ood_default": detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS),
     }

@@ -40,6 +40,22 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.nd
     return counts.reshape(num_classes, num_classes)
 
 
+def feature_metrics(
+    features_in: np.ndarray, features_out: np.ndarray, stats: dict
+) -> dict[str, dict[str, float]]:
+    """Returns {feature score name: {"auroc": ..., "fpr95": ...}} of in vs out feature codes."""
+    from lowbit.core.feature_scores import SCORE_FUNCTIONS
+
+    result = {}
+    for name, function in SCORE_FUNCTIONS.items():
+        scores_in, scores_out = function(features_in, stats), function(features_out, stats)
+        result[name] = {
+            "auroc": auroc(scores_in, scores_out),
+            "fpr95": fpr_at_95_tpr(scores_in, scores_out),
+        }
+    return result
+
+
 def ood_metrics(
     logits_in: np.ndarray,
     logits_out: np.ndarray,

@@ -139,7 +139,12 @@ def eval_report(
             "images",
             "(AUROC: higher is better; FPR95: share of unknowns accepted while 95% of knowns are)",
         ]
-        deployed = ((description or {}).get("ood") or {}).get("score")
+        deployed = None
+        ood = (description or {}).get("ood") or {}
+        if ood.get("score"):
+            from lowbit.core.scores import detector_name
+
+            deployed = detector_name(ood["score"], int(ood.get("views") or 1))
         lines += [ood_table(metrics, deployed), ""]
     else:
         lines += ["unknown types: none held out (train with --unknown A,B to measure them)", ""]

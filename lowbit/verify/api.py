@@ -191,7 +191,9 @@ def verify_export(
             seen["max_abs_diff"] = max(seen["max_abs_diff"], worst)
             seen["ok"] = seen["ok"] and tail["ok"]
             if detector.active and (executor == "runtime" or not detector.feature_score):
-                features = tensors.get(FEATURE_TENSOR) if executor == "runtime" else None
+                features = None
+                if executor == "runtime" and detector.feature_score:
+                    features = detector.runtime_features(runtime, x, tensors[FEATURE_TENSOR])
                 scores = detector.scores(logits, features)
                 stated_score = detector.tolerance(stated)
                 row = compare_decisions(
@@ -239,34 +241,49 @@ def verify_export(
 class _Detector:
     """The export's deployed unknown-type score, computed from each executor's outputs.
 
-    A feature score reads exact integer feature codes: equal codes give bit-identical float64
-    scores (one numpy function), so its tolerance is 0. A logit score moves by at most the logit
-    tail's tolerance (lowbit/verify/compare.py).
+    A feature score reads exact integer feature codes (with views: summed over the image's
+    dihedral views, each view run through the same executor): equal codes give bit-identical
+    float64 scores (one numpy function), so its tolerance is 0. A logit score moves by at most
+    the logit tail's tolerance (lowbit/verify/compare.py).
     """
 
     def __init__(self, export_dir: Path, description: dict) -> None:
-        from lowbit.core.scores import is_feature_score
+        from lowbit.core.scores import detector_name, is_feature_score
+        from lowbit.fewshot.predict import export_views
 
         ood = description.get("ood") or {}
-        self.name = ood.get("score") or "msp"
+        self.score = ood.get("score") or "msp"
+        self.views = export_views(description, export_dir)
+        self.name = detector_name(self.score, self.views)
         self.threshold = ood.get("threshold")
         self.active = self.threshold is not None
-        self.feature_score = is_feature_score(self.name)
+        self.feature_score = is_feature_score(self.score)
         self.stats = load_export_stats(export_dir, description) if self.feature_score else None
 
     def scores(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         from lowbit.core.scores import score
 
-        return score(self.name, logits, features, self.stats)
+        return score(self.score, logits, features, self.stats)
+
+    def runtime_features(self, runtime, x: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Returns the runtime's feature codes of x summed over the views; `first`: view 0's."""
+        from lowbit.core.views import dihedral_view
+
+        features = first.astype(np.int64)
+        for view in range(1, self.views):
+            more = runtime.run(dihedral_view(x, view), outputs=[FEATURE_TENSOR])
+            features = features + more[FEATURE_TENSOR]
+        return features
 
     def reference_scores(self, model: LowbitModel, x: np.ndarray, logits: np.ndarray):
         if not self.active:
             return None
         features = None
         if self.feature_score:
-            from lowbit.train.evaluation import feature_codes
+            from lowbit.core.views import view_outputs
+            from lowbit.train.evaluation import model_outputs
 
-            features = feature_codes(model, x)
+            features = view_outputs(lambda images: model_outputs(model, images), x, self.views)[1]
         return self.scores(logits, features)
 
     def tolerance(self, logit_tolerance: float | np.ndarray) -> float:

@@ -17,7 +17,13 @@ from lowbit.bench.report import CSV_COLUMNS, SCHEMA_VERSION, markdown
 from lowbit.bench.sweep import run_dir_of, train_config
 from lowbit.cli.commands import _bench_options, cmd_bench
 from lowbit.cli.parser import build_parser
-from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
+from lowbit.core.scores import (
+    DEFAULT_OOD_SCORE,
+    DEFAULT_OOD_VIEWS,
+    SCORES,
+    VIEW_SCORES,
+    detector_name,
+)
 from lowbit.errors import ConfigError
 
 ROW_KEYS = {
@@ -25,6 +31,8 @@ ROW_KEYS = {
     "fewshot", "deployed_bits", "bops", "layers", "latency_ms", "verify", "confusion_matrix",
     "class_names", "train_seconds", "seconds", "reused", "ood_default",
 }  # fmt: skip
+
+DEPLOYED = detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS)
 
 
 def test_results_json_schema(tiny_sweep):
@@ -43,8 +51,10 @@ def test_results_json_schema(tiny_sweep):
     for row in saved["rows"]:
         assert set(row) == ROW_KEYS
         assert 0.0 <= row["accuracy"] <= 1.0
-        assert set(row["ood"]) == set(SCORES)
-        assert row["ood_default"] == DEFAULT_OOD_SCORE
+        assert set(row["ood"]) == set(SCORES) | {
+            detector_name(name, DEFAULT_OOD_VIEWS) for name in VIEW_SCORES
+        }
+        assert row["ood_default"] == DEPLOYED
         assert row["roc"]["fpr"][0] == 0.0 and row["roc"]["tpr"][-1] == 1.0
         assert row["deployed_bits"]["total"] == (
             row["deployed_bits"]["weights"] + row["deployed_bits"]["thresholds"]
@@ -71,7 +81,7 @@ def test_csv_and_markdown(tiny_sweep):
     assert [line["recipe"] for line in lines] == ["w2a2", "w1a2"]
     report = (out / "report.md").read_text()
     assert "| w1a2 | cosine | logitnorm |" in report and "pytest tiny sweep" in report
-    assert "deployed FPR95" in report and f"| {DEFAULT_OOD_SCORE} |" in report
+    assert "deployed FPR95" in report and f"| {DEPLOYED} |" in report
     assert "![accuracy vs deployed bits](accuracy_vs_bits.png)" in report
     section = (out / "readme_section.md").read_text()
     assert section.startswith("### Recipe sweep") and "`pytest tiny sweep`" in section

@@ -7,7 +7,13 @@ import json
 import pytest
 
 from lowbit.cli import main
-from lowbit.core.scores import DEFAULT_OOD_SCORE, SCORES
+from lowbit.core.scores import (
+    DEFAULT_OOD_SCORE,
+    DEFAULT_OOD_VIEWS,
+    SCORES,
+    VIEW_SCORES,
+    detector_name,
+)
 
 
 @pytest.mark.slow
@@ -63,7 +69,9 @@ def test_train_export_verify_eval(tmp_path, capsys):
         "seed",
     ):
         assert key in metrics
-    assert set(metrics["ood"]) == set(SCORES) and metrics["ood_default"] == DEFAULT_OOD_SCORE
+    views = {detector_name(name, DEFAULT_OOD_VIEWS) for name in VIEW_SCORES}
+    assert set(metrics["ood"]) == set(SCORES) | views
+    assert metrics["ood_default"] == detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS)
     assert main(["--quiet", "export", str(run), "--batch", "4"]) == 0
     for name in ("model.qonnx.onnx", "model.qcdq.onnx", "model.int.onnx", "model.json"):
         assert (run / name).is_file()
@@ -80,7 +88,8 @@ def test_train_export_verify_eval(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == before
     assert main(["--quiet", "eval", str(run)]) == 0
     text = capsys.readouterr().out
-    assert f"{DEFAULT_OOD_SCORE} (deployed)" in text and "None" not in text
+    deployed = detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS)
+    assert f"{deployed} (deployed)" in text and "None" not in text
     assert "loss logitnorm (τ 1), 1 epoch, seed 0" in text
     for name in (*metrics["class_names"], *SCORES, "confusion matrix", "deployed bits"):
         assert name in text, name

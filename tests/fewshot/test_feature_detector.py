@@ -1,5 +1,6 @@
 """A feature-score detector deployed in an export: fitted at export, used by predict, verify and
-enroll, identical from the fake-quant model and from the integer runtime."""
+enroll, identical from the fake-quant model and from the integer runtime. The export deploys the
+default view count (features summed over 8 dihedral views, lowbit/core/views.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ import json
 import numpy as np
 import pytest
 
-from lowbit.core.feature_scores import load_export_stats, normalize_rows
-from lowbit.core.scores import score
+from lowbit.core.feature_scores import fit_feature_stats, load_export_stats, normalize_rows
+from lowbit.core.scores import DEFAULT_OOD_VIEWS, score
+from lowbit.core.views import view_outputs
 from lowbit.deploy import export_run
-from lowbit.errors import ModelFileError
+from lowbit.errors import ConfigError, ModelFileError
 from lowbit.fewshot import calibrate_threshold, enroll_class, predict, remove_class, save_images
-from lowbit.fewshot.features import runtime_features, runtime_outputs
+from lowbit.fewshot.features import runtime_outputs, runtime_view_outputs
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
-from lowbit.train.evaluation import feature_codes, predict_logits
+from lowbit.train.evaluation import feature_codes, model_outputs, predict_logits
 from lowbit.train.run import splits_for
 from lowbit.verify.run import verify_run
 from tests.fewshot.conftest import NOVEL
 
 SCORE = "rel_mahalanobis"
+VIEWS = DEFAULT_OOD_VIEWS
+DETECTOR = f"{SCORE}@{VIEWS}views"
 FAST = {"verify_n": 16, "verify_random": 16}
 
 
@@ -35,15 +39,21 @@ def feature_export(copy_export):
 def test_export_fits_on_train_and_calibrates_on_val(feature_export, tmp_path):
     description = json.loads((feature_export / "model.json").read_text())
     ood = description["ood"]
-    assert ood["score"] == SCORE and ood["calibrated_on"] == "val"
+    assert ood["score"] == SCORE and ood["calibrated_on"] == "val" and ood["views"] == VIEWS
     stats_file = feature_export / ood["stats"]["file"]
     assert ood["stats"]["sha256"] == hashlib.sha256(stats_file.read_bytes()).hexdigest()
     _, record = load_run(feature_export)
     splits = splits_for(record)
     assert ood["stats"]["fitted_images"] == len(splits.train.y)
-    # the threshold is the calibration's on the runtime's own val scores: exactly 95 % kept
+    # the statistics are those of the training split's features summed over the views
+    runtime = Runtime(feature_export / "model.int.onnx")
     stats = load_export_stats(feature_export, description)
-    logits, features = runtime_outputs(Runtime(feature_export / "model.int.onnx"), splits.val.x)
+    _, train_features = runtime_view_outputs(runtime, splits.train.x, VIEWS)
+    fitted = fit_feature_stats(train_features, splits.train.y, len(record["class_names"]))
+    for name in ("class_whitening", "class_means_white", "background_whitening"):
+        assert np.array_equal(stats[name], fitted[name]), name
+    # the threshold is the calibration's on the runtime's own val scores: exactly 95 % kept
+    logits, features = runtime_view_outputs(runtime, splits.val.x, VIEWS)
     scores = score(SCORE, logits, features, stats)
     assert ood["threshold"] == calibrate_threshold(scores, 0.95)
     rows = predict(feature_export, save_images(splits.val.x, tmp_path / "val"))
@@ -78,12 +88,22 @@ def test_fake_quant_and_runtime_give_the_same_scores(feature_export):
         ), name
     # vim adds the logit tail: equal within the tail's stated tolerance, not bit for bit
     np.testing.assert_allclose(predict_logits(model, x), logits, rtol=0, atol=1e-3)
+    # the deployed detector's features, summed over the views, are equal integers too
+    runtime = Runtime(feature_export / "model.int.onnx")
+    _, torch_summed = view_outputs(lambda images: model_outputs(model, images), x, VIEWS)
+    _, runtime_summed = runtime_view_outputs(runtime, x, VIEWS)
+    assert torch_summed.dtype == runtime_summed.dtype == np.int64
+    assert np.array_equal(torch_summed, runtime_summed)
+    assert not np.array_equal(torch_summed, VIEWS * torch_features)  # the views do differ
+    assert np.array_equal(
+        score(SCORE, None, torch_summed, stats), score(SCORE, None, runtime_summed, stats)
+    )
 
 
 def test_verify_checks_the_deployed_decision(feature_export):
     report = verify_run(feature_export, n=32, random=32, executors=("runtime",), progress=False)
     decisions = report["decisions"]
-    assert decisions["score"] == SCORE
+    assert decisions["score"] == DETECTOR
     runtime = decisions["runtime"]
     assert runtime["checked"] == runtime["scores_equal"] > 0
     assert runtime["decisions_differ"] == runtime["unexplained"] == 0
@@ -101,7 +121,7 @@ def test_enroll_refits_and_remove_restores_the_statistics(feature_export, tmp_pa
     description = json.loads((feature_export / "model.json").read_text())
     after = load_export_stats(feature_export, description)
     assert after["prototypes"].shape[0] == before["prototypes"].shape[0] + 1
-    support = runtime_features(Runtime(feature_export / "model.int.onnx"), novel)
+    _, support = runtime_view_outputs(Runtime(feature_export / "model.int.onnx"), novel, VIEWS)
     mean = normalize_rows(support).mean(axis=0)
     assert np.array_equal(after["prototypes"][-1], normalize_rows(mean[None])[0])
     assert np.array_equal(after["class_whitening"], before["class_whitening"])
@@ -167,6 +187,41 @@ def test_verify_report_text_names_the_decision(feature_export):
     report = verify_run(feature_export, n=8, random=8, executors=("runtime",), progress=False)
     checked = report["decisions"]["runtime"]["checked"]
     assert (
-        f"integer runtime: known/unknown ({SCORE}) differs on 0 of {checked:,} inputs "
+        f"integer runtime: known/unknown ({DETECTOR}) differs on 0 of {checked:,} inputs "
         f"(0 unexplained); scores equal on {checked:,}"
     ) in format_report(report)
+
+
+def test_one_view_export_scores_the_image_alone(copy_export, tmp_path):
+    """--ood-views 1: statistics and threshold of the crops' own features, as predict uses them."""
+    export_run(copy_export, ood_score=SCORE, ood_views=1)
+    description = json.loads((copy_export / "model.json").read_text())
+    assert description["ood"]["views"] == 1
+    _, record = load_run(copy_export)
+    splits = splits_for(record)
+    stats = load_export_stats(copy_export, description)
+    logits, features = runtime_outputs(Runtime(copy_export / "model.int.onnx"), splits.val.x)
+    scores = score(SCORE, logits, features, stats)
+    assert description["ood"]["threshold"] == calibrate_threshold(scores, 0.95)
+    rows = predict(copy_export, save_images(splits.val.x, tmp_path / "val"))
+    assert [row["score"] for row in rows] == scores.tolist()
+
+
+@pytest.mark.parametrize(("score_name", "views"), [("msp", 8), ("vim", 2), (SCORE, 3)])
+def test_views_need_a_view_score_and_a_known_count(copy_export, score_name, views):
+    with pytest.raises(ConfigError, match="view"):
+        export_run(copy_export, ood_score=score_name, ood_views=views)
+
+
+@pytest.mark.parametrize(
+    ("ood", "message"),
+    [
+        ({"score": SCORE, "views": 3}, "ood.views: 3 views"),
+        ({"score": "msp", "views": 8}, "reads one view"),
+    ],
+)
+def test_malformed_views_in_model_json_are_refused(tmp_path, ood, message):
+    from lowbit.fewshot.predict import export_views
+
+    with pytest.raises(ModelFileError, match=message):
+        export_views({"ood": ood}, tmp_path)

@@ -11,9 +11,10 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.core.feature_scores import load_export_stats
+from lowbit.core.scores import ood_views
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot import calibrate_threshold, load_images, ood_score, predict, save_images
-from lowbit.fewshot.features import runtime_outputs
+from lowbit.fewshot.features import runtime_view_outputs
 from lowbit.runtime import Runtime
 from lowbit.train import load_run
 from lowbit.train.run import splits_for
@@ -39,7 +40,9 @@ def test_threshold_reproduces_the_target_tpr_on_its_calibration_set(w2a2_run, tm
     kept = sum(row["known"] for row in rows)
     # the largest threshold keeping >= 95%: exactly what calibrate_threshold gives on the scores
     # of the integer graph's outputs (logits, and feature codes for a feature score)
-    logits, features = runtime_outputs(Runtime(w2a2_run / "model.int.onnx"), x)
+    # (with the score's views: the feature codes summed over each image's dihedral views)
+    runtime = Runtime(w2a2_run / "model.int.onnx")
+    logits, features = runtime_view_outputs(runtime, x, ood_views(ood))
     stats = load_export_stats(w2a2_run, description)
     scores = ood_score(logits, ood["score"], features, stats)
     assert ood["threshold"] == calibrate_threshold(scores, 0.95)

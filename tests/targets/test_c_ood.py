@@ -6,13 +6,18 @@ fresh images of the same classes, 96 seeded random images, 32 input-quantizer ti
 C `known` equals lowbit.fewshot.predict.decide on the runtime's logits and feature codes, and
 |score_C - score_numpy| stays within the tolerance stated in lowbit/targets/c/ood.py. Models:
 conv4 w2a2 (cosine head: n from the head), conv4 w8a8 with a linear head (n computed for the
-score), resnet8 w2a2 (int32 summed features).
+score), resnet8 w2a2 (int32 summed features). With model.json's ood.views = V the C score reads the
+features summed over V dihedral views, compared with the same score on the runtime's summed
+features (conv4 w2a2 rel_mahalanobis at 8 views, resnet8 w2a2 prototype at 2), while the logits
+and the debug tap stay those of the image itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import onnx
@@ -27,14 +32,18 @@ from lowbit.core.feature_scores import (
     normalize_rows,
     residual_score,
 )
+from lowbit.core.views import MAX_VIEWS, dihedral_view
 from lowbit.errors import ModelFileError
 from lowbit.export.api import export_model
+from lowbit.fewshot.features import runtime_view_outputs
 from lowbit.fewshot.openset import calibrate_threshold, integer_calibration, ood_score
 from lowbit.fewshot.predict import decide
 from lowbit.runtime import Runtime
 from lowbit.targets.c.ood import compare_scores, score_tolerance
-from lowbit.targets.c.run import CModel, compile_c_target, find_compiler
+from lowbit.targets.c.ops import build_plan
+from lowbit.targets.c.run import CFLAGS, CModel, compile_c_target, find_compiler
 from lowbit.targets.c.target import C_DIR, file_names, generate_c, write_c_target
+from lowbit.targets.c.views import DIHEDRAL_VIEW, check_views, feature_bound
 from tests.export.helpers import IMAGE_SIZE, NUM_CLASSES, calibrated, make_calibrated, sample_inputs
 
 NORMALIZATION = {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -65,13 +74,15 @@ def class_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(colours[labels][:, :, None, None] + noise, -2, 2).astype(np.float32), labels
 
 
-def deploy(name: str, out) -> tuple:
-    """(export dir, model.json, 256 inputs, runtime outputs) of model `name` with its detector."""
+def deploy(name: str, out, views: int = 1) -> tuple:
+    """(export dir, model.json, 256 inputs, runtime outputs) of model `name` with its detector
+    (rel_mahalanobis on the features summed over `views` dihedral views)."""
     torch.set_num_threads(1)
     model = MODELS[name]()
     x_train, y_train = class_images(64, seed=1)
     x_val, _ = class_images(64, seed=2)
-    ood = integer_calibration(x_val, "rel_mahalanobis", 0.95, fit=(x_train, y_train, NUM_CLASSES))
+    fit = (x_train, y_train, NUM_CLASSES)
+    ood = integer_calibration(x_val, "rel_mahalanobis", 0.95, fit=fit, views=views)
     description = export_model(
         model, out, class_names=CLASS_NAMES, normalization=NORMALIZATION, ood=ood
     )
@@ -98,17 +109,20 @@ def compiled(out, name: str) -> CModel:
     return CModel(library, NUM_CLASSES)
 
 
-def check_against_numpy(description: dict, stats, x, outputs, c_model: CModel) -> dict:
-    """Runs the C model; asserts it agrees with decide() on the runtime; returns the counts."""
+def check_against_numpy(
+    description: dict, stats, x, outputs, c_model: CModel, features=None
+) -> dict:
+    """Runs the C model; asserts it agrees with decide() on the runtime; returns the counts.
+    `features`: what the score reads, the runtime's features of the images unless given (their
+    sum over views)."""
     ood = description["ood"]
-    rows = decide(outputs["logits"], CLASS_NAMES, ood, outputs[FEATURE_TENSOR], stats)
+    features = outputs[FEATURE_TENSOR] if features is None else features
+    rows = decide(outputs["logits"], CLASS_NAMES, ood, features, stats)
     scores = np.array([row["score"] for row in rows])
     known = np.array([row["known"] for row in rows])
     got = c_model.run(x)
     assert np.array_equal(got["argmax"], outputs["logits"].argmax(axis=1))
-    tolerance = score_tolerance(
-        ood["score"], scores, outputs["logits"], outputs[FEATURE_TENSOR], stats
-    )
+    tolerance = score_tolerance(ood["score"], scores, outputs["logits"], features, stats)
     counts = compare_scores(
         got["ood_score"], got["known"], scores, known, tolerance, ood["threshold"]
     )
@@ -265,3 +279,119 @@ def test_residual_tolerance_is_tight_at_a_zero_residual() -> None:
     assert abs(scores[1]) < 1e-15  # row 1's offset lies in the principal subspace
     assert np.all(np.abs(c_scores - scores) <= tolerance)
     assert tolerance[1] < 1e-11
+
+
+# --- dihedral views ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deployed_views(tmp_path_factory):
+    """The conv4 w2a2 export of `deploy` at 8 views, its C library with the debug tap, and the
+    runtime's features of the 256 inputs summed over the 8 views."""
+    if find_compiler() is None:
+        pytest.skip("no C compiler (cc, gcc, clang)")
+    out, description, x, outputs = deploy("w2a2-conv4", tmp_path_factory.mktemp("views"), views=8)
+    write_c_target(out, description)
+    library = compile_c_target(out / C_DIR, out / "tap.so", tap=True)
+    features = runtime_view_outputs(Runtime(out / "model.int.onnx"), x, 8)[1]
+    return out, description, x, outputs, CModel(library, NUM_CLASSES), features
+
+
+def test_deployed_views_decide_like_predict(deployed_views) -> None:
+    """8 views: the C score equals rel_mahalanobis of the runtime's features summed over the
+    views; the logits stay bit-identical to the image's own."""
+    out, description, x, outputs, c_model, features = deployed_views
+    assert description["ood"]["views"] == 8
+    header = (out / C_DIR / file_names("lowbit")[0]).read_text()
+    assert "#define LOWBIT_OOD_VIEWS 8" in header
+    stats = load_export_stats(out, description)
+    check_against_numpy(description, stats, x, outputs, c_model, features)
+    assert np.array_equal(c_model.run(x[:16])["logits"], outputs["logits"][:16])
+
+
+def test_views_tap_reports_the_image_itself(deployed_views) -> None:
+    """The debug tap reports each tensor once per image, the runtime's tensor of view 0."""
+    _, _, x, outputs, c_model, _ = deployed_views
+    got = c_model.run(x[:32], keep_intermediates=True)
+    assert FEATURE_TENSOR in got["tensors"]
+    for name, values in got["tensors"].items():
+        assert np.array_equal(values, outputs[name][:32].reshape(32, -1)), name
+    assert ctypes.c_void_p.in_dll(c_model.lib, "lowbit_tap").value  # restored after the views
+
+
+@needs_cc
+def test_views_of_resnet8_prototype_decide_like_numpy(deployed, tmp_path) -> None:
+    """2 views (the mirror image) of resnet8, whose features are int32 sums over the plane:
+    the statistics and threshold calibrated on the summed features, given to generate_c."""
+    out, description, x, outputs = deployed("w2a2-resnet8")
+    x_train, y_train = class_images(64, seed=1)
+    fit = (x_train, y_train, NUM_CLASSES)
+    calibrate = integer_calibration(x[:64], "prototype", 0.95, fit=fit, views=2)
+    ood = calibrate(out / "model.int.onnx")
+    stats = ood.pop("stats_arrays")
+    description = {**description, "ood": ood}
+    graph = onnx.load(str(out / "model.int.onnx"))
+    for file, text in generate_c(graph, description, stats=stats).items():
+        (tmp_path / file).write_text(text)
+    features = runtime_view_outputs(Runtime(out / "model.int.onnx"), x, 2)[1]
+    c_model = compiled(tmp_path, "views")
+    check_against_numpy(description, stats, x, outputs, c_model, features)
+
+
+@needs_cc
+def test_dihedral_view_kernel_equals_numpy(tmp_path) -> None:
+    """lb_dihedral_view gives lowbit.core.views.dihedral_view of CHW codes, for every view."""
+    source = tmp_path / "view.c"
+    source.write_text("#include <stdint.h>\n" + DIHEDRAL_VIEW.substitute(X="int8_t") + (
+        "void view(const int8_t *x, int c, int h, int w, int v, int8_t *y)\n"
+        "{ lb_dihedral_view(x, c, h, w, v, y); }\n"
+    ))  # fmt: skip
+    library = tmp_path / "view.so"
+    command = [find_compiler(), "-O2", *CFLAGS, "-fPIC", "-shared", str(source), "-o", str(library)]
+    assert subprocess.run(command, check=False).returncode == 0
+    run = ctypes.CDLL(str(library)).view
+    run.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 4, ctypes.c_void_p]
+    codes = np.arange(2 * 5 * 5, dtype=np.int8).reshape(1, 2, 5, 5)  # every code distinct
+    for view in range(MAX_VIEWS):
+        got = np.zeros_like(codes)
+        run(codes.ctypes.data, 2, 5, 5, view, got.ctypes.data)
+        assert np.array_equal(got, dihedral_view(codes, view)), view
+    wide = np.arange(2 * 3 * 5, dtype=np.int8).reshape(1, 2, 3, 5)  # flips need no square
+    for view in range(4):
+        got = np.zeros_like(wide)
+        run(wide.ctypes.data, 2, 3, 5, view, got.ctypes.data)
+        assert np.array_equal(got, dihedral_view(wide, view)), view
+
+
+def test_views_the_c_target_cannot_run_name_the_field(export_copy) -> None:
+    """A score that reads one view, a view count outside 1, 2, 4, 8, or transposing views of a
+    non-square input: one-line ModelFileErrors naming model.json's ood.views."""
+    out, description = export_copy
+    stats = load_export_stats(out, description)
+    graph = onnx.load(str(out / "model.int.onnx"))
+
+    def generate(graph, **changes) -> None:
+        generate_c(graph, {**description, "ood": {**description["ood"], **changes}}, stats=stats)
+
+    for changes in ({"score": "vim", "views": 8}, {"views": 3}, {"views": True}):
+        with pytest.raises(ModelFileError, match=r"model\.json: ood\.views") as error:
+            generate(graph, **changes)
+        assert len(str(error.value).splitlines()) == 1
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    dims[3].dim_value = IMAGE_SIZE // 2  # 32 x 16: the features shrink too, checked afterwards
+    with pytest.raises(ModelFileError, match=r"ood\.views: 4 views transpose.*32x16"):
+        generate(graph, views=4)
+
+
+@pytest.mark.parametrize("name", ["w2a2-conv4", "w2a2-resnet8"])
+def test_views_bound_the_square_sum(deployed, name) -> None:
+    """The feature bound comes from the last threshold's 2-bit codes (0..3), times the plane
+    size for resnet8's summed features; a bound that lets n reach 2^53 is refused."""
+    out, description, _, outputs = deployed(name)
+    plan = build_plan(onnx.load(str(out / "model.int.onnx")), description, "model.int.onnx")
+    bound = feature_bound(plan)
+    assert outputs[FEATURE_TENSOR].max() <= bound
+    plane = 1 if name == "w2a2-conv4" else 8 * 8  # resnet8: summed over its last 8 x 8 map
+    assert bound == 3 * plane
+    assert check_views(plan, {"score": "prototype", "views": 8}, "prototype") == 8
+    plan.code_ranges = {key: (0, 2**24) for key in plan.code_ranges}
+    with pytest.raises(ModelFileError, match=r"ood\.views: .* may reach 2\^53"):
+        check_views(plan, {"score": "prototype", "views": 8}, "prototype")

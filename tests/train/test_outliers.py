@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lowbit.bench.ood_selection import Candidate, SelectionOptions, run_selection
-from lowbit.core.scores import SCORES
+from lowbit.core.scores import SCORES, VIEW_SCORES
 from lowbit.data import load_splits
 from lowbit.errors import ConfigError
 from lowbit.train import TrainConfig, train
@@ -178,7 +178,9 @@ def test_leave_one_type_out_never_trains_on_the_pseudo_unknown(guarded_data, tmp
     ranking = result["ranking"]
     assert [row["fpr95"] for row in ranking] == sorted(row["fpr95"] for row in ranking)
     assert result["chosen"] == {k: ranking[0][k] for k in ("candidate", "score")}
-    assert len(ranking) == 2 * len(SCORES)  # two candidates x every score
+    # two candidates x every score, and every view score on the features summed over the views
+    assert len(ranking) == 2 * (len(SCORES) + len(VIEW_SCORES))
+    assert {row["score"] for row in ranking} >= {"msp", "rel_mahalanobis@8views"}
 
 
 def test_a_run_saved_before_outlier_exposure_existed_compares_as_trained_without_it():

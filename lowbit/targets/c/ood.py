@@ -9,11 +9,15 @@ threshold; the generated C computes the same float64 formula after the head and 
   integer input f (the feature codes `backbone.features`): z = f / sqrt(n) with the exact
   integer n = sum f^2, then dot products with the fitted statistics of model.ood.npz, emitted as
   exact double literals; vim adds the logits' energy.
+With `"views": V > 1` (prototype, mahalanobis, rel_mahalanobis, residual) the feature score reads
+f summed over V dihedral views of the input, one pass of the integer body per view (views.py).
 
 The invariant that makes the tolerance small: every input of the score is bit-identical in C and
 numpy (the logits: the C tail repeats the graph's float64 ops; z: n < 2^53 is exact and sqrt and
 division are correctly rounded; the statistics: hex-float literals), so the two differ only in
 the order of the dot products' sums and in libm's exp/log. `score_tolerance` bounds that.
+With views the caller passes the summed features: still exact integers, their n < 2^53 checked
+when the C is generated (views.py), so z stays bit-identical and the same bound holds for them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from lowbit.errors import ModelFileError
 from lowbit.targets.c import templates as T
 from lowbit.targets.c.pack import c_array, c_number, c_type
 from lowbit.targets.c.plan import CPlan, Tensor
+from lowbit.targets.c.views import check_views, summed_features, views_code
 
 LEGACY_SCORE = "msp"  # what lowbit predict deploys when model.json names no score
 STATS_USED = {
@@ -51,9 +56,10 @@ class OodProgram:
 
     score: str
     threshold: float | None
+    views: int  # passes of the integer body whose head-input features the score sums
     constants: list[str]
     kernels: dict[str, str]
-    code: str  # sets result->ood_score and result->known; runs after the result copy
+    code: str  # runs after view 0's result copy: the other views, then ood_score and known
     buffers: list[Tensor]  # double scratch, live only while the score is computed
     reads: list[Tensor]  # graph tensors the score reads after the last step
     stats_bytes: int
@@ -107,13 +113,15 @@ def _squares_head_input(plan: CPlan) -> bool:
     return square is not None and list(square.input) == [plan.head_input.name] * 2
 
 
-def _feature_code(plan: CPlan, name: str, arrays: dict[str, str], stats: dict) -> tuple:
-    """(C statements, scratch buffers) of a feature score on the head's integer input."""
-    f = plan.head_input
+def _feature_code(
+    plan: CPlan, name: str, arrays: dict[str, str], stats: dict, f: Tensor
+) -> tuple[str, list[Tensor]]:
+    """(C statements, scratch buffers) of a feature score on the integer features `f`: the
+    head's input, or its sum over views."""
     features, classes = f.size, plan.logits.size
     z = plan.buffer("ood.unit_features", np.float64, (features,))
     lines = ["    {\n", "        int64_t n = 0;\n"]
-    if _squares_head_input(plan):  # the cosine head's exact n
+    if f is plan.head_input and _squares_head_input(plan):  # the cosine head's exact n
         lines[1] = f"        int64_t n = (int64_t){plan.feature_sq.var}[0];\n"
     else:
         lines.append(
@@ -181,6 +189,7 @@ def plan_ood(plan: CPlan, ood: dict | None, stats: dict | None, prefix: str) -> 
         isinstance(threshold, int | float) and np.isfinite(threshold)
     ):
         raise ModelFileError(f"model.json: ood.threshold {threshold!r} is not a finite number")
+    views = check_views(plan, ood, name)
     classes = plan.logits.size
     constants, kernels, reads, buffers, stats_bytes = [], {}, [], [], 0
     if name in LOGIT_SCORES:
@@ -201,10 +210,9 @@ def plan_ood(plan: CPlan, ood: dict | None, stats: dict | None, prefix: str) -> 
             arrays[key] = f"lb_ood_{key}"
             constants.append(c_array(arrays[key], np.float64, values))
             stats_bytes += values.size * values.itemsize
-        short = T.SHORT_TYPES[c_type(plan.head_input.dtype)]
-        kernels[f"unit_features_{short}"] = T.UNIT_FEATURES.substitute(
-            x=short, X=c_type(plan.head_input.dtype)
-        )
+        f = plan.head_input if views == 1 else summed_features(plan)
+        short = T.SHORT_TYPES[c_type(f.dtype)]
+        kernels[f"unit_features_{short}"] = T.UNIT_FEATURES.substitute(x=short, X=c_type(f.dtype))
         if name == "prototype":
             kernels["prototype_score"] = T.PROTOTYPE
         elif name in ("residual", "vim"):
@@ -213,11 +221,15 @@ def plan_ood(plan: CPlan, ood: dict | None, stats: dict | None, prefix: str) -> 
                 kernels["logsumexp"] = T.LOGSUMEXP
         else:
             kernels["white_distances"] = T.WHITE_DISTANCES
-        code, buffers = _feature_code(plan, name, arrays, stats)
+        code, buffers = _feature_code(plan, name, arrays, stats, f)
         reads = [t for t in (plan.head_input, plan.feature_sq) if t is not None]
+        if views > 1:  # the sum is taken right after each pass: n comes from it, not the graph
+            passes, view_kernels = views_code(plan, prefix)
+            code, reads = passes + code, [plan.head_input]
+            kernels.update(view_kernels)
     known = f"result->ood_score >= {prefix.upper()}_OOD_THRESHOLD" if threshold is not None else 1
     code += f"    result->known = {known};\n"
-    return OodProgram(name, threshold, constants, kernels, code, buffers, reads, stats_bytes)
+    return OodProgram(name, threshold, views, constants, kernels, code, buffers, reads, stats_bytes)
 
 
 def header_defines(program: OodProgram, ood: dict | None, prefix: str) -> str:
@@ -226,10 +238,21 @@ def header_defines(program: OodProgram, ood: dict | None, prefix: str) -> str:
     kind = "the head's integer features" if program.score in FEATURE_SCORES else "the logits"
     if program.score == "vim":
         kind = "the logits and the head's integer features"
+    described = [f"   {program.score} of {kind}, higher = more like a known class. */"]
+    if program.views > 1:
+        described = [
+            f"   {program.score} of {kind} summed over {program.views} dihedral views of the",
+            "   input, higher = more like a known class. */",
+        ]
     lines = [
         '/* Unknown-type detector (model.json "ood", lowbit/core/scores.py): ood_score is',
-        f"   {program.score} of {kind}, higher = more like a known class. */",
+        *described,
         f'#define {upper}_OOD_SCORE "{program.score}"',
+        "/* Passes of the integer body per image, on views 0 .. OOD_VIEWS - 1 of the input",
+        "   codes (view v: bit 0 flips left-right, bit 1 up-down, bit 2 transposes;",
+        "   lowbit/core/views.py). A feature score reads the head's input features summed over",
+        "   them; class_dots, feature_sq, logits and argmax are view 0's, the image itself. */",
+        f"#define {upper}_OOD_VIEWS {program.views}",
     ]
     if program.threshold is None:
         lines += [

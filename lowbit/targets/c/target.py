@@ -5,7 +5,9 @@
 header): `<prefix>_quantize_input` (float32 normalized image -> input codes, the graph's Div +
 Quant), `<prefix>_infer_codes` (integer body and head on input codes) and `<prefix>_infer`
 (both); each fills a `<prefix>_result` with the head's integers d_c and n, the float64 logits,
-their argmax, and the deployed unknown-type score with its known/unknown decision (ood.py).
+their argmax, and the deployed unknown-type score with its known/unknown decision (ood.py; on
+the head's input features summed over dihedral views of the input when model.json's ood.views
+says so, views.py). `lb_forward` is one pass of the integer body, run once per view.
 `<prefix>_model_sizes` lists each layer's weight and threshold bytes.
 """
 
@@ -29,7 +31,8 @@ from lowbit.targets.c import templates as T
 from lowbit.targets.c.ood import LEGACY_SCORE, OodProgram, header_defines, plan_ood
 from lowbit.targets.c.ops import build_plan
 from lowbit.targets.c.pack import C_SIZES, Slot, c_number, c_type, layout_pools
-from lowbit.targets.c.plan import CPlan
+from lowbit.targets.c.plan import CPlan, Tensor
+from lowbit.targets.c.views import scratch_members
 from lowbit.targets.reader import read_export
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,20 @@ def _layout(plan: CPlan, ood: OodProgram) -> tuple[dict[str, int], dict[str, Slo
     for tensor in ood.buffers:
         slots[tensor.root] = Slot(tensor.root, c_type(tensor.dtype), tensor.size, end, end)
     return layout_pools(list(slots.values())), slots
+
+
+def _declarations(plan: CPlan, slots: dict[str, Slot], keys: set[str]) -> str:
+    """C pointers into the scratch pools of the buffers `keys`, in slot order."""
+    return "".join(
+        f"    {slot.ctype} *{plan.tensors[key].var} = s->{T.SHORT_TYPES[slot.ctype]}"
+        f" + {slot.offset};\n"
+        for key, slot in slots.items()
+        if key in keys
+    )
+
+
+def _roots(tensors: list[Tensor | None]) -> set[str]:
+    return {t.root for t in tensors if t is not None and t.root is not None}
 
 
 def _result_code(plan: CPlan, classes: int) -> str:
@@ -119,20 +136,21 @@ def generate_c(
     pools, slots = _layout(plan, ood)
     classes = plan.logits.size
     header_name, source_name = file_names(prefix)
-    declarations = "".join(
-        f"    {slot.ctype} *{plan.tensors[key].var} = s->{T.SHORT_TYPES[slot.ctype]}"
-        f" + {slot.offset};\n"
-        for key, slot in slots.items()
-    )
-    body = "".join(step.code for step in plan.steps) + _result_code(plan, classes) + ood.code
+    # lb_forward (one pass of the body) declares the steps' buffers, infer_codes what it reads
+    # after a pass (the head's values, the score's inputs) and the score's own buffers
+    tail = [plan.class_dots, plan.feature_sq, plan.logits, *ood.reads]
+    score_buffers = _roots(ood.buffers)
+    view_members, view_bytes = scratch_members(plan, prefix) if ood.views > 1 else ("", 0)
     size_rows = "".join(
         f'    {{"{layer}", {_sizeof(parts, "weights")}, {_sizeof(parts, "thresholds")}}},\n'
         for layer, parts in plan.sizes.items()
     )
     code_type = c_type(plan.code_dtype)
     input_size = math.prod(plan.input_shape)
-    scratch_bytes = input_size * plan.code_dtype.itemsize + sum(
-        elements * C_SIZES[ctype] for ctype, elements in pools.items()
+    scratch_bytes = (
+        input_size * plan.code_dtype.itemsize
+        + view_bytes
+        + sum(elements * C_SIZES[ctype] for ctype, elements in pools.items())
     )
     fields = {
         "prefix": prefix,
@@ -163,7 +181,8 @@ def generate_c(
         input_scale=c_number(plan.input_scale, np.float32),
         code_type=code_type,
         input_bits=plan.input_bits,
-        pool_members="".join(
+        pool_members=view_members
+        + "".join(
             f"    {ctype} {T.SHORT_TYPES[ctype]}[{elements}];\n"
             for ctype, elements in pools.items()
         ),
@@ -175,8 +194,10 @@ def generate_c(
         size_count=len(plan.sizes),
         kernels="\n".join({**plan.kernels, **ood.kernels}.values()),
         quantize_body=plan.quantize_body,
-        declarations=declarations,
-        body=body,
+        forward_declarations=_declarations(plan, slots, set(slots) - score_buffers),
+        body="".join(step.code for step in plan.steps),
+        declarations=_declarations(plan, slots, _roots(tail) | score_buffers),
+        tail=_result_code(plan, classes) + ood.code,
     )
     return {header_name: header, source_name: source}
 

@@ -352,8 +352,9 @@ $pool_members} ${prefix}_scratch;
    x / INPUT_SCALE)), computed in float32 exactly as the graph's Div + Quant. Input finite. */
 void ${prefix}_quantize_input(const float *input, ${prefix}_code_t *codes);
 
-/* Integer body and head on input codes; fills *result and returns its argmax. `scratch`:
-   caller-provided (stack, static, any memory), or NULL for a static one (not reentrant). */
+/* Integer body and head on input codes (once per view, ${PREFIX}_OOD_VIEWS); fills *result and
+   returns its argmax. `scratch`: caller-provided (stack, static, any memory), or NULL for a
+   static one (not reentrant). */
 int ${prefix}_infer_codes(const ${prefix}_code_t *codes, ${prefix}_result *result,
     ${prefix}_scratch *scratch);
 
@@ -416,6 +417,15 @@ void ${prefix}_quantize_input(const float *input, ${prefix}_code_t *codes)
 $quantize_body    }
 }
 
+/* One pass of the integer body and head over input codes, the graph's steps in its order; what
+   they compute stays in the scratch pools for ${prefix}_infer_codes to read. */
+static void lb_forward(const ${prefix}_code_t *codes, ${prefix}_scratch *s)
+{
+    long i;
+    (void)i;
+$forward_declarations
+$body}
+
 int ${prefix}_infer_codes(const ${prefix}_code_t *codes, ${prefix}_result *result,
     ${prefix}_scratch *scratch)
 {
@@ -424,9 +434,9 @@ int ${prefix}_infer_codes(const ${prefix}_code_t *codes, ${prefix}_result *resul
 #ifndef ${PREFIX}_NO_STATIC_SCRATCH
     if (s == NULL) s = &lb_static_scratch;
 #endif
-    (void)i;
 $declarations
-$body
+    lb_forward(codes, s);
+$tail
     return result->argmax;
 }
 
