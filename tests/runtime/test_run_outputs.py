@@ -68,8 +68,6 @@ def test_returned_tensors_are_not_overwritten_by_the_next_run(runtime):
         assert np.array_equal(value, kept[name]), name
 
 
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_view_of_a_workspace_survives_the_next_chunk(threads):
     """With a 1x1 last feature map, "flat" (Flatten of the last fused step's pooled codes) is a
