@@ -5,7 +5,7 @@
 
 No retraining: for each fold's `plain` model (or `--candidate`), relative Mahalanobis
 (`lowbit.core.feature_scores`, statistics fitted on the fold's training split) on
-- `final`: the backbone features, as deployed;
+- `final`: the backbone features of the crop alone (one view);
 - `sqrt`, `pow0.25`: a power transform of those (non-negative) features before normalizing;
 - `blockN`: every block's output summarized per channel by its spatial mean and standard
   deviation (the multi-layer statistics of Lee et al. 2018 and Sastry & Oore 2020);

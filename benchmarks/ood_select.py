@@ -15,7 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
-from lowbit.bench.ood_selection import SelectionOptions, format_ranking, run_selection
+from lowbit.bench.ood_selection import (
+    CANDIDATES,
+    SelectionOptions,
+    format_ranking,
+    run_selection,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", default=None, help="pseudo-unknown types (default: all known)")
+    parser.add_argument(
+        "--candidates",
+        default=None,
+        help=f"training settings to run, comma-separated (default: all of "
+        f"{', '.join(c.name for c in CANDIDATES)})",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -45,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         folds=split(args.folds),
     )
-    result = run_selection(options, args.out, progress=not args.quiet)
+    candidates = CANDIDATES
+    if args.candidates:
+        named = {c.name: c for c in CANDIDATES}
+        unknown = [name for name in split(args.candidates) if name not in named]
+        if unknown:
+            parser.error(f"--candidates: {unknown} not among {list(named)}")
+        candidates = tuple(named[name] for name in split(args.candidates))
+    result = run_selection(options, args.out, candidates, progress=not args.quiet)
     print(format_ranking(result))
     print(f"chosen: {result['chosen']}  ({args.out / 'selection.json'})")
     return 0

@@ -7,8 +7,9 @@ fake-quant model, whose feature codes equal the integer graph's): the run's own 
 loaded, every crop is seen in the first V of its 8 dihedral views (`ood_posthoc.view_outputs`),
 the backbone features are summed over the views, the relative Mahalanobis statistics are fitted
 on the training split's summed features, and the test crops of the known types are scored
-against the run's held-out types: FPR95 and AUROC for V = 1 (the deployed score), 2, 4 and 8,
-with MSP and the test accuracy (one view, and logits summed over 8 views) beside them.
+against the run's held-out types: FPR95 and AUROC for V = 1, 2, 4 and 8 (8: the deployed
+detector), with MSP and the test accuracy (one view, and logits summed over 8 views) beside
+them.
 The number of views was chosen on the leave-one-type-out folds (`ood_posthoc.py`), not here.
 Writes --out (JSON, one row per run).
 """

@@ -121,3 +121,36 @@ def test_ood_training_changes_and_fold_runs(tmp_path, capsys):
         assert "hole: msp " in capsys.readouterr().out
         assert (tmp_path / name / "fold_hole" / name / "metrics.json").is_file()
     assert (loop.train_epoch, loop.augment) == original
+
+
+def test_ood_view_cost_times_both_view_counts(tmp_path, capsys):
+    """The view-cost benchmark on a small export: every executor at 1 and at 2 views."""
+    import numpy as np
+
+    from lowbit.export.api import export_model
+    from lowbit.fewshot.openset import integer_calibration
+    from lowbit.targets.c.run import find_compiler
+    from tests.export.helpers import IMAGE_SIZE, NUM_CLASSES, calibrated
+
+    if find_compiler() is None:
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (32, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    y = np.arange(32) % NUM_CLASSES
+    export_model(
+        calibrated("w2a2", "conv4"),
+        tmp_path / "export",
+        class_names=[str(c) for c in range(NUM_CLASSES)],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+        ood=integer_calibration(x, "rel_mahalanobis", fit=(x, y, NUM_CLASSES)),
+    )
+    out = tmp_path / "cost.json"
+    argv = [str(tmp_path / "export"), "--views", "2", "--rounds", "1", "--out", str(out)]
+    rows = _script("ood_view_cost").main(argv)
+    assert set(rows) == {
+        f"{executor}, {count} view(s)"
+        for executor in ("runtime, batch 1", "runtime, batch 64", "C -O2")
+        for count in (1, 2)
+    }
+    assert all(value > 0 for value in rows.values())
+    assert "x one view" in capsys.readouterr().out and out.is_file()

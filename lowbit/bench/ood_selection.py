@@ -166,9 +166,9 @@ def run_selection(
 
 def format_ranking(result: dict, top: int = 12) -> str:
     """Returns the ranking as a text table (mean over the folds)."""
-    lines = [f"{'candidate':<12} {'score':<16} {'FPR95':>6} {'AUROC':>6}"]
+    lines = [f"{'candidate':<12} {'score':<24} {'FPR95':>6} {'AUROC':>6}"]
     for row in result["ranking"][:top]:
         lines.append(
-            f"{row['candidate']:<12} {row['score']:<16} {row['fpr95']:6.3f} {row['auroc']:6.3f}"
+            f"{row['candidate']:<12} {row['score']:<24} {row['fpr95']:6.3f} {row['auroc']:6.3f}"
         )
     return "\n".join(lines)

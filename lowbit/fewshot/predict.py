@@ -17,6 +17,7 @@ import numpy as np
 
 from lowbit.artifacts import DESCRIPTION_FILE
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
+from lowbit.core.scores import detector_name
 from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError
 from lowbit.fewshot.images import image_name, load_crops
@@ -84,6 +85,7 @@ def decide(
     ood = ood or {}
     score_name = ood.get("score") or "msp"
     scores = ood_score(logits, score_name, features, stats)
+    views = int(ood.get("views") or 1)  # the caller summed the features over them
     threshold = ood.get("threshold")
     known = scores >= threshold if threshold is not None else np.ones(len(scores), bool)
     rows = []
@@ -93,7 +95,7 @@ def decide(
             {
                 "class": name,
                 "score": float(scores[index]),
-                "score_name": score_name,
+                "score_name": detector_name(score_name, views),
                 "known": bool(known[index]),
                 "label": name if known[index] else UNKNOWN,
             }
@@ -179,7 +181,8 @@ def predict(
     boxes: Sequence[Sequence[float]] | None = None,
     whole_image: bool = False,
 ) -> list[dict]:
-    """Returns per image: image, mask, box, class, score, score_name, known, label.
+    """Returns per image: image, mask, box, class, score, score_name, known, label
+    (score_name: the deployed detector, e.g. "rel_mahalanobis@8views").
 
     `images`: files or uint8 [H, W, 3] arrays; `masks` (files or bool [H, W] arrays) or
     `boxes` ((x0, y0, x1, y1) in pixels, end-exclusive), one per image, locate each defect

@@ -122,8 +122,15 @@ def split_accuracy(model: LowbitModel, split) -> float | None:
     return accuracy(split.y, predict_logits(model, split.x).argmax(1))
 
 
-def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -> dict:
-    """Returns the metrics.json dict for `model` on splits.test (and splits.ood, splits.val)."""
+def evaluate(
+    model: LowbitModel,
+    splits,
+    *,
+    config: TrainConfig | None = None,
+    views: int = DEFAULT_OOD_VIEWS,
+) -> dict:
+    """Returns the metrics.json dict for `model` on splits.test (and splits.ood, splits.val);
+    the view scores on `views` views (1: without them)."""
     class_names = list(splits.class_names)
     logits, features = model_outputs(model, splits.test.x)
     pred = logits.argmax(1)
@@ -145,6 +152,6 @@ def evaluate(model: LowbitModel, splits, *, config: TrainConfig | None = None) -
         "class_names": class_names,
         "num_test": int(len(pred)),
         "num_ood": int(len(ood.x)) if ood is not None else 0,
-        "ood": ood_evaluation(model, splits, logits, features),
+        "ood": ood_evaluation(model, splits, logits, features, views),
         "ood_default": detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS),
     }

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lowbit.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, read_json
+from lowbit.core.scores import DEFAULT_OOD_VIEWS
 from lowbit.errors import ConfigError, DataError
 from lowbit.io import make_dir, remove_stale_temps
 from lowbit.lock import writer_lock
@@ -288,12 +289,15 @@ def train(
     splits=None,
     resume: bool = False,
     progress: bool = True,
+    ood_views: int = DEFAULT_OOD_VIEWS,
 ) -> dict:
     """Trains per `config` into run_dir (config.json, checkpoint.pt, metrics.json); returns metrics.
 
     `splits` (a lowbit.data.Splits or any object with .train/.val/.test/.ood ArraySets and
     .class_names) replaces loading config.data. `resume` continues from run_dir's checkpoint and
-    ends with the same weights as an uninterrupted run.
+    ends with the same weights as an uninterrupted run. `ood_views`: the view count of the view
+    scores in metrics.json (evaluate; 1 leaves them out, which saves V - 1 forward passes of
+    every train, test and unknown-type image).
     """
     config = config.resolved()
     run_dir = Path(run_dir)
@@ -388,6 +392,6 @@ def train(
                     step=step,
                     epoch=epoch + 1,
                 )
-            metrics = world.on_main(evaluate, model, splits, config=config)
+            metrics = world.on_main(evaluate, model, splits, config=config, views=ood_views)
         world.on_main(write_json, run_dir / METRICS_FILE, metrics)
         return metrics

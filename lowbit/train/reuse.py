@@ -35,13 +35,17 @@ def is_trained(run_dir: Path, config, splits=None) -> bool:
     return True
 
 
-def train_or_reuse(config, run_dir: Path, progress: bool = True, *, splits=None) -> dict:
+def train_or_reuse(
+    config, run_dir: Path, progress: bool = True, *, splits=None, ood_views: int | None = None
+) -> dict:
     """Returns run_dir's metrics: reused when finished with this config, else trained (resumed
-    from its checkpoint when one exists). `splits` replaces loading config.data."""
+    from its checkpoint when one exists). `splits` replaces loading config.data; `ood_views`
+    (None: train's default) is train's."""
     from lowbit.train import train
 
     if is_trained(run_dir, config, splits):
         log.info("reusing finished run %s", run_dir)
         return json.loads((run_dir / METRICS_FILE).read_text())
     resume = (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / CONFIG_FILE).is_file()
-    return train(config, run_dir, splits=splits, resume=resume, progress=progress)
+    views = {} if ood_views is None else {"ood_views": ood_views}
+    return train(config, run_dir, splits=splits, resume=resume, progress=progress, **views)

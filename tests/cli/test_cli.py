@@ -21,6 +21,10 @@ def test_run_quick_end_to_end(tmp_path, capsys):
     assert main(["--quiet", "run", "--quick", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "integer runtime: 0 of" in out
+    # the deployed detector beside MSP, its view scores measured on the export's integer graph
+    assert f"{detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS)} (deployed) AUROC" in out
+    metrics = json.loads((tmp_path / "run" / "w1a2" / "metrics.json").read_text())
+    assert {detector_name(name, DEFAULT_OOD_VIEWS) for name in VIEW_SCORES} <= set(metrics["ood"])
     report = json.loads((tmp_path / "run" / "w1a2" / "verify.json").read_text())
     assert report["unexplained"] == 0 and report["mismatches"] == 0
     assert report["checked_values"] > 0

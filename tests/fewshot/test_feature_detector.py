@@ -59,7 +59,7 @@ def test_export_fits_on_train_and_calibrates_on_val(feature_export, tmp_path):
     rows = predict(feature_export, save_images(splits.val.x, tmp_path / "val"))
     known = np.array([row["known"] for row in rows])
     assert np.array_equal(known, scores >= ood["threshold"])
-    assert known.mean() >= 0.95 and rows[0]["score_name"] == SCORE
+    assert known.mean() >= 0.95 and rows[0]["score_name"] == DETECTOR
     assert [row["score"] for row in rows] == scores.tolist()
 
 
@@ -225,3 +225,23 @@ def test_malformed_views_in_model_json_are_refused(tmp_path, ood, message):
 
     with pytest.raises(ModelFileError, match=message):
         export_views({"ood": ood}, tmp_path)
+
+
+def test_view_scores_from_the_integer_graph_equal_the_fake_quant_ones(feature_export):
+    """measure_view_scores (the runtime's codes, as `lowbit run` measures them) gives exactly
+    evaluate's numbers (the fake-quant model's codes): the same integers, the same floats."""
+    from lowbit.deploy import measure_view_scores
+    from lowbit.train import evaluate
+
+    model, record = load_run(feature_export)
+    splits = splits_for(record)
+    fake_quant = evaluate(model, splits)["ood"]
+    one_view = evaluate(model, splits, views=1)["ood"]
+    assert not [name for name in one_view if "@" in name]
+    path = feature_export / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["ood"] = one_view
+    path.write_text(json.dumps(metrics))
+    measured = measure_view_scores(feature_export)["ood"]
+    assert measured == fake_quant and DETECTOR in measured
+    assert json.loads(path.read_text())["ood"] == measured

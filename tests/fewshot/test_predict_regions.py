@@ -11,7 +11,7 @@ from PIL import Image
 
 from lowbit.artifacts import deployed_bits_of
 from lowbit.cli import main
-from lowbit.core.scores import DEFAULT_OOD_SCORE, ood_views
+from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, detector_name, ood_views
 from lowbit.core.views import stack_views
 from lowbit.data import crop_rule, read_mask, scan
 from lowbit.data.preprocess import crop_rule_of
@@ -91,7 +91,8 @@ def test_cli_mask_box_and_list_files_agree(crop_run, training_images, tmp_path, 
     assert all(result == labels[0] for result in labels)
     assert main(["predict", str(crop_run), *images, "--mask", *masks]) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = ["image", "mask", "box", "label", "class", "score", f"({DEFAULT_OOD_SCORE})", "known"]
+    deployed = detector_name(DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS)
+    header = ["image", "mask", "box", "label", "class", "score", f"({deployed})", "known"]
     assert lines[0].split() == header
     assert len(lines) == 1 + len(images) and lines[1].startswith(images[0])
 
