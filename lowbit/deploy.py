@@ -96,7 +96,11 @@ def export_with_targets(
 
 
 def measure_view_scores(
-    run_dir: str | Path, export_dir: str | Path | None = None, views: int = DEFAULT_OOD_VIEWS
+    run_dir: str | Path,
+    export_dir: str | Path | None = None,
+    views: int = DEFAULT_OOD_VIEWS,
+    *,
+    splits=None,
 ) -> dict:
     """Adds the view scores ("<score>@<views>views") to run_dir's metrics.json, measured through
     the integer graph of its export (default: the run directory); returns the metrics.
@@ -106,7 +110,8 @@ def measure_view_scores(
     them), then the known test crops are scored against the held-out types. The fake-quant
     model's codes are the same integers, so the numbers are exactly evaluate's; the runtime
     computes them several times faster, which keeps `lowbit run` short. A run without held-out
-    types, or whose metrics already hold these scores, is returned unchanged.
+    types, or whose metrics already hold these scores, is returned unchanged. `splits`: the
+    run's data when the caller has it loaded (default: loaded from its config.json).
     """
     from lowbit.artifacts import METRICS_FILE, read_json
     from lowbit.core.feature_scores import fit_feature_stats
@@ -126,7 +131,7 @@ def measure_view_scores(
     description = read_description(export_dir)
     runtime = Runtime(export_dir / description["files"]["int"])
     record = read_json(run_dir / CONFIG_FILE, "config")
-    splits = splits_for(record, run_dir / CONFIG_FILE)
+    splits = splits if splits is not None else splits_for(record, run_dir / CONFIG_FILE)
     train_features = runtime_view_outputs(runtime, splits.train.x, views)[1]
     stats = fit_feature_stats(train_features, splits.train.y, len(record["class_names"]))
     scored = feature_metrics(
