@@ -34,10 +34,17 @@ def export_run(
     ood_score: str | None = None,
     ood_views: int | None = None,
     tpr: float = 0.95,
+    splits=None,
 ) -> tuple[Path, dict]:
     """Exports a trained run (see export_with_targets); returns (export folder, model.json)."""
     out_dir, description, _ = export_with_targets(
-        run_dir, out_dir, batch=batch, ood_score=ood_score, ood_views=ood_views, tpr=tpr
+        run_dir,
+        out_dir,
+        batch=batch,
+        ood_score=ood_score,
+        ood_views=ood_views,
+        tpr=tpr,
+        splits=splits,
     )
     return out_dir, description
 
@@ -51,13 +58,15 @@ def export_with_targets(
     ood_score: str | None = None,
     ood_views: int | None = None,
     tpr: float = 0.95,
+    splits=None,
 ) -> tuple[Path, dict, dict[str, list[str]]]:
     """Exports a trained run: fits the feature-score statistics on its training split and
     calibrates the threshold of `ood_score` (None: DEFAULT_OOD_SCORE) on its validation split,
     on the features summed over `ood_views` dihedral views (None: the score's default_views).
 
     Holds the writer lock of `out_dir` (default: the run directory); the files of `targets`
-    (lowbit/targets/__init__.py) are published in one set with the graphs. Returns (export
+    (lowbit/targets/__init__.py) are published in one set with the graphs. `splits`: the run's
+    data when the caller has them loaded (default: rebuilt from its config.json). Returns (export
     folder, model.json, {target: [written paths]}).
     """
     run_dir = Path(run_dir)
@@ -75,7 +84,8 @@ def export_with_targets(
             log.warning(
                 "%s: removed the staging folder of an interrupted export: %s", out_dir, removed
             )
-        splits = splits_for(record, run_dir / CONFIG_FILE)
+        if splits is None:
+            splits = splits_for(record, run_dir / CONFIG_FILE)
         # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
         fit = (splits.train.x, splits.train.y, len(record["class_names"]))
         score = ood_score or DEFAULT_OOD_SCORE

@@ -36,21 +36,22 @@ def run_main_job(
     <out>/w1a2/verify.json). `inspect_texture`: also fit, verify and run stage 1 on that
     built-in texture (`inspect_job`; its result under "inspect")."""
     from lowbit.train import TrainConfig
+    from lowbit.train.loop import load_data
 
     fp32_epochs, qat_epochs = (1, 1) if quick else (FP32_EPOCHS, QAT_EPOCHS)
     common = dict(backbone="conv4", head="cosine", loss="logitnorm", seed=0, data="builtin")
     if quick:
         common.update(width=16, per_class=120)
     fp32_dir, qat_dir = out / "fp32", out / MAIN_JOB_QAT_RUN
+    fp32_config = TrainConfig(recipe="fp32", epochs=fp32_epochs, **common)
+    qat_config = TrainConfig(recipe="w1a2", epochs=qat_epochs, init=str(fp32_dir), **common)
+    splits = load_data(fp32_config.resolved())  # both runs' data, built once for every step
     # the view scores: fp32's are not shown; w1a2's are measured on its export's integer graph,
     # exactly as the fake-quant model would give them, in a fraction of the time
-    fp32 = train_or_reuse(
-        TrainConfig(recipe="fp32", epochs=fp32_epochs, **common), fp32_dir, progress, ood_views=1
-    )
-    qat_config = TrainConfig(recipe="w1a2", epochs=qat_epochs, init=str(fp32_dir), **common)
-    qat = train_or_reuse(qat_config, qat_dir, progress, ood_views=1)
-    _, description = export_run(qat_dir)
-    qat = measure_view_scores(qat_dir)
+    fp32 = train_or_reuse(fp32_config, fp32_dir, progress, splits=splits, ood_views=1)
+    qat = train_or_reuse(qat_config, qat_dir, progress, splits=splits, ood_views=1)
+    _, description = export_run(qat_dir, splits=splits)
+    qat = measure_view_scores(qat_dir, splits=splits)
     fitted = None
     if inspect_texture is not None:
         from lowbit.detect.fit import fit_detector
@@ -61,6 +62,7 @@ def run_main_job(
         fitted = time.perf_counter() - started
     report = verify_run(
         qat_dir,
+        splits=splits,
         n=200 if quick else 1000,
         random=64 if quick else 1000,
         progress=progress,

@@ -43,9 +43,12 @@ def verify_run(
     detector_images: int = DETECTOR_IMAGES,
     detector_random: int = DETECTOR_RANDOM,
     detector_qonnx: int = DETECTOR_QONNX,
+    splits=None,
 ) -> dict:
     """Verifies an exported model against the run it came from (model.json's source_run), and
-    every detector fitted into it; writes and returns the report that verify.json holds."""
+    every detector fitted into it; writes and returns the report that verify.json holds.
+    `splits`: the run's data when the caller has them loaded (its test images are the real
+    inputs; default: rebuilt from the run's config.json); not used with `data`."""
     export_dir = Path(export_dir)
     description = read_description(export_dir)
     run_dir = (export_dir / description.get("source_run", ".")).resolve()
@@ -54,7 +57,10 @@ def verify_run(
     if n > 0:
         if data is not None:  # other data than the run's own: nothing to match
             record = {**record, "data": data, "data_fingerprint": None}
-        real = splits_for(record, run_dir / CONFIG_FILE).test.x
+            splits = None
+        if splits is None:
+            splits = splits_for(record, run_dir / CONFIG_FILE)
+        real = splits.test.x
     int_graph = load_graph(export_dir / INT_GRAPH_FILE) if ties else None
     inputs = build_inputs(
         description, real, n=n, random=random, ties=ties, seed=seed, int_graph=int_graph
