@@ -14,8 +14,14 @@ import os
 from pathlib import Path
 
 from lowbit.artifacts import CONFIG_FILE
-from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, default_views
+from lowbit.core.scores import (
+    DEFAULT_OOD_SCORE,
+    DEFAULT_OOD_VIEWS,
+    check_detector,
+    default_views,
+)
 from lowbit.data import NORMALIZATION, crop_rule
+from lowbit.errors import ConfigError
 from lowbit.export.api import export_model
 from lowbit.fewshot.openset import integer_calibration
 from lowbit.io import remove_stale_staging
@@ -71,6 +77,12 @@ def export_with_targets(
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
+    score = ood_score or DEFAULT_OOD_SCORE
+    views = default_views(score) if ood_views is None else ood_views
+    try:  # before any work: a score that reads one view given several, an unknown count
+        check_detector(score, views)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     model, record = load_run(run_dir)
     written: dict[str, list[str]] = {}
 
@@ -88,8 +100,6 @@ def export_with_targets(
             splits = splits_for(record, run_dir / CONFIG_FILE)
         # calibrated on the integer graph's own logits: the runtime then keeps exactly `tpr` of val
         fit = (splits.train.x, splits.train.y, len(record["class_names"]))
-        score = ood_score or DEFAULT_OOD_SCORE
-        views = default_views(score) if ood_views is None else ood_views
         ood = integer_calibration(splits.val.x, score, tpr, fit=fit, views=views)
         description = export_model(
             model,
