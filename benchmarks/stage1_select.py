@@ -216,6 +216,10 @@ def evaluate(maps: np.ndarray, masks: np.ndarray, names: np.ndarray) -> dict:
 def run_texture(texture: str, trunk: Trunk, candidates: list[str], args) -> list[dict]:
     """Return one row per candidate for one texture."""
     fit_images, _ = generate(texture, 0, "train/good", args.fit_images, None)
+    if args.bank_flips:  # the fit images mirrored left-right and up-down join the bank's pool
+        fit_images = np.concatenate(
+            [fit_images, fit_images[:, :, ::-1], fit_images[:, ::-1], fit_images[:, ::-1, ::-1]]
+        )
     images, masks, names = make_split(texture, args.split, args)
     fit_features, features = trunk(fit_images), trunk(images)
     rows = []
@@ -266,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-good", type=int, default=30)
     parser.add_argument("--val-per-type", type=int, default=6)
     parser.add_argument("--tag", default=None, help="output file name part (default: run name)")
+    parser.add_argument(
+        "--bank-flips",
+        action="store_true",
+        help="fit the bank on the fit images and their three flips (4x the patch pool)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     candidates = args.candidates.split()
