@@ -221,20 +221,31 @@ def run_texture(texture: str, trunk: Trunk, candidates: list[str], args) -> list
             [fit_images, fit_images[:, :, ::-1], fit_images[:, ::-1], fit_images[:, ::-1, ::-1]]
         )
     images, masks, names = make_split(texture, args.split, args)
-    fit_features, features = trunk(fit_images), trunk(images)
+    fit_features = trunk(fit_images)
+    # --test-flips: each image is also seen mirrored (left-right, up-down, both); the maps of the
+    # mirrored images, mirrored back, are added to the image's own (integers: an exact sum)
+    flips = ((), (2,), (1,), (1, 2)) if args.test_flips else ((),)
+    seen = [trunk(np.flip(images, axes) if axes else images) for axes in flips]
     rows = []
     for candidate in candidates:
         started = time.perf_counter()
         parts, bank_size = parse(candidate)
         fit_patches, code_range = assemble(fit_features, parts, trunk)
-        patches, _ = assemble(features, parts, trunk)
         if trunk.is_float:
             c = fit_patches.shape[1]
             vectors = np.unique(np.moveaxis(fit_patches, 1, -1).reshape(-1, c), axis=0)
-            maps = float_map(float_bank(vectors, bank_size), patches)
+            bank = float_bank(vectors, bank_size)
         else:
             bank = fit_memory_bank(fit_patches, bank_size, code_range)
-            maps = anomaly_map(bank, patches, code_range)
+        maps = 0
+        for axes, features in zip(flips, seen):
+            patches, _ = assemble(features, parts, trunk)
+            one = (
+                float_map(bank, patches)
+                if trunk.is_float
+                else anomaly_map(bank, patches, code_range)
+            )
+            maps = maps + (np.flip(one, axes) if axes else one)  # map axes: [N, h, w]
         row = {"texture": texture, "candidate": candidate, "map": maps.shape[1]}
         row |= evaluate(maps, masks, names)
         row["seconds"] = round(time.perf_counter() - started, 1)
@@ -270,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-good", type=int, default=30)
     parser.add_argument("--val-per-type", type=int, default=6)
     parser.add_argument("--tag", default=None, help="output file name part (default: run name)")
+    parser.add_argument(
+        "--test-flips",
+        action="store_true",
+        help="add the maps of each scored image's three flips, flipped back, to its own",
+    )
     parser.add_argument(
         "--bank-flips",
         action="store_true",
