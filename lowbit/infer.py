@@ -108,15 +108,14 @@ def infer_file(
     try:
         outputs = runtime.run(x, batch_size=batch_size, keep_intermediates=stats is not None)
         if stats is not None and views > 1:  # the score reads features summed over the views
-            from lowbit.core.views import dihedral_view
+            from lowbit.core.views import view_outputs
 
-            features = outputs[FEATURE_TENSOR].astype(np.int64)
-            for view in range(1, views):
-                more = runtime.run(
-                    dihedral_view(x, view), batch_size=batch_size, outputs=[FEATURE_TENSOR]
-                )
-                features = features + more[FEATURE_TENSOR]
-            outputs[FEATURE_TENSOR] = features
+            def run(images: np.ndarray) -> tuple[None, np.ndarray]:
+                named = runtime.run(images, batch_size=batch_size, outputs=[FEATURE_TENSOR])
+                return None, named[FEATURE_TENSOR]
+
+            first = (None, outputs[FEATURE_TENSOR].astype(np.int64))
+            outputs[FEATURE_TENSOR] = view_outputs(run, x, views, first=first)[1]
     except InputError as error:  # the runtime names the tensor; the user needs the file too
         raise InputError(f"{input_path}: {error}") from None
     if ood is not None:

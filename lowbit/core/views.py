@@ -70,11 +70,15 @@ def sum_views(features: np.ndarray, views: int) -> np.ndarray:
 
 
 def view_outputs(
-    outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], x: np.ndarray, views: int
+    outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    views: int,
+    first: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (logits of view 0, features summed over `views` views) of images x, where
-    `outputs(images)` -> (logits, features) is one executor (fake-quant model, runtime)."""
-    logits, features = outputs(x)
+    `outputs(images)` -> (logits, features) is one executor (fake-quant model, runtime);
+    `first`: its (logits, features) of x itself when the caller already has them."""
+    logits, features = first if first is not None else outputs(x)
     if views == 1:
         return logits, features
     dtype = np.int64 if np.issubdtype(features.dtype, np.integer) else np.float64

@@ -17,7 +17,7 @@ import torch
 
 from lowbit.core.feature_scores import fit_feature_stats
 from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, VIEW_SCORES, detector_name
-from lowbit.core.views import dihedral_view
+from lowbit.core.views import view_outputs
 from lowbit.models import LowbitModel
 from lowbit.models.accounting import parameter_bits
 from lowbit.train.config import TrainConfig
@@ -100,12 +100,9 @@ def ood_evaluation(
     metrics = ood_metrics(logits_in, logits_out, features_in, features_out, stats)
     if views > 1:
 
-        def summed(x: np.ndarray, first: np.ndarray) -> np.ndarray:
-            dtype = np.int64 if np.issubdtype(first.dtype, np.integer) else np.float64
-            total = first.astype(dtype)
-            for view in range(1, views):
-                total = total + model_outputs(model, dihedral_view(x, view))[1].astype(dtype)
-            return total
+        def summed(x: np.ndarray, features: np.ndarray) -> np.ndarray:
+            run = lambda images: model_outputs(model, images)  # noqa: E731
+            return view_outputs(run, x, views, first=(None, features))[1]
 
         train_summed = summed(splits.train.x, train_features)
         stats_views = fit_feature_stats(train_summed, splits.train.y, classes)
