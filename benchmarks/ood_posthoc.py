@@ -13,9 +13,10 @@ No retraining: for each fold's `plain` model (or `--candidate`), relative Mahala
   and standard deviation on the fold's validation crops (known types only); `final+msp` and
   `ensemble+msp` add the standardized MSP;
 - `viewsV`: the backbone features summed over the first V of the 8 dihedral views of each crop
-  (`dihedral_view`: identity, flips, transposes; exact permutations of the input pixels), for
-  the training crops as for the scored ones: V = 2, 4, 8. `viewsV-mean` instead averages the V
-  views' scores, with the statistics fitted on every view of every training crop.
+  (`lowbit.core.views.dihedral_view`: identity, flips, transposes; exact permutations of the
+  input pixels), for the training crops as for the scored ones: V = 2, 4, 8. `viewsV-mean`
+  instead averages the V views' scores, with the statistics fitted on every view of every
+  training crop.
 Each is measured like the selection: the fold's known test crops against the pseudo-unknown type,
 mean FPR95 / AUROC over the folds. The real held-out types are never read.
 """
@@ -33,21 +34,10 @@ import torch
 
 from lowbit.core.feature_scores import fit_feature_stats, rel_mahalanobis_score
 from lowbit.core.scores import auroc, fpr_at_95_tpr, msp
+from lowbit.core.views import dihedral_view
 
 SPLITS = ("train", "val", "test", "ood")
 VIEWS = (2, 4, 8)
-
-
-def dihedral_view(x: torch.Tensor, view: int) -> torch.Tensor:
-    """View 0..7 of images [N, C, H, W] (H = W): bit 0 flips left-right, bit 1 up-down, bit 2
-    transposes; the eight together are the square's symmetries."""
-    if view & 1:
-        x = x.flip(3)
-    if view & 2:
-        x = x.flip(2)
-    if view & 4:
-        x = x.transpose(2, 3)
-    return x
 
 
 def view_outputs(model, x: np.ndarray, batch: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -58,7 +48,7 @@ def view_outputs(model, x: np.ndarray, batch: int = 256) -> list[tuple[np.ndarra
         for view in range(max(VIEWS)):
             features, logits = [], []
             for start in range(0, len(x), batch):
-                f = model.features(dihedral_view(torch.from_numpy(x[start : start + batch]), view))
+                f = model.features(torch.from_numpy(dihedral_view(x[start : start + batch], view)))
                 features.append(f.double().numpy())
                 logits.append(model.head(f).double().numpy())
             pairs.append((np.concatenate(features), np.concatenate(logits)))

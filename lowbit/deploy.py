@@ -134,31 +134,29 @@ def measure_view_scores(
     run's data when the caller has it loaded (default: loaded from its config.json).
     """
     from lowbit.artifacts import METRICS_FILE, read_json
-    from lowbit.core.feature_scores import fit_feature_stats
     from lowbit.core.scores import VIEW_SCORES, detector_name
     from lowbit.fewshot.features import runtime_view_outputs
     from lowbit.io import atomic_write_json
     from lowbit.manifest import read_description
     from lowbit.runtime import Runtime
-    from lowbit.train.metrics import feature_metrics
+    from lowbit.train.metrics import view_score_metrics
 
     run_dir = Path(run_dir)
     export_dir = Path(export_dir) if export_dir else run_dir
     metrics = read_json(run_dir / METRICS_FILE, "metrics")
-    names = {name: detector_name(name, views) for name in VIEW_SCORES}
-    if not metrics.get("ood") or set(names.values()) <= set(metrics["ood"]):
+    names = {detector_name(name, views) for name in VIEW_SCORES}
+    if not metrics.get("ood") or names <= set(metrics["ood"]):
         return metrics
     description = read_description(export_dir)
     runtime = Runtime(export_dir / description["files"]["int"])
     record = read_json(run_dir / CONFIG_FILE, "config")
     splits = splits if splits is not None else splits_for(record, run_dir / CONFIG_FILE)
-    train_features = runtime_view_outputs(runtime, splits.train.x, views)[1]
-    stats = fit_feature_stats(train_features, splits.train.y, len(record["class_names"]))
-    scored = feature_metrics(
-        runtime_view_outputs(runtime, splits.test.x, views)[1],
-        runtime_view_outputs(runtime, splits.ood.x, views)[1],
-        stats,
+    metrics["ood"].update(
+        view_score_metrics(
+            splits,
+            lambda split: runtime_view_outputs(runtime, getattr(splits, split).x, views)[1],
+            views,
+        )
     )
-    metrics["ood"].update({names[name]: scored[name] for name in VIEW_SCORES})
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics

@@ -23,6 +23,7 @@ __all__ = [
     "check_detector",
     "default_views",
     "detector_name",
+    "ood_detector",
     "ood_views",
     "LOGIT_SCORES",
     "SCORES",
@@ -111,6 +112,19 @@ def ood_views(ood: dict | None) -> int:
 
     views = (ood or {}).get("views")
     return 1 if views is None else check_views(views, "model.json: ood.views")
+
+
+def ood_detector(ood: dict | None) -> tuple[str, int]:
+    """Returns model.json's "ood" (score, view count) (msp and 1 when absent); ValueError
+    naming ood.views when the count is not 1, 2, 4 or 8, or the score reads one view."""
+    score = (ood or {}).get("score") or "msp"
+    views = ood_views(ood)
+    if views > 1 and score not in VIEW_SCORES:
+        raise ValueError(
+            f"model.json: ood.views: {views} views, but score {score!r} reads one view; "
+            f"views > 1 work with {', '.join(VIEW_SCORES)}; re-export the model"
+        )
+    return score, views
 
 
 def _check_scores(scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from lowbit.artifacts import DESCRIPTION_FILE
 from lowbit.core.feature_scores import FEATURE_TENSOR, load_export_stats
-from lowbit.core.scores import detector_name
+from lowbit.core.scores import detector_name, ood_views
 from lowbit.data.preprocess import crop_rule_of
 from lowbit.errors import ConfigError
 from lowbit.fewshot.images import image_name, load_crops
@@ -46,21 +46,13 @@ def needs_features(ood: dict | None) -> bool:
 
 def export_views(description: dict, export_dir: str | Path) -> int:
     """Returns model.json's "ood" view count; ModelFileError naming the file when malformed."""
-    from lowbit.core.scores import VIEW_SCORES, ood_views
+    from lowbit.core.scores import ood_detector
     from lowbit.errors import ModelFileError
 
-    where = Path(export_dir) / DESCRIPTION_FILE
-    ood = description.get("ood") or {}
     try:
-        views = ood_views(ood)
+        return ood_detector(description.get("ood"))[1]
     except ValueError as error:
-        raise ModelFileError(f"{where}: {error}") from None
-    if views > 1 and ood.get("score") not in VIEW_SCORES:
-        raise ModelFileError(
-            f"{where}: ood.score {ood.get('score')!r} reads one view, ood.views is {views}; "
-            "re-export the model"
-        )
-    return views
+        raise ModelFileError(f"{Path(export_dir) / DESCRIPTION_FILE}: {error}") from None
 
 
 def run_views(runtime, x: np.ndarray, views: int, features: bool) -> tuple:
@@ -85,7 +77,7 @@ def decide(
     ood = ood or {}
     score_name = ood.get("score") or "msp"
     scores = ood_score(logits, score_name, features, stats)
-    views = int(ood.get("views") or 1)  # the caller summed the features over them
+    views = ood_views(ood)  # the caller summed the features over them
     threshold = ood.get("threshold")
     known = scores >= threshold if threshold is not None else np.ones(len(scores), bool)
     rows = []

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lowbit.core.feature_scores import fit_feature_stats
-from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, VIEW_SCORES, detector_name
+from lowbit.core.scores import DEFAULT_OOD_SCORE, DEFAULT_OOD_VIEWS, detector_name
 from lowbit.core.views import view_outputs
 from lowbit.models import LowbitModel
 from lowbit.models.accounting import parameter_bits
@@ -24,9 +24,9 @@ from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import (
     accuracy,
     confusion_matrix,
-    feature_metrics,
     ood_metrics,
     per_class_accuracy,
+    view_score_metrics,
 )
 
 
@@ -93,23 +93,19 @@ def ood_evaluation(
     ood = getattr(splits, "ood", None)
     if ood is None or len(ood.x) == 0 or len(logits_in) == 0:
         return None
-    classes = len(splits.class_names)
     train_logits, train_features = model_outputs(model, splits.train.x)
-    stats = fit_feature_stats(train_features, splits.train.y, classes, train_logits)
+    stats = fit_feature_stats(train_features, splits.train.y, len(splits.class_names), train_logits)
     logits_out, features_out = model_outputs(model, ood.x)
     metrics = ood_metrics(logits_in, logits_out, features_in, features_out, stats)
-    if views > 1:
+    if views > 1:  # view 0's features are those above
+        first = {"train": train_features, "test": features_in, "ood": features_out}
 
-        def summed(x: np.ndarray, features: np.ndarray) -> np.ndarray:
+        def summed(split: str) -> np.ndarray:
             run = lambda images: model_outputs(model, images)  # noqa: E731
-            return view_outputs(run, x, views, first=(None, features))[1]
+            x = getattr(splits, split).x
+            return view_outputs(run, x, views, first=(None, first[split]))[1]
 
-        train_summed = summed(splits.train.x, train_features)
-        stats_views = fit_feature_stats(train_summed, splits.train.y, classes)
-        scored = feature_metrics(
-            summed(splits.test.x, features_in), summed(ood.x, features_out), stats_views
-        )
-        metrics.update({detector_name(name, views): scored[name] for name in VIEW_SCORES})
+        metrics.update(view_score_metrics(splits, summed, views))
     return metrics
 
 

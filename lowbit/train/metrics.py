@@ -6,7 +6,7 @@ applies every score to known and unknown samples.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,6 +54,21 @@ def feature_metrics(
             "fpr95": fpr_at_95_tpr(scores_in, scores_out),
         }
     return result
+
+
+def view_score_metrics(
+    splits, summed: Callable[[str], np.ndarray], views: int
+) -> dict[str, dict[str, float]]:
+    """Returns {"<score>@<views>views": {"auroc", "fpr95"}} for every score of VIEW_SCORES:
+    statistics fitted on the training split's features summed over the views, splits.test
+    against splits.ood. `summed(split name)` gives that split's summed features from one
+    executor (fake-quant model, integer runtime): equal codes give equal numbers."""
+    from lowbit.core.feature_scores import fit_feature_stats
+    from lowbit.core.scores import VIEW_SCORES, detector_name
+
+    stats = fit_feature_stats(summed("train"), splits.train.y, len(splits.class_names))
+    scored = feature_metrics(summed("test"), summed("ood"), stats)
+    return {detector_name(name, views): scored[name] for name in VIEW_SCORES}
 
 
 def ood_metrics(

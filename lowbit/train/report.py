@@ -142,9 +142,9 @@ def eval_report(
         deployed = None
         ood = (description or {}).get("ood") or {}
         if ood.get("score"):
-            from lowbit.core.scores import detector_name
+            from lowbit.core.scores import detector_name, ood_views
 
-            deployed = detector_name(ood["score"], int(ood.get("views") or 1))
+            deployed = detector_name(ood["score"], ood_views(ood))
         lines += [ood_table(metrics, deployed), ""]
     else:
         lines += ["unknown types: none held out (train with --unknown A,B to measure them)", ""]

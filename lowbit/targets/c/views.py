@@ -22,7 +22,7 @@ from string import Template
 
 import numpy as np
 
-from lowbit.core.scores import VIEW_SCORES, ood_views
+from lowbit.core.scores import ood_detector
 from lowbit.errors import ModelFileError
 from lowbit.targets.c.pack import c_type
 from lowbit.targets.c.plan import CPlan, Tensor
@@ -83,16 +83,11 @@ def check_views(plan: CPlan, ood: dict, name: str) -> int:
     the score reads views, the input is square where views transpose, and n stays exact."""
     where = "model.json: ood.views"
     try:
-        views = ood_views(ood)
+        views = ood_detector({**ood, "score": name})[1]
     except ValueError as error:
         raise ModelFileError(str(error)) from None
     if views == 1:
         return views
-    if name not in VIEW_SCORES:
-        raise ModelFileError(
-            f"{where}: {views} views, but score {name!r} reads one view; views > 1 work with "
-            f"{', '.join(VIEW_SCORES)}; re-export the model"
-        )
     height, width = plan.input_shape[2:]
     if views >= 4 and height != width:
         raise ModelFileError(
