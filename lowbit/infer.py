@@ -106,13 +106,14 @@ def infer_file(
     x = load_input(input_path)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     try:
-        outputs = runtime.run(x, batch_size=batch_size, keep_intermediates=stats is not None)
+        named = [FEATURE_TENSOR] if stats is not None else []
+        outputs = runtime.run(x, batch_size=batch_size, outputs=named)
         if stats is not None and views > 1:  # the score reads features summed over the views
             from lowbit.core.views import view_outputs
 
             def run(images: np.ndarray) -> tuple[None, np.ndarray]:
-                named = runtime.run(images, batch_size=batch_size, outputs=[FEATURE_TENSOR])
-                return None, named[FEATURE_TENSOR]
+                out = runtime.run(images, batch_size=batch_size, outputs=[FEATURE_TENSOR])
+                return None, out[FEATURE_TENSOR]
 
             first = (None, outputs[FEATURE_TENSOR].astype(np.int64))
             outputs[FEATURE_TENSOR] = view_outputs(run, x, views, first=first)[1]
