@@ -15,7 +15,14 @@ not drawn). For each flagged image, the classifier's type accuracy with the crop
   maximum, less the halo;
 - `peak half - halo`: within that region, the cells connected to the maximum whose value is
   at least halfway from the pixel threshold to the maximum, less the halo;
-- `ground truth`: the mask's own box (the classifier's ceiling).
+- `ground truth`: the mask's own box (the classifier's ceiling);
+and rules that try several boxes and keep the decision whose deployed unknown-type score is
+highest (the crop that looks most like a known defect):
+- `around`: inspect's box, moved by one map cell (stride px) left, right, up or down, grown and
+  shrunk by one cell a side (7 boxes);
+- `best of rules`: the first five rules above (5 boxes), ties to the first in inspect's order
+  (`HANDOFF_BOXES`: region - halo first): inspect's rule;
+- `best of all`: both sets (11 distinct rules).
 """
 
 from __future__ import annotations
@@ -29,8 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.data import BUILTIN_CLASSES, BUILTIN_UNKNOWN, load_whole_images, make_whole_images
-from lowbit.detect.inspect import inspect, shrink_box
-from lowbit.detect.maps import label_regions, largest_region, upsample_nearest
+from lowbit.detect.inspect import (
+    HANDOFF_BOXES,
+    best_decisions,
+    candidate_boxes,
+    inspect,
+    shrink_box,
+)
 from lowbit.fewshot.predict import predict
 from lowbit.fewshot.regions import region_box
 
@@ -38,32 +50,52 @@ log = logging.getLogger("stage1_handoff")
 
 
 def boxes_by_rule(row: dict, detector: dict, truth: np.ndarray) -> dict[str, list[int]]:
-    """Returns each rule's box for one flagged image."""
+    """Returns each rule's box for one flagged image: inspect's candidates, then the truth."""
     height, width = truth.shape
-    anomaly = row["map"]
-    stride = height // anomaly.shape[0]
-    halo = detector["aggregate"] // 2 * stride
-    above = largest_region(anomaly > detector["pixel_threshold"])
-    region = region_box(upsample_nearest(above, height, width))
-    strict = largest_region(anomaly > detector["image_threshold"])
-    peak = np.unravel_index(int(np.argmax(anomaly)), anomaly.shape)
-    labels, _ = label_regions(anomaly > detector["pixel_threshold"])
-    peak_region = labels == labels[peak]
-    half = (int(detector["pixel_threshold"]) + int(anomaly[peak])) // 2
-    half_labels, _ = label_regions(peak_region & (anomaly >= half))
-    peak_half = half_labels == half_labels[peak]
+    boxes = candidate_boxes(
+        row["map"],
+        detector["pixel_threshold"],
+        detector["image_threshold"],
+        height,
+        width,
+        detector["aggregate"] // 2,
+    )
+    return {**boxes, "ground truth": region_box(truth)}
+
+
+def around(box: list[int], step: int, height: int, width: int) -> dict[str, list[int]]:
+    """Returns inspect's box moved by one cell each way, grown and shrunk by one cell a side,
+    clipped to the image (a shrink that would empty a side keeps it)."""
+    x0, y0, x1, y1 = box
+
+    def clip(b: list[int]) -> list[int]:
+        return [max(0, b[0]), max(0, b[1]), min(width, b[2]), min(height, b[3])]
+
     return {
-        "region": region,
-        "region - halo": shrink_box(region, halo, halo),
-        "image threshold": region_box(upsample_nearest(strict, height, width)),
-        "peak region - halo": shrink_box(
-            region_box(upsample_nearest(peak_region, height, width)), halo, halo
-        ),
-        "peak half - halo": shrink_box(
-            region_box(upsample_nearest(peak_half, height, width)), halo, halo
-        ),
-        "ground truth": region_box(truth),
+        "around: left": clip([x0 - step, y0, x1 - step, y1]),
+        "around: right": clip([x0 + step, y0, x1 + step, y1]),
+        "around: up": clip([x0, y0 - step, x1, y1 - step]),
+        "around: down": clip([x0, y0 + step, x1, y1 + step]),
+        "around: grown": clip([x0 - step, y0 - step, x1 + step, y1 + step]),
+        "around: shrunk": shrink_box(box, step, step),
     }
+
+
+SEARCHES = {
+    "around": ["region - halo", *(f"around: {w}" for w in ("left", "right", "up", "down"))]
+    + ["around: grown", "around: shrunk"],
+    "best of rules": list(HANDOFF_BOXES),  # inspect's rule
+}
+SEARCHES["best of all"] = list(dict.fromkeys(SEARCHES["around"] + SEARCHES["best of rules"]))
+
+
+def best_by_score(decisions: dict[str, list[dict]], rules: list[str]) -> list[dict]:
+    """Returns per image the decision of the rule with the highest deployed score (the first
+    in `rules` order on ties), by inspect's own choice (`best_decisions`)."""
+    count = len(decisions[rules[0]])
+    flat = [decisions[rule][i] for i in range(count) for rule in rules]
+    best = best_decisions(flat, [i for i in range(count) for _ in rules])
+    return [flat[best[i]] for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,16 +120,29 @@ def main(argv: list[str] | None = None) -> int:
             types = np.array(data.test_types)[data.test_labels]
             rows = inspect(export, data.test_images, category=texture)
             flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
-            rules = [boxes_by_rule(rows[i], detector, data.test_masks[i]) for i in flagged]
+            rules = []
+            for i in flagged:
+                boxes = boxes_by_rule(rows[i], detector, data.test_masks[i])
+                stride = data.test_masks[i].shape[0] // rows[i]["map"].shape[0]
+                boxes.update(around(boxes["region - halo"], stride, *data.test_masks[i].shape))
+                rules.append(boxes)
             result = {"model": export.name, "texture": texture, "flagged": len(flagged)}
             result["images"] = len(rows)
+            decisions = {}
             for rule in rules[0]:
-                decisions = predict(
+                decisions[rule] = predict(
                     export,
                     [data.test_images[i] for i in flagged],
                     boxes=[boxes[rule] for boxes in rules],
                 )
-                correct = [d["label"] == types[i] for d, i in zip(decisions, flagged)]
+            for search, members in SEARCHES.items():
+                decisions[search] = best_by_score(decisions, members)
+            inspected = [(rows[i]["type"], rows[i]["confidence"]) for i in flagged]
+            chosen = [(d["label"], d["score"]) for d in decisions["best of rules"]]
+            if inspected != chosen:  # the benchmark's rule must be inspect's
+                raise SystemExit(f"{export.name}/{texture}: inspect decided otherwise")
+            for rule, chosen in decisions.items():
+                correct = [d["label"] == types[i] for d, i in zip(chosen, flagged)]
                 result[rule] = float(np.mean(correct))
             log.info("%s", result)
             results.append(result)

@@ -4,11 +4,13 @@ Per image: the integer anomaly map (the fitted trunk layer's codes, k x k sums, 
 distance to the bank), the score (the map's maximum), `anomalous` = score > image threshold.
 For an anomalous image the mask is the map's cells above the pixel threshold, repeated to image
 size (nearest); the box is the bounding box of the mask's largest 4-connected region, moved in
-by the aggregation's halo (k // 2 cells, `shrink_box`; chosen on validation images of known
-types, docs/anomaly.md). The box goes to the classifier through `lowbit.fewshot.predict`: the
-crop is cut by the very rule the training crops were cut by (a box stands for its filled mask,
-and the rule reads only a mask's bounding box), the decision is predict's (type, or "unknown"
-by the deployed score).
+by the aggregation's halo (k // 2 cells, `shrink_box`). Stage 2 tries that box and the boxes
+of four more rules read off the same map (`candidate_boxes`), each through
+`lowbit.fewshot.predict`: the crop is cut by the very rule the training crops were cut by (a box
+stands for its filled mask, and the rule reads only a mask's bounding box). The part's decision
+is the one whose deployed unknown-type score is highest (the crop that looks most like a known
+defect; type, or "unknown" by the deployed score), and its box is the part's box. Both rules
+were chosen on validation images of known types (docs/anomaly.md).
 A part below the threshold gets no mask, no box and no stage 2.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from lowbit.data.preprocess import crop_box, crop_rule_of
 from lowbit.detect.fit import load_trunk, whole_image_codes
-from lowbit.detect.maps import largest_region, upsample_nearest
+from lowbit.detect.maps import label_regions, largest_region, upsample_nearest
 from lowbit.detect.memory_bank import anomaly_map, image_scores
 from lowbit.detect.store import choose_category, read_detector, trunk_fingerprint
 from lowbit.errors import ConfigError, DataError, ModelFileError
@@ -47,6 +49,15 @@ JSON_FIELDS = (
     "confidence_name",
 )
 STAGE2_FIELDS = ("type", "class", "known", "confidence", "confidence_name")
+# the boxes stage 2 tries on a flagged part, in this order (ties keep the first);
+# `candidate_boxes` says what each is
+HANDOFF_BOXES = (
+    "region - halo",
+    "region",
+    "image threshold",
+    "peak region - halo",
+    "peak half - halo",
+)
 
 
 def read_whole_images(
@@ -86,6 +97,59 @@ def locate(
     box = region_box(upsample_nearest(region, height, width))
     h, w = anomaly.shape
     return mask, shrink_box(box, halo * (width // w), halo * (height // h))
+
+
+def candidate_boxes(
+    anomaly: np.ndarray,
+    pixel_threshold: int,
+    image_threshold: int,
+    height: int,
+    width: int,
+    halo: int = 0,
+) -> dict[str, list[int]]:
+    """Returns the HANDOFF_BOXES of one flagged map [h, w] (its maximum above image_threshold),
+    each [x0, y0, x1, y1] in pixels:
+    - `region`: the bounding box of the largest 4-connected region of cells above the pixel
+      threshold; `region - halo`: that box moved in by `halo` cells a side (`locate`'s box);
+    - `image threshold`: the largest region of cells above the image threshold;
+    - `peak region - halo`: the region above the pixel threshold that holds the map's maximum
+      (the first maximum in raster order), less the halo;
+    - `peak half - halo`: within that region, the cells connected to the maximum and at least
+      halfway (integer floor) from the pixel threshold to it, less the halo.
+    """
+    h, w = anomaly.shape
+    dx, dy = halo * (width // w), halo * (height // h)
+
+    def box(cells: np.ndarray) -> list[int]:
+        return region_box(upsample_nearest(cells, height, width))
+
+    above = anomaly > pixel_threshold
+    peak = np.unravel_index(int(np.argmax(anomaly)), anomaly.shape)
+    if not anomaly[peak] > image_threshold:
+        raise ValueError(f"map maximum {anomaly[peak]} is not above {image_threshold}")
+    labels, _ = label_regions(above)
+    peak_region = labels == labels[peak]
+    half = (int(pixel_threshold) + int(anomaly[peak])) // 2
+    half_labels, _ = label_regions(peak_region & (anomaly >= half))
+    region = box(largest_region(above))
+    boxes = {
+        "region - halo": shrink_box(region, dx, dy),
+        "region": region,
+        "image threshold": box(largest_region(anomaly > image_threshold)),
+        "peak region - halo": shrink_box(box(peak_region), dx, dy),
+        "peak half - halo": shrink_box(box(half_labels == half_labels[peak]), dx, dy),
+    }
+    return {name: boxes[name] for name in HANDOFF_BOXES}
+
+
+def best_decisions(decisions: Sequence[dict], owners: Sequence[int]) -> dict[int, int]:
+    """Returns {owner: index of its decision with the highest score}; `owners[i]` is the part
+    decision i belongs to; ties keep the first."""
+    best: dict[int, int] = {}
+    for index, (owner, decision) in enumerate(zip(owners, decisions)):
+        if owner not in best or decision["score"] > decisions[best[owner]]["score"]:
+            best[owner] = index
+    return best
 
 
 def shrink_box(box: list[int], dx: int, dy: int) -> list[int]:
@@ -174,19 +238,36 @@ class Inspector:
                 }
             )
         flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
-        if flagged:
-            decisions = self.classifier.predict(
-                [pixels[i] for i in flagged],
-                boxes=[rows[i]["box"] for i in flagged] if self.crop is not None else None,
-            )
-            for i, decision in zip(flagged, decisions):
-                rows[i].update(
-                    type=decision["label"],
-                    **{"class": decision["class"]},
-                    known=decision["known"],
-                    confidence=decision["score"],
-                    confidence_name=decision["score_name"],
+        if not flagged:
+            return rows
+        owners, boxes = list(flagged), None
+        if self.crop is not None:  # every distinct candidate box of every flagged part
+            owners, boxes = [], []
+            for i in flagged:
+                candidates = candidate_boxes(
+                    maps[i],
+                    detector["pixel_threshold"],
+                    detector["image_threshold"],
+                    height,
+                    width,
+                    detector["aggregate"] // 2,
                 )
+                for box in dict.fromkeys(map(tuple, candidates.values())):
+                    owners.append(i)
+                    boxes.append(list(box))
+        decisions = self.classifier.predict([pixels[i] for i in owners], boxes=boxes)
+        for i, index in best_decisions(decisions, owners).items():
+            decision = decisions[index]
+            if boxes is not None:
+                rows[i]["box"] = boxes[index]
+                rows[i]["crop"] = crop_square(boxes[index], (height, width), self.crop)
+            rows[i].update(
+                type=decision["label"],
+                **{"class": decision["class"]},
+                known=decision["known"],
+                confidence=decision["score"],
+                confidence_name=decision["score_name"],
+            )
         return rows
 
 
@@ -197,9 +278,10 @@ def inspect(
     category: str | None = None,
 ) -> list[dict]:
     """Returns per image: image, category, anomalous, score, threshold (ints), map (int64
-    [h, w]), mask (bool [H, W]), box and crop ([x0, y0, x1, y1] or None), and for an anomalous
-    image predict's decision: type (class or "unknown"), class, known, confidence (the deployed
-    score) and confidence_name; these are None for a part below the threshold.
+    [h, w]), mask (bool [H, W]), box (the candidate box stage 2 decided on) and crop
+    ([x0, y0, x1, y1] or None), and for an anomalous image predict's decision on that box: type
+    (class or "unknown"), class, known, confidence (the deployed score, the highest of the
+    candidates') and confidence_name; these are None for a part below the threshold.
     """
     return Inspector(export_dir, category).run(images)
 

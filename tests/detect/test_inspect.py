@@ -16,7 +16,16 @@ from lowbit.data import NORMALIZATION, crop_rule, crop_to_mask, load_whole_image
 from lowbit.data.preprocess import reflect_indices
 from lowbit.detect.aggregate import aggregate
 from lowbit.detect.fit import split_good
-from lowbit.detect.inspect import JSON_FIELDS, crop_square, inspect, locate, shrink_box
+from lowbit.detect.inspect import (
+    HANDOFF_BOXES,
+    JSON_FIELDS,
+    best_decisions,
+    candidate_boxes,
+    crop_square,
+    inspect,
+    locate,
+    shrink_box,
+)
 from lowbit.detect.maps import upsample_nearest
 from lowbit.errors import ConfigError, DataError, ModelFileError
 from lowbit.fewshot.images import load_crops
@@ -115,19 +124,87 @@ def test_shrink_box_keeps_short_sides():
     assert shrink_box([8, 8, 16, 28], 4, 4) == [8, 12, 16, 24]
 
 
-def test_stage_two_gets_each_flagged_part_s_box(monkeypatch, fitted_export, flat_image):
+def test_candidate_boxes_by_hand():
+    """An 8 x 8 map of 4 px cells (32 px image), pixel threshold 10, image threshold 50: a
+    large region of 6 cells (values 20) and a small one of 3 cells holding the maximum 90."""
+    anomaly = np.zeros((8, 8), np.int64)
+    anomaly[1, 1:4] = 20  # the large region: rows 1-2, columns 1-3
+    anomaly[2, 1:4] = 20
+    anomaly[5, 5] = 90  # the peak, with 60 (>= the half-way 50) and 40 (< 50) beside it
+    anomaly[5, 6] = 60
+    anomaly[6, 5] = 40
+    boxes = candidate_boxes(anomaly, 10, 50, 32, 32, halo=1)
+    assert tuple(boxes) == HANDOFF_BOXES
+    assert boxes["region"] == [4, 4, 16, 12]  # x 1..3, y 1..2 in cells
+    assert boxes["region - halo"] == [8, 4, 12, 12]  # 12 px wide: in by 4; 8 px tall: kept
+    assert boxes["image threshold"] == [20, 20, 28, 24]  # the cells above 50: (5, 5), (5, 6)
+    assert boxes["peak region - halo"] == [20, 20, 28, 28]  # 8 x 8 px: both sides kept
+    assert boxes["peak half - halo"] == [20, 20, 28, 24]
+    assert candidate_boxes(anomaly, 10, 50, 32, 32)["region"] == boxes["region"]
+    with pytest.raises(ValueError, match="not above"):
+        candidate_boxes(anomaly, 10, 90, 32, 32)
+
+
+def test_best_decisions_keep_the_highest_score_and_the_first_on_ties():
+    decisions = [{"score": s} for s in (0.5, 0.9, 0.9, -1.0, 0.2, 0.1)]
+    assert best_decisions(decisions, [7, 7, 7, 3, 3, 8]) == {7: 1, 3: 4, 8: 5}
+
+
+def test_stage_two_decides_on_the_best_scoring_candidate_box(
+    monkeypatch, fitted_export, flat_image, whole_data
+):
     calls = []
     real_predict = inspect_module.Classifier.predict
 
     def spy(self, images, **kwargs):
-        calls.append(kwargs["boxes"])
-        return real_predict(self, images, **kwargs)
+        calls.append((len(images), kwargs["boxes"]))
+        decisions = real_predict(self, images, **kwargs)
+        calls.append(decisions)
+        return decisions
 
     monkeypatch.setattr(inspect_module.Classifier, "predict", spy)
-    rows = inspect(fitted_export, [flat_image])
-    assert rows[0]["anomalous"] and calls == [[rows[0]["box"]]]
+    images = [flat_image, *blotched_parts(whole_data)]
+    rows = inspect(fitted_export, images)
+    assert len(calls) == 2  # one classifier call for every candidate of every flagged part
+    (count, boxes), decisions = calls
+    flagged = [row for row in rows if row["anomalous"]]
+    assert flagged and count == len(boxes) == len(decisions)
+    start, chosen = 0, []
+    for row in flagged:
+        candidates = candidate_boxes(
+            row["map"], *_thresholds(fitted_export), WHOLE_SIZE, WHOLE_SIZE, halo=1
+        )
+        distinct = [list(b) for b in dict.fromkeys(map(tuple, candidates.values()))]
+        assert boxes[start : start + len(distinct)] == distinct
+        mine = decisions[start : start + len(distinct)]
+        best = max(range(len(mine)), key=lambda i: (mine[i]["score"], -i))
+        chosen.append(best)
+        assert row["box"] == distinct[best] and row["confidence"] == mine[best]["score"]
+        assert row["type"] == mine[best]["label"] and row["known"] == mine[best]["known"]
+        assert row["crop"] == crop_square(row["box"], (WHOLE_SIZE, WHOLE_SIZE), crop_rule())
+        start += len(distinct)
+    assert start == count
+    assert any(chosen), "no part's best box was other than its first: nothing was chosen"
     assert rows[0]["map"].dtype == np.int64 and rows[0]["map"].shape == (16, 16)
     assert rows[0]["score"] == rows[0]["map"].max()
+
+
+def blotched_parts(whole_data) -> list[np.ndarray]:
+    """Good brick parts with a bright blotch and a smaller dark one: two regions of different
+    size and strength, so the candidate boxes cut different crops."""
+    parts = []
+    for index, image in enumerate(validation_images(whole_data)):
+        part = image.copy()
+        y, x = 8 + 4 * index, 10 + 2 * index
+        part[y : y + 16, x : x + 12] = 250
+        part[44:50, 40 + index : 48 + index] = 5
+        parts.append(part)
+    return parts
+
+
+def _thresholds(export) -> tuple[int, int]:
+    detector = json.loads((export / "detector" / "brick.json").read_text())
+    return detector["pixel_threshold"], detector["image_threshold"]
 
 
 def test_a_good_part_below_the_threshold_skips_stage_two(monkeypatch, fitted_export, whole_data):
