@@ -17,6 +17,12 @@ No retraining: for each fold's `plain` model (or `--candidate`), relative Mahala
   input pixels), for the training crops as for the scored ones: V = 2, 4, 8. `viewsV-mean`
   instead averages the V views' scores, with the statistics fitted on every view of every
   training crop.
+- other uses of the 8 views: `views8+max` / `views8+min` / `views8+sq` concatenate the sum
+  with 8 x the per-channel maximum / minimum over the views / sqrt(8 x the sum of squares);
+  `views8-classcov` is relative Mahalanobis with one covariance per class (shrunk towards
+  its mean variance by 1 %: 360 crops per class estimate 64 x 64 entries) instead of the shared
+  one; `views8-knnK` the K-th largest cosine to the training crops' summed features (Sun et
+  al. 2022, K = 1, 10, 50); `views8-msp` MSP of the logits summed over the views.
 Each is measured like the selection: the fold's known test crops against the pseudo-unknown type,
 mean FPR95 / AUROC over the folds. The real held-out types are never read.
 """
@@ -32,12 +38,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowbit.core.feature_scores import fit_feature_stats, rel_mahalanobis_score
+from lowbit.core.feature_scores import (
+    fit_feature_stats,
+    normalize_rows,
+    rel_mahalanobis_score,
+    whitening,
+)
 from lowbit.core.scores import auroc, fpr_at_95_tpr, msp
 from lowbit.core.views import dihedral_view
 
 SPLITS = ("train", "val", "test", "ood")
 VIEWS = (2, 4, 8)
+CLASS_SHRINK = 0.01  # views8-classcov: share of the mean variance added to each diagonal
+KNN = (1, 10, 50)
+
+
+def class_covariance_score(train: np.ndarray, labels: np.ndarray, classes: int):
+    """Returns a scorer: -min_c [MD_c(z) - MD_0(z)] with one (shrunk) covariance per class."""
+
+    def shrunk(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = z.mean(axis=0)
+        covariance = (z - mean).T @ (z - mean) / len(z)
+        ridge = CLASS_SHRINK * np.trace(covariance) / len(covariance)
+        return mean, whitening(covariance + ridge * np.eye(len(covariance)))
+
+    z = normalize_rows(train)
+    background = shrunk(z)
+    per_class = [shrunk(z[labels == c]) for c in range(classes)]
+
+    def distance(points: np.ndarray, mean: np.ndarray, white: np.ndarray) -> np.ndarray:
+        return np.square((points - mean) @ white.T).sum(axis=1)
+
+    def score(features: np.ndarray) -> np.ndarray:
+        points = normalize_rows(features)
+        base = distance(points, *background)
+        return -np.min([distance(points, *c) - base for c in per_class], axis=0)
+
+    return score
+
+
+def knn_score(train: np.ndarray, k: int):
+    """Returns a scorer: the k-th largest cosine similarity to the training features."""
+    bank = normalize_rows(train)
+    return lambda features: np.sort(normalize_rows(features) @ bank.T, axis=1)[:, -k]
 
 
 def view_outputs(model, x: np.ndarray, batch: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -95,7 +138,8 @@ def fold_scores(model, splits) -> dict[str, dict[str, np.ndarray]]:
     for variant, pick in inputs.items():
         stats = fit_feature_stats(pick(data["train"]), labels, classes)
         scores[variant] = {name: rel_mahalanobis_score(pick(data[name]), stats) for name in SPLITS}
-    views = {name: [f for f, _ in view_outputs(model, getattr(splits, name).x)] for name in SPLITS}
+    outputs = {name: view_outputs(model, getattr(splits, name).x) for name in SPLITS}
+    views = {name: [f for f, _ in outputs[name]] for name in SPLITS}
     for count in VIEWS:
         summed = {name: np.sum(views[name][:count], axis=0) for name in SPLITS}
         stats = fit_feature_stats(summed["train"], labels, classes)
@@ -108,6 +152,21 @@ def fold_scores(model, splits) -> dict[str, dict[str, np.ndarray]]:
             name: np.mean([rel_mahalanobis_score(v, stats) for v in views[name][:count]], axis=0)
             for name in SPLITS
         }
+    every = {name: np.stack(views[name]) for name in SPLITS}  # [views, N, F]
+    summed = {name: every[name].sum(axis=0) for name in SPLITS}
+    for variant, extra in {
+        "views8+max": lambda f: 8 * f.max(axis=0),
+        "views8+min": lambda f: 8 * f.min(axis=0),
+        "views8+sq": lambda f: np.sqrt(8 * np.square(f).sum(axis=0)),
+    }.items():
+        joined = {n: np.concatenate([summed[n], extra(every[n])], axis=1) for n in SPLITS}
+        stats = fit_feature_stats(joined["train"], labels, classes)
+        scores[variant] = {n: rel_mahalanobis_score(joined[n], stats) for n in SPLITS}
+    scorers = {"views8-classcov": class_covariance_score(summed["train"], labels, classes)}
+    scorers |= {f"views8-knn{k}": knn_score(summed["train"], k) for k in KNN}
+    for variant, scorer in scorers.items():
+        scores[variant] = {n: scorer(summed[n]) for n in SPLITS}
+    scores["views8-msp"] = {n: msp(np.sum([lg for _, lg in outputs[n]], axis=0)) for n in SPLITS}
     blocks = [key for key in inputs if key.startswith("block")]
     for variant, members in {
         "ensemble": ["final", *blocks],
