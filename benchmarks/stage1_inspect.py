@@ -35,17 +35,14 @@ from lowbit.detect.metrics import aupro, region_labels
 from lowbit.fewshot.predict import predict
 
 log = logging.getLogger("stage1_inspect")
-EXPORT_FILES = ("model.int.onnx", "model.json", "model.ood.npz", "model.manifest.json")
 
 import whole_image_data  # noqa: E402  (benchmarks/, beside this script)
 
 
 def copy_export(source: Path, target: Path) -> Path:
-    """Copies the files `inspect` reads (graphs for stage 1 and 2, model.json, statistics)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in EXPORT_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
+    """Copies the export folder whole (its manifest lists every file it holds, detectors
+    already fitted into it included); the source stays untouched."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
     return target
 
 

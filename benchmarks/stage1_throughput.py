@@ -7,9 +7,9 @@ generated as make_whole_images(seed) writes them), --good-share of them from tes
 rest from test/<type> cycling over every built-in type, shuffled by --seed. One part at a time,
 with the export and detector loaded once (lowbit.detect.inspect.Inspector):
 - two-stage: `Inspector.run` (stage 1 on every part, the classifier only on flagged parts);
-- both stages on every part: stage 1, then the classifier on every part (a part below the
-  threshold gets the box of its map's largest cell region above the pixel threshold, or of its
-  maximum cell: stage 2's cost does not depend on the box).
+- both stages on every part: stage 1, then stage 2 as inspect runs it on a flagged part (the
+  classifier on every distinct candidate box, the best decision kept) on every part; a part
+  below the threshold gets the candidate boxes of a threshold just under its map's maximum.
 Each part goes through both pipelines back to back, the order alternating part by part, for
 --repeats passes over the stream (same images, same process state); stream times are medians
 over the passes, per-part times medians over passes then means over parts. Stage 1 and stage 2
@@ -33,10 +33,8 @@ import numpy as np
 from lowbit.data import BUILTIN_CLASSES
 from lowbit.data.whole import generate_whole_image, whole_image_rng
 from lowbit.detect.fit import fit_detector
-from lowbit.detect.inspect import Inspector, locate, read_whole_images
+from lowbit.detect.inspect import Inspector, best_decisions, candidate_boxes, read_whole_images
 from lowbit.detect.store import fitted_categories
-
-EXPORT_FILES = ("model.int.onnx", "model.json", "model.ood.npz", "model.manifest.json")
 
 
 def stream(texture: str, parts: int, good_share: float, size: int, seed: int):
@@ -53,25 +51,36 @@ def stream(texture: str, parts: int, good_share: float, size: int, seed: int):
     return [images[i] for i in order], np.array(is_good)[order]
 
 
-def stage1(inspector: Inspector, image: np.ndarray) -> tuple[bool, list[int]]:
-    """Returns (anomalous, box) of one part: stage 1 and a box even below the threshold."""
+def stage1(inspector: Inspector, image: np.ndarray) -> tuple[bool, list[list[int]]]:
+    """Returns (anomalous, candidate boxes) of one part: stage 1, and the distinct boxes stage 2
+    tries (`candidate_boxes`) even below the threshold (then those of a threshold just under
+    the map's maximum)."""
     detector = inspector.detector
     height, width = detector["image_size"]
     pixels = read_whole_images([image], (height, width))
     maps, scores = inspector.stage1(pixels)
     anomaly, halo = maps[0], detector["aggregate"] // 2
-    _, box = locate(anomaly, detector["pixel_threshold"], height, width, halo)
-    if box is None:
-        _, box = locate(anomaly, int(anomaly.max()) - 1, height, width, halo)
-    return bool(scores[0] > detector["image_threshold"]), box
+    image_threshold, pixel_threshold = detector["image_threshold"], detector["pixel_threshold"]
+    peak = int(anomaly.max())
+    if peak <= image_threshold:
+        image_threshold, pixel_threshold = peak - 1, min(pixel_threshold, peak - 1)
+    boxes = candidate_boxes(anomaly, pixel_threshold, image_threshold, height, width, halo)
+    return bool(scores[0] > detector["image_threshold"]), [
+        list(box) for box in dict.fromkeys(map(tuple, boxes.values()))
+    ]
 
 
 def both_stages(inspector: Inspector, image: np.ndarray) -> tuple[float, float]:
-    """Runs stage 1 and stage 2 on one part; returns (stage 1 s, stage 2 s)."""
+    """Runs stage 1 and stage 2 (as inspect runs it on a flagged part: every candidate box,
+    the best decision kept) on one part; returns (stage 1 s, stage 2 s)."""
     begin = time.perf_counter()
-    _, box = stage1(inspector, image)
+    _, boxes = stage1(inspector, image)
     middle = time.perf_counter()
-    inspector.classifier.predict([image], boxes=[box] if inspector.crop is not None else None)
+    if inspector.crop is None:
+        inspector.classifier.predict([image])
+    else:
+        decisions = inspector.classifier.predict([image] * len(boxes), boxes=boxes)
+        best_decisions(decisions, [0] * len(boxes))
     return middle - begin, time.perf_counter() - middle
 
 
@@ -88,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     export = args.export if args.texture in fitted_categories(args.export) else args.out / "export"
     if args.texture not in fitted_categories(export):
-        export.mkdir(parents=True, exist_ok=True)
-        for name in EXPORT_FILES:
-            if (args.export / name).is_file():
-                shutil.copy2(args.export / name, export / name)
+        shutil.copytree(args.export, export, dirs_exist_ok=True)  # its manifest lists every file
         fit_detector(export, category=args.texture)
     inspector = Inspector(export, args.texture)
     size = inspector.detector["image_size"][0]
