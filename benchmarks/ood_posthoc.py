@@ -185,7 +185,7 @@ def _standardized_sum(scores: dict, members: list[str], split: str) -> np.ndarra
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lowbit.data import load_splits
+    from lowbit.bench.ood_selection import fold_splits
     from lowbit.train import load_run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -197,15 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     per_fold = {}
     for pseudo in options["folds"]:
         model, _ = load_run(args.runs / f"fold_{pseudo}" / args.candidate)
-        splits = load_splits(
-            options["data"],
-            image_size=options["image_size"],
-            crop=options["crop"],
-            unknown=[pseudo],
-            exclude=options["unknown_excluded"],
-            seed=options["seed"],
-            per_class=options["per_class"],
-        )
+        splits = fold_splits(options, pseudo)
         scores = fold_scores(model, splits)
         per_fold[pseudo] = {
             v: (fpr_at_95_tpr(s["test"], s["ood"]), auroc(s["test"], s["ood"]))

@@ -104,6 +104,22 @@ def rank(per_fold: dict[str, dict[str, dict[str, dict]]]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["fpr95"], -row["auroc"]))
 
 
+def fold_splits(options: dict, pseudo: str):
+    """Returns the splits of one fold of a finished selection: `options` is selection.json's
+    "options" (its held-out types stay excluded), `pseudo` the fold's pseudo-unknown type."""
+    from lowbit.data import load_splits
+
+    return load_splits(
+        options["data"],
+        image_size=options["image_size"],
+        crop=options["crop"],
+        unknown=[pseudo],
+        exclude=options["unknown_excluded"],
+        seed=options["seed"],
+        per_class=options["per_class"],
+    )
+
+
 def run_selection(
     options: SelectionOptions,
     out: Path,
@@ -112,7 +128,6 @@ def run_selection(
     progress: bool = True,
 ) -> dict:
     """Trains every candidate on every fold under `out`; returns (and writes) selection.json."""
-    from lowbit.data import load_splits
     from lowbit.train import TrainConfig, load_run
     from lowbit.train.reuse import train_or_reuse
 
@@ -122,17 +137,10 @@ def run_selection(
     if bad:
         raise ConfigError(f"folds {bad} are not known types of {options.data}: {list(known)}")
     out = Path(out)
+    record = {**options.__dict__, "folds": list(folds), "unknown_excluded": list(unknown)}
     per_fold: dict[str, dict[str, dict]] = {c.name: {} for c in candidates}
     for pseudo in folds:
-        splits = load_splits(
-            options.data,
-            image_size=options.image_size,
-            crop=options.crop,
-            unknown=[pseudo],
-            exclude=unknown,
-            seed=options.seed,
-            per_class=options.per_class,
-        )
+        splits = fold_splits(record, pseudo)
         for candidate in candidates:
             config = TrainConfig(
                 recipe=options.recipe,
@@ -154,7 +162,7 @@ def run_selection(
             per_fold[candidate.name][pseudo] = fold_metrics(model, splits)
     ranking = rank(per_fold)
     result = {
-        "options": {**options.__dict__, "folds": list(folds), "unknown_excluded": list(unknown)},
+        "options": record,
         "candidates": [c.__dict__ for c in candidates],
         "per_fold": per_fold,
         "ranking": ranking,
