@@ -16,6 +16,9 @@ scores relative Mahalanobis (statistics fitted on the fold's training crops) on:
 - `preact-mean`: its spatial mean per channel;
 each on one view and summed over the 8 dihedral views (`@8`). Prints per fold and the mean
 FPR95 / AUROC over the folds, and the fold models' test accuracy; writes preact.json.
+--distill-weight W > 0 trains the fold models with the fold's fp32 model as the teacher too
+(`lowbit train --teacher`, knowledge distillation at temperature 4), into <recipe>_distill<W>
+and preact_distill<W>.json.
 """
 
 from __future__ import annotations
@@ -92,17 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="w1a2")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--folds", default=None, help="comma list (default: every fold)")
+    parser.add_argument("--distill-weight", type=float, default=0.0, help="0: no teacher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     options = json.loads((args.runs / "selection.json").read_text())["options"]
     folds = args.folds.split(",") if args.folds else options["folds"]
+    tag = f"_distill{args.distill_weight:g}" if args.distill_weight > 0 else ""
     per_fold = {}
     for pseudo in folds:
         splits = fold_splits(options, pseudo)
+        fp32_run = str(args.runs / f"fold_{pseudo}" / "plain")
         config = TrainConfig(
             recipe=args.recipe,
             epochs=args.epochs,
-            init=str(args.runs / f"fold_{pseudo}" / "plain"),
+            init=fp32_run,
+            teacher=fp32_run if tag else None,
+            distill_weight=args.distill_weight if tag else TrainConfig.distill_weight,
             width=options["width"],
             image_size=options["image_size"],
             crop=options["crop"],
@@ -111,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             unknown=(pseudo,),
             seed=options["seed"],
         )
-        run_dir = args.out / f"fold_{pseudo}" / args.recipe
+        run_dir = args.out / f"fold_{pseudo}" / f"{args.recipe}{tag}"
         train_or_reuse(config, run_dir, False, splits=splits, ood_views=1)
         model, _ = load_run(run_dir)
         per_fold[pseudo] = fold_result(model, splits)
         log.info("%s: %s", pseudo, per_fold[pseudo])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "preact.json").write_text(json.dumps(per_fold, indent=1))
+    (args.out / f"preact{tag}.json").write_text(json.dumps(per_fold, indent=1))
     variants = [key for key in next(iter(per_fold.values())) if key != "accuracy"]
     print("| variant | " + " | ".join(per_fold) + " | mean FPR95 | mean AUROC |")
     print("|---|" + "---|" * (len(per_fold) + 2))
