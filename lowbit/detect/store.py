@@ -159,6 +159,11 @@ def read_detector(export_dir: Path, category: str) -> tuple[dict, np.ndarray]:
             bank = archive[BANK_KEY]
     except (OSError, ValueError, KeyError) as error:
         raise ModelFileError(f"{bank_path}: not a detector bank ({error}); fit again") from None
+    if detector["pixel_threshold"] > detector["image_threshold"]:  # ints: the schema's check
+        raise ModelFileError(
+            f"{path}: pixel_threshold {detector['pixel_threshold']} is above image_threshold "
+            f"{detector['image_threshold']}; fit the detector again"
+        )
     low, high = detector["code_range"]
     if bank.dtype.kind not in "iu" or bank.ndim != 2 or len(bank) == 0:
         raise ModelFileError(f"{bank_path}: expected integer codes [M, C], got {bank.dtype}")

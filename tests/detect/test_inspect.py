@@ -256,6 +256,15 @@ def test_a_changed_bank_or_trunk_is_refused(fitted_copy, flat_image):
     seal(fitted_copy, listed)
     with pytest.raises(ModelFileError, match="trunk differs"):
         inspect(fitted_copy, [flat_image])
+    above = {**detector, "pixel_threshold": detector["image_threshold"] + 1}
+    for changed, needle in (
+        (above, "pixel_threshold .* is above"),
+        ({**detector, "image_threshold": 1.5}, "'image_threshold' is float"),
+    ):
+        (fitted_copy / json_name).write_text(json.dumps(changed))
+        seal(fitted_copy, listed)
+        with pytest.raises(ModelFileError, match=needle):
+            inspect(fitted_copy, [flat_image])
 
 
 def test_inspect_job_summarises_the_texture_s_test_images(fitted_export):
