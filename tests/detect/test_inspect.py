@@ -15,7 +15,7 @@ from lowbit.cli import main
 from lowbit.data import NORMALIZATION, crop_rule, crop_to_mask, load_whole_images, prepare_images
 from lowbit.data.preprocess import reflect_indices
 from lowbit.detect.aggregate import aggregate
-from lowbit.detect.fit import split_good
+from lowbit.detect.fit import fit_detector, split_good
 from lowbit.detect.inspect import (
     HANDOFF_BOXES,
     JSON_FIELDS,
@@ -28,9 +28,11 @@ from lowbit.detect.inspect import (
 )
 from lowbit.detect.maps import upsample_nearest
 from lowbit.errors import ConfigError, DataError, ModelFileError
+from lowbit.export.api import export_model
 from lowbit.fewshot.images import load_crops
 from lowbit.fewshot.regions import Region, region_box
 from lowbit.manifest import check_export, seal
+from tests.export.helpers import calibrated
 
 from .conftest import CLASS_NAMES, WHOLE_SIZE
 
@@ -276,3 +278,27 @@ def test_inspect_job_summarises_the_texture_s_test_images(fitted_export):
     for key in ("flagged_defective", "flagged_known", "flagged_held_out", "image_auroc"):
         assert 0.0 <= summary[key] <= 1.0
     assert summary["ms_per_good_part"] > 0 and summary["ms_per_defective_part"] > 0
+
+
+def test_a_whole_image_classifier_gets_the_whole_part_once(
+    monkeypatch, tmp_path, whole_data, flat_image
+):
+    """A classifier trained on whole images (no crop rule) sees each flagged part once, whole;
+    the part keeps the map's box."""
+    export = tmp_path / "whole"
+    model = calibrated("w2a2", "conv4")
+    export_model(model, export, class_names=CLASS_NAMES, normalization=NORMALIZATION, crop=None)
+    fit_detector(export, whole_data / "brick", bank_size=200)
+    calls = []
+    real_predict = inspect_module.Classifier.predict
+
+    def spy(self, images, **kwargs):
+        calls.append((len(images), kwargs["boxes"]))
+        return real_predict(self, images, **kwargs)
+
+    monkeypatch.setattr(inspect_module.Classifier, "predict", spy)
+    (row,) = inspect(export, [flat_image])
+    assert row["anomalous"] and calls == [(1, None)]
+    detector = json.loads((export / "detector" / "brick.json").read_text())
+    _, box = locate(row["map"], detector["pixel_threshold"], WHOLE_SIZE, WHOLE_SIZE, halo=1)
+    assert row["box"] == box and row["crop"] is None and row["class"] in CLASS_NAMES
