@@ -109,14 +109,12 @@ def infer_file(
         named = [FEATURE_TENSOR] if stats is not None else []
         outputs = runtime.run(x, batch_size=batch_size, outputs=named)
         if stats is not None and views > 1:  # the score reads features summed over the views
-            from lowbit.core.views import view_outputs
+            from lowbit.fewshot.features import runtime_view_outputs
 
-            def run(images: np.ndarray) -> tuple[None, np.ndarray]:
-                out = runtime.run(images, batch_size=batch_size, outputs=[FEATURE_TENSOR])
-                return None, out[FEATURE_TENSOR]
-
-            first = (None, outputs[FEATURE_TENSOR].astype(np.int64))
-            outputs[FEATURE_TENSOR] = view_outputs(run, x, views, first=first)[1]
+            first = outputs[FEATURE_TENSOR]
+            outputs[FEATURE_TENSOR] = runtime_view_outputs(
+                runtime, x, views, batch_size, first=first
+            )[1]
     except InputError as error:  # the runtime names the tensor; the user needs the file too
         raise InputError(f"{input_path}: {error}") from None
     if ood is not None:

@@ -287,7 +287,7 @@ def enroll_class(
         row = prototype(support)  # the head classifies view 0, the image itself
         views = export_views(description, export_dir)
         # the detector's statistics read the features summed over its views (model.json "ood")
-        support_views = runtime_view_outputs(runtime, x, views)[1] if views > 1 else support
+        support_views = runtime_view_outputs(runtime, x, views, first=support)[1]
         timing["features_s"] = time.perf_counter() - start
         start = time.perf_counter()
         model, record = _load_source(export_dir, description)

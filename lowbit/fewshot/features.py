@@ -33,13 +33,21 @@ def runtime_outputs(runtime, x: np.ndarray, batch_size: int = 128) -> tuple[np.n
 
 
 def runtime_view_outputs(
-    runtime, x: np.ndarray, views: int, batch_size: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
+    runtime,
+    x: np.ndarray,
+    views: int,
+    batch_size: int = 128,
+    *,
+    first: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Returns (float64 logits of the images [N, K], int64 feature codes [N, F] summed over
-    `views` dihedral views, lowbit.core.views) from a Runtime."""
+    `views` dihedral views, lowbit.core.views) from a Runtime. `first`: the images' own feature
+    codes when the caller already has them (view 0 is not run again; the logits are then None)."""
     from lowbit.core.views import view_outputs
 
-    return view_outputs(lambda images: runtime_outputs(runtime, images, batch_size), x, views)
+    known = None if first is None else (None, np.asarray(first).astype(np.int64))
+    run = lambda images: runtime_outputs(runtime, images, batch_size)  # noqa: E731
+    return view_outputs(run, x, views, first=known)
 
 
 def runtime_features(runtime, x: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -267,11 +267,9 @@ class _Detector:
 
     def runtime_features(self, runtime, x: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Returns the runtime's feature codes of x summed over the views; `first`: view 0's."""
-        from lowbit.core.views import view_outputs
-        from lowbit.fewshot.features import runtime_outputs
+        from lowbit.fewshot.features import runtime_view_outputs
 
-        run = lambda images: runtime_outputs(runtime, images)  # noqa: E731
-        return view_outputs(run, x, self.views, first=(None, first.astype(np.int64)))[1]
+        return runtime_view_outputs(runtime, x, self.views, first=first)[1]
 
     def reference_scores(self, model: LowbitModel, x: np.ndarray, logits: np.ndarray):
         if not self.active:
