@@ -216,13 +216,21 @@ class Inspector:
         height, width = detector["image_size"]
         pixels = read_whole_images(images, (height, width))
         maps, scores = self.stage1(pixels)
-        rows = []
+        rows, candidates = [], {}  # candidates: {flagged part: its candidate boxes}
         for index, (image, anomaly, score) in enumerate(zip(images, maps, scores)):
             anomalous = bool(score > detector["image_threshold"])
             mask, box = np.zeros((height, width), bool), None
             if anomalous:
-                halo = detector["aggregate"] // 2
-                mask, box = locate(anomaly, detector["pixel_threshold"], height, width, halo)
+                mask = upsample_nearest(anomaly > detector["pixel_threshold"], height, width)
+                candidates[index] = candidate_boxes(
+                    anomaly,
+                    detector["pixel_threshold"],
+                    detector["image_threshold"],
+                    height,
+                    width,
+                    detector["aggregate"] // 2,
+                )
+                box = candidates[index]["region - halo"]  # `locate`'s box
             rows.append(
                 {
                     "image": image_name(image, index),
@@ -233,26 +241,17 @@ class Inspector:
                     "map": anomaly,
                     "mask": mask,
                     "box": box,
-                    "crop": None if box is None else crop_square(box, (height, width), self.crop),
+                    "crop": None,  # a crop classifier's: the square of the box stage 2 keeps
                     **dict.fromkeys(STAGE2_FIELDS),
                 }
             )
-        flagged = [i for i, row in enumerate(rows) if row["anomalous"]]
-        if not flagged:
+        if not candidates:
             return rows
-        owners, boxes = list(flagged), None
+        owners, boxes = list(candidates), None
         if self.crop is not None:  # every distinct candidate box of every flagged part
             owners, boxes = [], []
-            for i in flagged:
-                candidates = candidate_boxes(
-                    maps[i],
-                    detector["pixel_threshold"],
-                    detector["image_threshold"],
-                    height,
-                    width,
-                    detector["aggregate"] // 2,
-                )
-                for box in dict.fromkeys(map(tuple, candidates.values())):
+            for i, named in candidates.items():
+                for box in dict.fromkeys(map(tuple, named.values())):
                     owners.append(i)
                     boxes.append(list(box))
         decisions = self.classifier.predict([pixels[i] for i in owners], boxes=boxes)
