@@ -129,9 +129,12 @@ def measure_view_scores(
     statistics are fitted on the training split's codes summed over the views (as an export fits
     them), then the known test crops are scored against the held-out types. The fake-quant
     model's codes are the same integers, so the numbers are exactly evaluate's; the runtime
-    computes them several times faster, which keeps `lowbit run` short. A run without held-out
-    types, or whose metrics already hold these scores, is returned unchanged. `splits`: the
-    run's data when the caller has it loaded (default: loaded from its config.json).
+    computes them several times faster, which keeps `lowbit run` short. When the export's own
+    statistics were fitted on this run's training split over the same views (export_run's
+    default), they are read from model.ood.npz instead of running the training crops again: the
+    same function of the same codes. A run without held-out types, or whose metrics already hold
+    these scores, is returned unchanged. `splits`: the run's data when the caller has it loaded
+    (default: loaded from its config.json).
     """
     from lowbit.artifacts import METRICS_FILE, read_json
     from lowbit.core.scores import VIEW_SCORES, detector_name
@@ -156,7 +159,29 @@ def measure_view_scores(
             splits,
             lambda split: runtime_view_outputs(runtime, getattr(splits, split).x, views)[1],
             views,
+            stats=training_stats(export_dir, description, run_dir, views, len(splits.train.x)),
         )
     )
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def training_stats(
+    export_dir: Path, description: dict, run_dir: Path, views: int, train_images: int
+) -> dict | None:
+    """Returns the export's feature statistics if they are those of `run_dir`'s training split
+    summed over `views` views (what view_score_metrics would fit), else None."""
+    from lowbit.core.feature_scores import load_export_stats
+    from lowbit.fewshot.predict import export_views
+
+    ood = description.get("ood") or {}
+    entry = ood.get("stats") or {}
+    source = (export_dir / description.get("source_run", ".")).resolve()
+    if (
+        source != run_dir.resolve()
+        or entry.get("fitted_on") != "train"
+        or entry.get("fitted_images") != train_images
+        or export_views(description, export_dir) != views
+    ):
+        return None
+    return load_export_stats(export_dir, description)

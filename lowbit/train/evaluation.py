@@ -51,27 +51,31 @@ def model_outputs(
     integer graph's `backbone.features` (conv4: the last block's pooled codes, flattened;
     resnet8: their spatial sum): int64 codes. An fp32 backbone's features stay float32.
     """
-    from lowbit.models.backbones import Conv4
-    from lowbit.quant.layers import quant_scale
-
     model.eval()
-    scale = None
-    if not model.recipe.is_float:
-        last = model.backbone.blocks[-1]
-        scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
     logits, codes = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             features = model.features(torch.from_numpy(x[start : start + batch_size]))
             logits.append(model.head(features).numpy())
-            if scale is None:
-                codes.append(features.numpy())
-            else:
-                codes.append(torch.round(features / scale).numpy().astype(np.int64))
+            codes.append(features_as_codes(model, features))
     if not codes:
-        empty = np.zeros((0, model.feature_dim()), dtype=np.float32 if scale is None else np.int64)
+        dtype = np.float32 if model.recipe.is_float else np.int64
+        empty = np.zeros((0, model.feature_dim()), dtype=dtype)
         return np.zeros((0, model.config.num_classes), dtype=np.float32), empty
     return np.concatenate(logits), np.concatenate(codes)
+
+
+def features_as_codes(model: LowbitModel, features: torch.Tensor) -> np.ndarray:
+    """Returns the backbone's output `features` as model_outputs gives them: int64 codes for a
+    quantized backbone (value / scale, exact), float32 for an fp32 one."""
+    from lowbit.models.backbones import Conv4
+    from lowbit.quant.layers import quant_scale
+
+    if model.recipe.is_float:
+        return features.detach().numpy()
+    last = model.backbone.blocks[-1]
+    scale = quant_scale(last.act if isinstance(model.backbone, Conv4) else last.act_out)
+    return torch.round(features.detach() / scale).numpy().astype(np.int64)
 
 
 def feature_codes(model: LowbitModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -57,16 +57,18 @@ def feature_metrics(
 
 
 def view_score_metrics(
-    splits, summed: Callable[[str], np.ndarray], views: int
+    splits, summed: Callable[[str], np.ndarray], views: int, stats: dict | None = None
 ) -> dict[str, dict[str, float]]:
     """Returns {"<score>@<views>views": {"auroc", "fpr95"}} for every score of VIEW_SCORES:
     statistics fitted on the training split's features summed over the views, splits.test
     against splits.ood. `summed(split name)` gives that split's summed features from one
-    executor (fake-quant model, integer runtime): equal codes give equal numbers."""
+    executor (fake-quant model, integer runtime): equal codes give equal numbers. `stats`:
+    those statistics when the caller has them (an export fitted them on the same codes)."""
     from lowbit.core.feature_scores import fit_feature_stats
     from lowbit.core.scores import VIEW_SCORES, detector_name
 
-    stats = fit_feature_stats(summed("train"), splits.train.y, len(splits.class_names))
+    if stats is None:
+        stats = fit_feature_stats(summed("train"), splits.train.y, len(splits.class_names))
     scored = feature_metrics(summed("test"), summed("ood"), stats)
     return {detector_name(name, views): scored[name] for name in VIEW_SCORES}
 

@@ -151,8 +151,8 @@ def verify_export(
     detector = _Detector(export_dir, description)
     decisions: dict[str, dict] = {}
     for _set_name, x in tqdm(batches, desc="verify", disable=not progress, unit="batch"):
-        ref, pre, ref_logits = torch_codes(model, x)
-        ref_scores = detector.reference_scores(model, x, ref_logits)
+        ref, pre, ref_logits, ref_features = torch_codes(model, x, features=True)
+        ref_scores = detector.reference_scores(model, x, ref_logits, ref_features)
         names = list(ref)
         runs = {}
         bounds = dict(error_steps)  # layer worst cases; per element where runtime codes exist
@@ -271,16 +271,22 @@ class _Detector:
 
         return runtime_view_outputs(runtime, x, self.views, first=first)[1]
 
-    def reference_scores(self, model: LowbitModel, x: np.ndarray, logits: np.ndarray):
+    def reference_scores(
+        self, model: LowbitModel, x: np.ndarray, logits: np.ndarray, features: np.ndarray
+    ):
+        """Returns the fake-quant model's scores of x; `logits`, `features`: its outputs of x
+        itself (view 0), from the pass whose codes verify compares."""
         if not self.active:
             return None
-        features = None
-        if self.feature_score:
-            from lowbit.core.views import view_outputs
-            from lowbit.train.evaluation import model_outputs
+        if not self.feature_score:
+            return self.scores(logits, None)
+        from lowbit.core.views import view_outputs
+        from lowbit.train.evaluation import model_outputs
 
-            features = view_outputs(lambda images: model_outputs(model, images), x, self.views)[1]
-        return self.scores(logits, features)
+        summed = view_outputs(
+            lambda images: model_outputs(model, images), x, self.views, first=(logits, features)
+        )[1]
+        return self.scores(logits, summed)
 
     def tolerance(self, logit_tolerance: float | np.ndarray) -> float:
         if self.feature_score:

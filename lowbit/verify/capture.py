@@ -18,19 +18,32 @@ from lowbit.quant.layers import quant_scale
 
 
 def torch_codes(
-    model: LowbitModel, x: np.ndarray, part: torch.nn.Module | None = None
-) -> tuple[dict, dict, np.ndarray]:
-    """Returns (codes by tensor name, pre-rounding values by name, float32 logits).
+    model: LowbitModel,
+    x: np.ndarray,
+    part: torch.nn.Module | None = None,
+    *,
+    features: bool = False,
+) -> tuple:
+    """Returns (codes by tensor name, pre-rounding values by name, float32 logits), and with
+    `features` the backbone's output of the same pass as model_outputs gives it (int64 codes
+    of a quantized backbone) as a fourth element.
 
     The pre-rounding value is what the quantizer rounds: (ReLU'd) input / scale, in float32.
     `part` (e.g. `model.backbone`, for whole images the head cannot take) runs instead of the
     model; its output is returned in place of the logits. Tensor names stay the model's.
     """
+    from lowbit.train.evaluation import features_as_codes
+
     model.eval()
     codes: dict[str, np.ndarray] = {}
     pre: dict[str, np.ndarray] = {}
     calls: dict[str, int] = defaultdict(int)
     hooks = []
+    backbone_output = []
+    if features:
+        hooks.append(
+            model.backbone.register_forward_hook(lambda m, i, o: backbone_output.append(o))
+        )
     for path, module in model.named_modules():
         scale = quant_scale(module)
         if scale is None:
@@ -52,6 +65,8 @@ def torch_codes(
     finally:
         for handle in hooks:
             handle.remove()
+    if features:
+        return codes, pre, logits, features_as_codes(model, backbone_output[-1])
     return codes, pre, logits
 
 

@@ -245,3 +245,45 @@ def test_view_scores_from_the_integer_graph_equal_the_fake_quant_ones(feature_ex
     measured = measure_view_scores(feature_export)["ood"]
     assert measured == fake_quant and DETECTOR in measured
     assert json.loads(path.read_text())["ood"] == measured
+
+
+def test_view_scores_read_the_exports_own_training_statistics(feature_export, monkeypatch):
+    """The export's statistics (fitted on the training split over the same views) stand in for
+    a second pass over the training crops; any other export's are not used."""
+    import lowbit.deploy as deploy
+    from lowbit.fewshot import features as features_module
+
+    description = json.loads((feature_export / "model.json").read_text())
+    _, record = load_run(feature_export)
+    splits = splits_for(record)
+    train = len(splits.train.x)
+    stats = deploy.training_stats(feature_export, description, feature_export, VIEWS, train)
+    assert stats is not None and np.array_equal(
+        stats["class_whitening"], load_export_stats(feature_export, description)["class_whitening"]
+    )
+    assert deploy.training_stats(feature_export, description, feature_export, 4, train) is None
+    assert deploy.training_stats(feature_export, description, feature_export, VIEWS, 7) is None
+    other_run = feature_export.parent  # the export's source_run is feature_export itself
+    assert deploy.training_stats(feature_export, description, other_run, VIEWS, train) is None
+    enrolled = json.loads(json.dumps(description))
+    enrolled["ood"]["stats"]["fitted_on"] = "previous export + support images"
+    assert deploy.training_stats(feature_export, enrolled, feature_export, VIEWS, train) is None
+
+    path = feature_export / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["ood"] = {k: v for k, v in metrics["ood"].items() if "@" not in k}
+    path.write_text(json.dumps(metrics))
+    seen = []
+    run_views = features_module.runtime_view_outputs
+    monkeypatch.setattr(
+        features_module,
+        "runtime_view_outputs",
+        lambda runtime, x, *a, **k: seen.append(len(x)) or run_views(runtime, x, *a, **k),
+    )
+    reused = deploy.measure_view_scores(feature_export, splits=splits)["ood"]
+    assert sorted(seen) == sorted([len(splits.test.x), len(splits.ood.x)])  # no training pass
+    path.write_text(json.dumps(metrics))
+    monkeypatch.setattr(deploy, "training_stats", lambda *args: None)
+    seen.clear()
+    refitted = deploy.measure_view_scores(feature_export, splits=splits)["ood"]
+    assert train in seen and reused == refitted and DETECTOR in reused

@@ -80,6 +80,24 @@ def test_verify_with_runtime_passes(exported) -> None:
     assert all(LABELS[e] in format_report(report) for e in LABELS)
 
 
+@pytest.mark.parametrize("recipe", ["w1a2", "fp32"])
+def test_torch_codes_give_the_features_of_model_outputs(recipe) -> None:
+    """The backbone output torch_codes returns is what model_outputs gives (the decision check
+    sums the other views onto it): int64 codes for a quantized backbone, float32 for fp32."""
+    from lowbit.train.evaluation import model_outputs
+
+    from lowbit.models.build import build_model
+    from lowbit.quant.recipes import get_recipe
+
+    model = build_model(get_recipe(recipe)) if recipe == "fp32" else calibrated(recipe, "conv4")
+    x = np.random.default_rng(3).uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
+    codes, _, logits, features = torch_codes(model, x, features=True)
+    expected_logits, expected = model_outputs(model, x)
+    assert features.dtype == expected.dtype == (np.float32 if recipe == "fp32" else np.int64)
+    assert np.array_equal(features, expected) and np.array_equal(logits, expected_logits)
+    assert len(torch_codes(model, x)) == 3 and bool(codes) == (recipe != "fp32")
+
+
 def plant_off_by_one(model, out, inputs) -> tuple[int, int]:
     """Adds 1 to one threshold of LAYER that real accumulators hit exactly, far from a tie.
 
