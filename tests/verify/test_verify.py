@@ -84,10 +84,9 @@ def test_verify_with_runtime_passes(exported) -> None:
 def test_torch_codes_give_the_features_of_model_outputs(recipe) -> None:
     """The backbone output torch_codes returns is what model_outputs gives (the decision check
     sums the other views onto it): int64 codes for a quantized backbone, float32 for fp32."""
-    from lowbit.train.evaluation import model_outputs
-
     from lowbit.models.build import build_model
     from lowbit.quant.recipes import get_recipe
+    from lowbit.train.evaluation import model_outputs
 
     model = build_model(get_recipe(recipe)) if recipe == "fp32" else calibrated(recipe, "conv4")
     x = np.random.default_rng(3).uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
