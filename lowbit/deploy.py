@@ -173,12 +173,11 @@ def training_stats(
     summed over `views` views (what view_score_metrics would fit), else None."""
     from lowbit.core.feature_scores import load_export_stats
     from lowbit.fewshot.predict import export_views
+    from lowbit.manifest import source_run_dir
 
-    ood = description.get("ood") or {}
-    entry = ood.get("stats") or {}
-    source = (export_dir / description.get("source_run", ".")).resolve()
+    entry = (description.get("ood") or {}).get("stats") or {}
     if (
-        source != run_dir.resolve()
+        source_run_dir(export_dir, description) != run_dir.resolve()
         or entry.get("fitted_on") != "train"
         or entry.get("fitted_images") != train_images
         or export_views(description, export_dir) != views

@@ -183,6 +183,12 @@ def read_description(export_dir: str | os.PathLike) -> dict:
     return read_json(export_dir / DESCRIPTION_FILE, "model")
 
 
+def source_run_dir(export_dir: str | os.PathLike, description: dict) -> Path:
+    """Returns the run folder an export came from: model.json's source_run (relative to the
+    export folder; "." when the export lives in the run folder), resolved."""
+    return (Path(export_dir) / description.get("source_run", ".")).resolve()
+
+
 def _new_staging(destination: Path) -> Path:
     with writing(destination):
         while True:

@@ -44,7 +44,7 @@ from lowbit.fewshot.openset import integer_calibration
 from lowbit.fewshot.predict import export_views
 from lowbit.io import make_dir, named_in, writing
 from lowbit.lock import writer_lock
-from lowbit.manifest import publish, read_description, read_manifest
+from lowbit.manifest import publish, read_description, read_manifest, source_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _rebuild(
 def _load_source(export_dir: Path, description: dict):
     from lowbit.train import load_run
 
-    run_dir = (export_dir / description.get("source_run", ".")).resolve()
+    run_dir = source_run_dir(export_dir, description)
     model, record = load_run(run_dir)
     if list(record["class_names"]) != list(description["class_names"]):
         raise ModelFileError(

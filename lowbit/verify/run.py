@@ -19,7 +19,7 @@ import numpy as np
 
 from lowbit.artifacts import CONFIG_FILE, GRAPH_FILES, INT_GRAPH_FILE, VERIFY_FILE
 from lowbit.io import atomic_write_json
-from lowbit.manifest import read_description
+from lowbit.manifest import read_description, source_run_dir
 from lowbit.train.run import load_run, splits_for
 from lowbit.verify.api import EXECUTORS, build_inputs, load_graph, verify_export
 
@@ -51,7 +51,7 @@ def verify_run(
     inputs; default: rebuilt from the run's config.json); not used with `data`."""
     export_dir = Path(export_dir)
     description = read_description(export_dir)
-    run_dir = (export_dir / description.get("source_run", ".")).resolve()
+    run_dir = source_run_dir(export_dir, description)
     model, record = load_run(run_dir)
     real = None
     if n > 0:
